@@ -1,0 +1,414 @@
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::Clock;
+use crate::settings::BreakerSettings;
+use crate::window::Window;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// Why a call was not let through; the caller serves its fallback at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    #[error("circuit is open")]
+    Open,
+    #[error("circuit is half-open and all probes are taken")]
+    HalfOpenFull,
+    #[error("bulkhead is full")]
+    BulkheadFull,
+}
+
+impl Rejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Open => "open",
+            Rejection::HalfOpenFull => "half_open_full",
+            Rejection::BulkheadFull => "bulkhead_full",
+        }
+    }
+}
+
+/// What became of a permitted call, as the caller judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionReason {
+    ConsecutiveFailures,
+    FailureRate,
+    SlowCallRate,
+    OpenDurationElapsed,
+    ProbeFailed,
+    ProbesSucceeded,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Transition {
+    pub from: State,
+    pub to: State,
+    pub reason: TransitionReason,
+    /// Clock time of the transition.
+    #[serde(skip)]
+    pub at: Duration,
+}
+
+/// Told of every state change, under the breaker's lock: keep it quick and never call
+/// back into the breaker.
+pub trait BreakerObserver: Send + Sync {
+    fn on_transition(&self, transition: &Transition);
+}
+
+/// Running totals and the current window, for status pages and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub consecutive_failures: u32,
+    pub window_calls: u32,
+    pub window_failures: u32,
+    pub window_slow_calls: u32,
+    pub in_flight: u32,
+    pub half_open_in_flight: u32,
+    pub successes: u64,
+    pub failures: u64,
+    pub slow_calls: u64,
+    pub rejected_open: u64,
+    pub rejected_half_open: u64,
+    pub rejected_bulkhead: u64,
+    /// Permits dropped without an outcome (cancelled calls).
+    pub abandoned: u64,
+    pub transitions: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    pub state: State,
+    pub settings: BreakerSettings,
+    pub counts: Counts,
+    pub last_transition: Option<Transition>,
+    /// Clock time until which the circuit stays open, while it is open.
+    #[serde(skip)]
+    pub opened_until: Option<Duration>,
+    /// Failed probes in a row; drives the open-duration backoff.
+    pub failed_probes: u32,
+}
+
+struct Core {
+    settings: BreakerSettings,
+    state: State,
+    /// Bumped on every transition; outcomes of calls admitted in an earlier epoch do not
+    /// move the state machine (they still count in the totals).
+    epoch: u64,
+    window: Window,
+    opened_until: Duration,
+    failed_probes: u32,
+    half_open_successes: u32,
+    counts: Counts,
+    last_transition: Option<Transition>,
+}
+
+pub struct CircuitBreaker {
+    core: Mutex<Core>,
+    clock: Arc<dyn Clock>,
+    observer: Option<Arc<dyn BreakerObserver>>,
+}
+
+/// Leave to make one call. Report it with [`Permit::record`]; dropping it unreported
+/// releases its slot without judging the dependency.
+#[must_use = "a permit must be recorded, or dropped to release it"]
+pub struct Permit<'a> {
+    breaker: &'a CircuitBreaker,
+    epoch: u64,
+    probe: bool,
+    started: Duration,
+    call_timeout: Duration,
+    reported: bool,
+}
+
+impl CircuitBreaker {
+    /// Settings are expected to be valid ([`BreakerSettings::validate`]); the edge checks them.
+    pub fn new(settings: BreakerSettings, clock: Arc<dyn Clock>) -> Self {
+        Self::with_observer(settings, clock, None)
+    }
+
+    pub fn with_observer(
+        settings: BreakerSettings,
+        clock: Arc<dyn Clock>,
+        observer: Option<Arc<dyn BreakerObserver>>,
+    ) -> Self {
+        let window = Window::new(settings.sliding_window_size);
+        let core = Core {
+            settings,
+            state: State::Closed,
+            epoch: 0,
+            window,
+            opened_until: Duration::ZERO,
+            failed_probes: 0,
+            half_open_successes: 0,
+            counts: Counts::default(),
+            last_transition: None,
+        };
+        Self { core: Mutex::new(core), clock, observer }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // The core is consistent after every statement that can panic, so a poisoned lock
+        // (a panicking observer) must not take the gateway down with it.
+        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks to make a call now.
+    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejection> {
+        let now = self.clock.now();
+        let mut core = self.lock();
+        self.open_to_half_open(&mut core, now);
+        if let Some(max) = core.settings.max_concurrent_calls {
+            if core.counts.in_flight >= max {
+                core.counts.rejected_bulkhead += 1;
+                return Err(Rejection::BulkheadFull);
+            }
+        }
+        let probe = match core.state {
+            State::Closed => false,
+            State::Open => {
+                core.counts.rejected_open += 1;
+                return Err(Rejection::Open);
+            }
+            State::HalfOpen => {
+                let admitted = core.counts.half_open_in_flight + core.half_open_successes;
+                if admitted >= core.settings.half_open_max_calls {
+                    core.counts.rejected_half_open += 1;
+                    return Err(Rejection::HalfOpenFull);
+                }
+                core.counts.half_open_in_flight += 1;
+                true
+            }
+        };
+        core.counts.in_flight += 1;
+        Ok(Permit {
+            breaker: self,
+            epoch: core.epoch,
+            probe,
+            started: now,
+            call_timeout: core.settings.call_timeout,
+            reported: false,
+        })
+    }
+
+    /// Current state, moving open to half-open if its time is up.
+    pub fn state(&self) -> State {
+        let now = self.clock.now();
+        let mut core = self.lock();
+        self.open_to_half_open(&mut core, now);
+        core.state
+    }
+
+    pub fn settings(&self) -> BreakerSettings {
+        self.lock().settings.clone()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let now = self.clock.now();
+        let mut core = self.lock();
+        self.open_to_half_open(&mut core, now);
+        let mut counts = core.counts;
+        counts.window_calls = core.window.len();
+        counts.window_failures = core.window.failures();
+        counts.window_slow_calls = core.window.slow();
+        Snapshot {
+            state: core.state,
+            settings: core.settings.clone(),
+            counts,
+            last_transition: core.last_transition,
+            opened_until: (core.state == State::Open).then_some(core.opened_until),
+            failed_probes: core.failed_probes,
+        }
+    }
+
+    /// Swaps the settings in place: state, window contents and counters are kept. An open
+    /// circuit keeps the deadline it was given.
+    pub fn update_settings(&self, settings: BreakerSettings) {
+        let now = self.clock.now();
+        let mut core = self.lock();
+        core.window.resize(settings.sliding_window_size);
+        core.settings = settings;
+        // Lowering halfOpenMaxCalls to what already succeeded must close the circuit now:
+        // no further probe would be admitted to do it.
+        if core.state == State::HalfOpen
+            && core.half_open_successes >= core.settings.half_open_max_calls
+        {
+            self.transition(&mut core, State::Closed, TransitionReason::ProbesSucceeded, now);
+        }
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    fn open_to_half_open(&self, core: &mut Core, now: Duration) {
+        if core.state == State::Open && now >= core.opened_until {
+            self.transition(core, State::HalfOpen, TransitionReason::OpenDurationElapsed, now);
+        }
+    }
+
+    fn transition(&self, core: &mut Core, to: State, reason: TransitionReason, now: Duration) {
+        let from = core.state;
+        core.state = to;
+        core.epoch += 1;
+        core.counts.consecutive_failures = 0;
+        core.counts.half_open_in_flight = 0;
+        core.half_open_successes = 0;
+        match to {
+            State::Open => {
+                if from == State::HalfOpen {
+                    core.failed_probes = core.failed_probes.saturating_add(1);
+                }
+                core.opened_until = now + core.settings.open_duration_after(core.failed_probes);
+            }
+            State::Closed => {
+                core.failed_probes = 0;
+                core.window.clear();
+            }
+            State::HalfOpen => {}
+        }
+        let transition = Transition { from, to, reason, at: now };
+        core.last_transition = Some(transition);
+        core.counts.transitions += 1;
+        if let Some(observer) = &self.observer {
+            observer.on_transition(&transition);
+        }
+    }
+
+    fn finish(&self, permit: &Permit<'_>, outcome: Option<Outcome>) {
+        let now = self.clock.now();
+        let mut core = self.lock();
+        core.counts.in_flight = core.counts.in_flight.saturating_sub(1);
+        let current = permit.epoch == core.epoch;
+        if permit.probe && current {
+            core.counts.half_open_in_flight = core.counts.half_open_in_flight.saturating_sub(1);
+        }
+        let Some(outcome) = outcome else {
+            core.counts.abandoned += 1;
+            return;
+        };
+        let slow = core
+            .settings
+            .slow_call_duration
+            .is_some_and(|limit| now.saturating_sub(permit.started) > limit);
+        let failed = outcome == Outcome::Failure;
+        if failed {
+            core.counts.failures += 1;
+        } else {
+            core.counts.successes += 1;
+        }
+        core.counts.slow_calls += u64::from(slow);
+        if !current {
+            return;
+        }
+        match core.state {
+            State::Closed => self.judge_closed(&mut core, failed, slow, now),
+            State::HalfOpen if failed || slow => {
+                self.transition(&mut core, State::Open, TransitionReason::ProbeFailed, now);
+            }
+            State::HalfOpen => {
+                core.half_open_successes += 1;
+                if core.half_open_successes >= core.settings.half_open_max_calls {
+                    self.transition(&mut core, State::Closed, TransitionReason::ProbesSucceeded, now);
+                }
+            }
+            State::Open => {}
+        }
+    }
+
+    fn judge_closed(&self, core: &mut Core, failed: bool, slow: bool, now: Duration) {
+        core.window.push(failed, slow);
+        core.counts.consecutive_failures = if failed { core.counts.consecutive_failures + 1 } else { 0 };
+        let settings = &core.settings;
+        let calls = core.window.len();
+        let rates_count = calls >= settings.effective_minimum_calls();
+        let over = |count: u32, percent: f64| f64::from(count) * 100.0 >= percent * f64::from(calls);
+        let reason = if core.counts.consecutive_failures >= settings.failure_threshold {
+            Some(TransitionReason::ConsecutiveFailures)
+        } else if rates_count
+            && settings.failure_rate_threshold.is_some_and(|p| over(core.window.failures(), p))
+        {
+            Some(TransitionReason::FailureRate)
+        } else if rates_count
+            && settings.slow_call_duration.is_some()
+            && over(core.window.slow(), settings.slow_call_rate_threshold)
+        {
+            Some(TransitionReason::SlowCallRate)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            self.transition(core, State::Open, reason, now);
+        }
+    }
+}
+
+impl Permit<'_> {
+    /// The call timeout in force when this permit was granted.
+    pub fn call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// Whether this call is a half-open probe.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    pub fn record(mut self, outcome: Outcome) {
+        self.reported = true;
+        self.breaker.finish(&self, Some(outcome));
+    }
+
+    pub fn success(self) {
+        self.record(Outcome::Success);
+    }
+
+    pub fn failure(self) {
+        self.record(Outcome::Failure);
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.breaker.finish(self, None);
+        }
+    }
+}
+
+impl std::fmt::Debug for CircuitBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker").field("state", &self.lock().state).finish()
+    }
+}
+
+impl std::fmt::Debug for Permit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit").field("epoch", &self.epoch).field("probe", &self.probe).finish()
+    }
+}

@@ -1,0 +1,142 @@
+//! Random sequences of calls, outcomes, cancellations, clock steps and settings swaps keep
+//! the breaker's invariants.
+use std::sync::Arc;
+use std::time::Duration;
+
+use breaker::{BreakerSettings, CircuitBreaker, ManualClock, Outcome, Permit, Rejection, State};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire,
+    Record(usize, bool),
+    Drop(usize),
+    Advance(u64),
+    Swap(u32, Option<u32>),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Acquire),
+        4 => (any::<usize>(), any::<bool>()).prop_map(|(i, ok)| Op::Record(i, ok)),
+        1 => any::<usize>().prop_map(Op::Drop),
+        2 => (0u64..3000).prop_map(Op::Advance),
+        1 => (1u32..4, proptest::option::of(1u32..5)).prop_map(|(h, m)| Op::Swap(h, m)),
+    ]
+}
+
+fn settings(half_open: u32, bulkhead: Option<u32>, rate: bool) -> BreakerSettings {
+    BreakerSettings {
+        failure_threshold: 3,
+        failure_rate_threshold: rate.then_some(50.0),
+        sliding_window_size: 6,
+        minimum_calls: 4,
+        slow_call_duration: Some(Duration::from_millis(800)),
+        slow_call_rate_threshold: 80.0,
+        call_timeout: Duration::from_millis(500),
+        open_duration: Duration::from_millis(1000),
+        max_open_duration: Some(Duration::from_millis(4000)),
+        half_open_max_calls: half_open,
+        max_concurrent_calls: bulkhead,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn invariants_hold(
+        ops in proptest::collection::vec(op(), 1..200),
+        half_open in 1u32..4,
+        bulkhead in proptest::option::of(1u32..6),
+        rate in any::<bool>(),
+    ) {
+        let clock = ManualClock::new();
+        let b = CircuitBreaker::new(settings(half_open, bulkhead, rate), Arc::new(clock.clone()));
+        let mut held: Vec<Permit<'_>> = Vec::new();
+        let mut probes_this_half_open = 0u32;
+        let mut last_transitions = 0u64;
+        for op in ops {
+            match op {
+                Op::Acquire => {
+                    let before = b.state();
+                    match b.try_acquire() {
+                        Ok(p) => {
+                            if p.is_probe() { probes_this_half_open += 1; }
+                            held.push(p);
+                        }
+                        Err(Rejection::Open) => prop_assert_eq!(b.state(), State::Open),
+                        Err(Rejection::HalfOpenFull) => prop_assert_eq!(b.state(), State::HalfOpen),
+                        Err(Rejection::BulkheadFull) => {
+                            let max = b.settings().max_concurrent_calls;
+                            prop_assert!(max.is_some_and(|m| held.len() as u32 >= m));
+                        }
+                    }
+                    let _ = before;
+                }
+                Op::Record(i, ok) if !held.is_empty() => {
+                    let p = held.swap_remove(i % held.len());
+                    p.record(if ok { Outcome::Success } else { Outcome::Failure });
+                }
+                Op::Drop(i) if !held.is_empty() => {
+                    drop(held.swap_remove(i % held.len()));
+                }
+                Op::Advance(ms) => clock.advance(Duration::from_millis(ms)),
+                Op::Swap(h, m) => b.update_settings(settings(h, m, rate)),
+                _ => {}
+            }
+            let snap = b.snapshot();
+            if snap.counts.transitions != last_transitions {
+                last_transitions = snap.counts.transitions;
+                probes_this_half_open = 0;
+            }
+            // Every held permit is counted in flight, and nothing else is.
+            prop_assert_eq!(snap.counts.in_flight as usize, held.len());
+            let live_probes = held.iter().filter(|p| p.is_probe()).count() as u32;
+            prop_assert!(snap.counts.half_open_in_flight <= live_probes);
+            if snap.state == State::HalfOpen {
+                // Never more probes in flight than allowed (a swap may lower the limit
+                // below what was already admitted, never raise what is in flight).
+                prop_assert!(snap.counts.half_open_in_flight <= 3);
+                prop_assert!(snap.counts.half_open_in_flight <= probes_this_half_open);
+            } else {
+                prop_assert_eq!(snap.counts.half_open_in_flight, 0);
+            }
+            if snap.state == State::Closed {
+                prop_assert!(snap.counts.consecutive_failures < snap.settings.failure_threshold);
+            }
+            if let Some(until) = snap.opened_until {
+                prop_assert!(until > clock_now(&clock));
+                let max = snap.settings.max_open_duration.unwrap();
+                prop_assert!(until <= clock_now(&clock) + max);
+            }
+            let c = snap.counts;
+            prop_assert!(c.window_calls <= snap.settings.sliding_window_size);
+            prop_assert!(c.window_failures <= c.window_calls && c.window_slow_calls <= c.window_calls);
+        }
+        // Liveness: once every caller is gone and the longest opening has passed, a call
+        // goes through; the breaker never wedges.
+        drop(held);
+        clock.advance(Duration::from_millis(4000));
+        prop_assert!(b.try_acquire().is_ok());
+    }
+
+    #[test]
+    fn probes_in_one_half_open_period_never_exceed_the_limit(
+        max in 1u32..5,
+        attempts in 1usize..50,
+    ) {
+        let clock = ManualClock::new();
+        let b = CircuitBreaker::new(settings(max, None, false), Arc::new(clock.clone()));
+        for _ in 0..3 { b.try_acquire().unwrap().failure(); }
+        clock.advance(Duration::from_millis(1000));
+        let permits: Vec<_> = (0..attempts).filter_map(|_| b.try_acquire().ok()).collect();
+        prop_assert_eq!(permits.len(), attempts.min(max as usize));
+        prop_assert!(permits.iter().all(|p| p.is_probe()));
+    }
+}
+
+fn clock_now(clock: &ManualClock) -> Duration {
+    use breaker::Clock;
+    clock.now()
+}

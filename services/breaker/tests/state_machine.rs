@@ -1,0 +1,285 @@
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use breaker::{
+    BreakerObserver, BreakerSettings, CircuitBreaker, ManualClock, Outcome, Rejection, State,
+    Transition, TransitionReason,
+};
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn setup(settings: BreakerSettings) -> (CircuitBreaker, ManualClock) {
+    settings.validate().unwrap();
+    let clock = ManualClock::new();
+    (CircuitBreaker::new(settings, Arc::new(clock.clone())), clock)
+}
+
+fn fail(b: &CircuitBreaker, n: u32) {
+    for _ in 0..n {
+        b.try_acquire().unwrap().failure();
+    }
+}
+
+#[test]
+fn trips_after_consecutive_failures_and_fails_fast() {
+    let (b, _) = setup(BreakerSettings::default());
+    fail(&b, 2);
+    b.try_acquire().unwrap().success(); // a success resets the streak
+    fail(&b, 2);
+    assert_eq!(b.state(), State::Closed);
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(b.try_acquire().unwrap_err(), Rejection::Open);
+    let snap = b.snapshot();
+    assert_eq!(snap.counts.rejected_open, 1);
+    assert_eq!(snap.last_transition.unwrap().reason, TransitionReason::ConsecutiveFailures);
+}
+
+#[test]
+fn half_open_admits_one_probe_and_success_closes() {
+    let (b, clock) = setup(BreakerSettings::default());
+    fail(&b, 3);
+    clock.advance(ms(4999));
+    assert_eq!(b.try_acquire().unwrap_err(), Rejection::Open);
+    clock.advance(ms(1));
+    let probe = b.try_acquire().unwrap();
+    assert!(probe.is_probe());
+    assert_eq!(b.state(), State::HalfOpen);
+    assert_eq!(b.try_acquire().unwrap_err(), Rejection::HalfOpenFull);
+    probe.success();
+    assert_eq!(b.state(), State::Closed);
+    assert!(!b.try_acquire().unwrap().is_probe());
+}
+
+#[test]
+fn backoff_doubles_each_failed_probe_and_resets_on_close() {
+    let (b, clock) = setup(BreakerSettings {
+        open_duration: ms(1000),
+        call_timeout: ms(100),
+        max_open_duration: Some(ms(3000)),
+        ..Default::default()
+    });
+    fail(&b, 3);
+    let mut open_for = Vec::new();
+    for _ in 0..4 {
+        // wait out the current opening, measuring it
+        let mut waited = 0;
+        while b.state() == State::Open {
+            clock.advance(ms(100));
+            waited += 100;
+        }
+        open_for.push(waited);
+        b.try_acquire().unwrap().failure();
+    }
+    assert_eq!(open_for, [1000, 2000, 3000, 3000]);
+    assert_eq!(b.snapshot().failed_probes, 4);
+    clock.advance(ms(3000));
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(b.snapshot().failed_probes, 0);
+    fail(&b, 3);
+    clock.advance(ms(999));
+    assert_eq!(b.state(), State::Open);
+    clock.advance(ms(1));
+    assert_eq!(b.state(), State::HalfOpen);
+}
+
+#[test]
+fn dropped_probe_releases_its_permit() {
+    let (b, clock) = setup(BreakerSettings::default());
+    fail(&b, 3);
+    clock.advance(ms(5000));
+    let probe = b.try_acquire().unwrap();
+    assert_eq!(b.try_acquire().unwrap_err(), Rejection::HalfOpenFull);
+    drop(probe); // a cancelled request
+    let snap = b.snapshot();
+    assert_eq!(snap.state, State::HalfOpen);
+    assert_eq!(snap.counts.abandoned, 1);
+    assert_eq!(snap.counts.in_flight, 0);
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[test]
+fn outcomes_from_before_a_transition_do_not_move_the_new_state() {
+    let (b, clock) = setup(BreakerSettings::default());
+    let slow_old = b.try_acquire().unwrap();
+    fail(&b, 3);
+    clock.advance(ms(5000));
+    let probe = b.try_acquire().unwrap();
+    slow_old.success(); // admitted while closed: must not count as the probe's success
+    assert_eq!(b.state(), State::HalfOpen);
+    assert_eq!(b.try_acquire().unwrap_err(), Rejection::HalfOpenFull);
+    probe.failure();
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(b.snapshot().counts.successes, 1);
+}
+
+#[test]
+fn failure_rate_needs_minimum_calls() {
+    let (b, _) = setup(BreakerSettings {
+        failure_threshold: 1000,
+        failure_rate_threshold: Some(50.0),
+        sliding_window_size: 10,
+        minimum_calls: 4,
+        ..Default::default()
+    });
+    for outcome in [Outcome::Failure, Outcome::Failure, Outcome::Failure] {
+        b.try_acquire().unwrap().record(outcome);
+    }
+    assert_eq!(b.state(), State::Closed, "3 of 3 failed, but 3 calls < minimumCalls");
+    b.try_acquire().unwrap().success(); // 3 of 4 failed: 75% >= 50%
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(b.snapshot().last_transition.unwrap().reason, TransitionReason::FailureRate);
+
+    let (b, _) = setup(BreakerSettings {
+        failure_threshold: 1000,
+        failure_rate_threshold: Some(50.0),
+        sliding_window_size: 10,
+        minimum_calls: 4,
+        ..Default::default()
+    });
+    // 1 of 4, 1 of 5, 2 of 6, 3 of 7 stay closed; 4 of 8 is 50% and opens.
+    for (outcome, closed) in [
+        (Outcome::Failure, true),
+        (Outcome::Success, true),
+        (Outcome::Success, true),
+        (Outcome::Success, true),
+        (Outcome::Success, true),
+        (Outcome::Failure, true),
+        (Outcome::Failure, true),
+        (Outcome::Failure, false),
+    ] {
+        b.try_acquire().unwrap().record(outcome);
+        assert_eq!(b.state() == State::Closed, closed);
+    }
+    assert_eq!(b.snapshot().last_transition.unwrap().reason, TransitionReason::FailureRate);
+}
+
+#[test]
+fn slow_calls_trip_on_slow_call_rate() {
+    let (b, clock) = setup(BreakerSettings {
+        slow_call_duration: Some(ms(500)),
+        slow_call_rate_threshold: 60.0,
+        minimum_calls: 5,
+        sliding_window_size: 5,
+        ..Default::default()
+    });
+    for i in 0..5 {
+        let p = b.try_acquire().unwrap();
+        clock.advance(if i % 5 == 0 { ms(10) } else { ms(600) });
+        p.success();
+        if i < 4 {
+            assert_eq!(b.state(), State::Closed);
+        }
+    }
+    assert_eq!(b.state(), State::Open);
+    assert_eq!(b.snapshot().last_transition.unwrap().reason, TransitionReason::SlowCallRate);
+    assert_eq!(b.snapshot().counts.slow_calls, 4);
+}
+
+#[test]
+fn bulkhead_caps_calls_in_flight() {
+    let (b, _) = setup(BreakerSettings { max_concurrent_calls: Some(2), ..Default::default() });
+    let a = b.try_acquire().unwrap();
+    let c = b.try_acquire().unwrap();
+    assert_eq!(b.try_acquire().unwrap_err(), Rejection::BulkheadFull);
+    drop(a);
+    let d = b.try_acquire().unwrap();
+    assert_eq!(b.snapshot().counts.in_flight, 2);
+    c.success();
+    d.success();
+    assert_eq!(b.snapshot().counts.rejected_bulkhead, 1);
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[test]
+fn settings_swap_keeps_state_and_counters() {
+    let (b, clock) = setup(BreakerSettings::default());
+    fail(&b, 2);
+    b.update_settings(BreakerSettings { failure_threshold: 5, ..Default::default() });
+    let snap = b.snapshot();
+    assert_eq!(snap.counts.consecutive_failures, 2);
+    assert_eq!(snap.counts.failures, 2);
+    assert_eq!(snap.settings.failure_threshold, 5);
+    fail(&b, 2);
+    assert_eq!(b.state(), State::Closed);
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open);
+    // An open circuit keeps its deadline; later openings use the new duration.
+    b.update_settings(BreakerSettings {
+        failure_threshold: 5,
+        open_duration: ms(60_000),
+        ..Default::default()
+    });
+    clock.advance(ms(5000));
+    assert_eq!(b.state(), State::HalfOpen);
+    b.try_acquire().unwrap().failure();
+    clock.advance(ms(59_999));
+    assert_eq!(b.state(), State::Open);
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(State, State)>>);
+
+impl BreakerObserver for Recorder {
+    fn on_transition(&self, t: &Transition) {
+        self.0.lock().unwrap().push((t.from, t.to));
+    }
+}
+
+#[test]
+fn observer_sees_every_transition_in_order() {
+    let clock = ManualClock::new();
+    let recorder = Arc::new(Recorder::default());
+    let b = CircuitBreaker::with_observer(
+        BreakerSettings::default(),
+        Arc::new(clock.clone()),
+        Some(recorder.clone()),
+    );
+    fail(&b, 3);
+    clock.advance(ms(5000));
+    b.try_acquire().unwrap().failure();
+    clock.advance(ms(5000));
+    b.try_acquire().unwrap().success();
+    use State::*;
+    assert_eq!(
+        *recorder.0.lock().unwrap(),
+        [(Closed, Open), (Open, HalfOpen), (HalfOpen, Open), (Open, HalfOpen), (HalfOpen, Closed)]
+    );
+    assert_eq!(b.snapshot().counts.transitions, 5);
+}
+
+#[test]
+fn half_open_admits_exactly_max_probes_under_contention() {
+    for max in [1u32, 3] {
+        let (b, clock) = setup(BreakerSettings { half_open_max_calls: max, ..Default::default() });
+        fail(&b, 3);
+        clock.advance(ms(5000));
+        let threads = 64;
+        let tried = Barrier::new(threads);
+        let start = Barrier::new(threads);
+        let admitted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        let permit = b.try_acquire().ok();
+                        // Hold every permit until all threads have tried.
+                        tried.wait();
+                        permit.is_some()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).filter(|ok| *ok).count()
+        });
+        assert_eq!(admitted as u32, max);
+        let snap = b.snapshot();
+        assert_eq!(snap.counts.rejected_half_open, u64::from(64 - max));
+        assert_eq!(snap.counts.abandoned, u64::from(max));
+        assert_eq!(snap.counts.in_flight, 0);
+        assert_eq!(snap.state, State::HalfOpen);
+    }
+}
