@@ -1,0 +1,173 @@
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::web::Bytes;
+use actix_web::HttpResponse;
+use catalog::Product;
+use serde::{Deserialize, Serialize};
+use service_runtime::{parse_duration, ApiError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultMode {
+    /// Answer normally.
+    None,
+    /// Wait `hang`, then answer 408 (the seed's bug).
+    Hang,
+    /// Answer `status` at once.
+    Error,
+    /// Wait `delay`, then answer normally.
+    Slow,
+    /// Answer `status` for `errorRate` percent of requests, normally otherwise.
+    Flaky,
+    /// Start the response, then drop the connection.
+    Reset,
+}
+
+/// The fault in force. Every field is kept whatever the mode, so switching modes at runtime
+/// reuses the configured timings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fault {
+    pub mode: FaultMode,
+    #[serde(with = "humantime_serde")]
+    pub hang: Duration,
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+    pub status: u16,
+    pub error_rate: f64,
+}
+
+/// A runtime change: `mode` and any fields to change with it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultUpdate {
+    pub mode: FaultMode,
+    #[serde(default, with = "humantime_serde")]
+    pub hang: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub delay: Option<Duration>,
+    pub status: Option<u16>,
+    pub error_rate: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("status: {0} is not an HTTP error status (400..=599)")]
+    Status(u16),
+    #[error("errorRate: {0} must be a percentage from 0 to 100")]
+    ErrorRate(f64),
+    #[error("hang and delay must be at most 1h")]
+    TooLong,
+}
+
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+impl Fault {
+    fn validate(self) -> Result<Self, FaultError> {
+        if !(400..=599).contains(&self.status) {
+            return Err(FaultError::Status(self.status));
+        }
+        if !(0.0..=100.0).contains(&self.error_rate) {
+            return Err(FaultError::ErrorRate(self.error_rate));
+        }
+        if self.hang > MAX_WAIT || self.delay > MAX_WAIT {
+            return Err(FaultError::TooLong);
+        }
+        Ok(self)
+    }
+
+    /// This fault with `update` applied, checked.
+    pub fn updated(self, update: FaultUpdate) -> Result<Self, FaultError> {
+        Fault {
+            mode: update.mode,
+            hang: update.hang.unwrap_or(self.hang),
+            delay: update.delay.unwrap_or(self.delay),
+            status: update.status.unwrap_or(self.status),
+            error_rate: update.error_rate.unwrap_or(self.error_rate),
+        }
+        .validate()
+    }
+
+    fn error_status(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// Answers a request under this fault; `answer` computes the healthy answer.
+    pub async fn apply(
+        self,
+        answer: impl FnOnce() -> Result<Vec<Product>, ApiError>,
+    ) -> Result<HttpResponse, ApiError> {
+        match self.mode {
+            FaultMode::None => {}
+            FaultMode::Hang => {
+                tokio::time::sleep(self.hang).await;
+                return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "Service timeout"));
+            }
+            FaultMode::Error => {
+                return Err(ApiError::new(self.error_status(), "injected error"));
+            }
+            FaultMode::Slow => tokio::time::sleep(self.delay).await,
+            FaultMode::Flaky => {
+                if rand::random::<f64>() * 100.0 < self.error_rate {
+                    return Err(ApiError::new(self.error_status(), "injected flaky error"));
+                }
+            }
+            FaultMode::Reset => return Ok(reset_mid_response()),
+        }
+        Ok(HttpResponse::Ok().json(answer()?))
+    }
+}
+
+/// A 200 whose body breaks off after its first bytes: the server drops the connection.
+fn reset_mid_response() -> HttpResponse {
+    let chunks: [Result<Bytes, std::io::Error>; 2] = [
+        Ok(Bytes::from_static(b"[{\"id\":1,\"name\":")),
+        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset")),
+    ];
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(futures_util::stream::iter(chunks))
+}
+
+/// The fault at start, from the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FaultArgs {
+    /// The seed's switch: `true` means `FAULT_MODE=hang`.
+    #[arg(long, env = "SIMULATE_FAILURE", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    simulate_failure: bool,
+    /// none, hang, error, slow, flaky or reset (overrides SIMULATE_FAILURE).
+    #[arg(long, env = "FAULT_MODE", value_enum)]
+    fault_mode: Option<FaultMode>,
+    /// How long `hang` waits before answering 408.
+    #[arg(long, env = "FAILURE_HANG", default_value = "30s", value_parser = parse_duration)]
+    failure_hang: Duration,
+    /// How long `slow` waits before answering.
+    #[arg(long, env = "FAULT_DELAY", default_value = "1s", value_parser = parse_duration)]
+    fault_delay: Duration,
+    /// Status of `error` and of `flaky`'s failures.
+    #[arg(long, env = "FAULT_STATUS", default_value_t = 500)]
+    fault_status: u16,
+    /// Percentage of `flaky` requests that fail.
+    #[arg(long, env = "FAULT_ERROR_RATE", default_value_t = 50.0)]
+    fault_error_rate: f64,
+}
+
+impl FaultArgs {
+    pub fn initial(&self) -> Result<Fault, FaultError> {
+        let mode = match (self.fault_mode, self.simulate_failure) {
+            (Some(mode), _) => mode,
+            (None, true) => FaultMode::Hang,
+            (None, false) => FaultMode::None,
+        };
+        Fault {
+            mode,
+            hang: self.failure_hang,
+            delay: self.fault_delay,
+            status: self.fault_status,
+            error_rate: self.fault_error_rate,
+        }
+        .validate()
+    }
+}

@@ -1,0 +1,110 @@
+//! recommendations-service: related products, with fault injection. The fault comes from the
+//! environment at start and can be switched at runtime through `PUT /admin/fault`.
+
+mod admin;
+mod fault;
+
+use std::sync::RwLock;
+
+use actix_web::{web, HttpResponse};
+use clap::Parser;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use service_runtime::{prometheus_client, resource, ApiError, ServeArgs, Service};
+
+use crate::fault::{Fault, FaultArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "recommendations-service", version, about = "Related products, with fault injection")]
+struct Args {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    fault: FaultArgs,
+    /// Bearer token for `/admin/fault`; without it the admin endpoint is disabled.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+/// Shared by all workers.
+pub(crate) struct AppState {
+    fault: RwLock<Fault>,
+    admin_token: Option<String>,
+    /// Counted when a request arrives, so hanging requests are seen before they end.
+    received: Counter,
+    in_flight: Gauge,
+}
+
+impl AppState {
+    pub(crate) fn fault(&self) -> Fault {
+        *self.fault.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+const RELATED_COUNT: usize = 3;
+
+async fn recommendations(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.received.inc();
+    state.in_flight.inc();
+    let _in_flight = scopeguard(&state.in_flight);
+    let id = catalog::parse_id(&id).map_err(|err| ApiError::bad_request(err.to_string()))?;
+    let fault = state.fault();
+    fault
+        .apply(|| {
+            catalog::related(id, RELATED_COUNT)
+                .ok_or_else(|| ApiError::not_found(format!("product {id} not found")))
+        })
+        .await
+}
+
+/// Decrements the in-flight gauge however the handler ends (including cancellation).
+fn scopeguard(gauge: &Gauge) -> impl Drop + '_ {
+    struct Guard<'a>(&'a Gauge);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    Guard(gauge)
+}
+
+#[actix_web::main]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    service_runtime::init_logging(args.serve.log_format);
+    let fault = match args.fault.initial() {
+        Ok(fault) => fault,
+        Err(err) => {
+            eprintln!("recommendations-service: {err}");
+            std::process::exit(2);
+        }
+    };
+    tracing::info!(mode = ?fault.mode, admin = args.admin_token.is_some(), "fault injection set");
+    let state = web::Data::new(AppState {
+        fault: RwLock::new(fault),
+        admin_token: args.admin_token.filter(|t| !t.is_empty()),
+        received: Counter::default(),
+        in_flight: Gauge::default(),
+    });
+    let mut service = Service::new("recommendations-service");
+    service.registry().register(
+        "recommendation_requests_received",
+        "Recommendation requests received (counted on arrival)",
+        state.received.clone(),
+    );
+    service.registry().register(
+        "recommendation_requests_in_flight",
+        "Recommendation requests being answered",
+        state.in_flight.clone(),
+    );
+    service
+        .run(&args.serve, 8082, move |cfg| {
+            cfg.app_data(state.clone())
+                .service(resource("/recommendations/{id}").get(recommendations))
+                .service(resource("/admin/fault").get(admin::show).put(admin::update));
+        })
+        .await
+}

@@ -1,0 +1,14 @@
+//! What every demo service shares: the serving loop with graceful shutdown, `/healthz`,
+//! `/readyz` and `/metrics`, HTTP metrics, JSON errors and logging set up from the environment.
+
+mod error;
+mod http_metrics;
+mod serve;
+mod telemetry;
+
+pub use error::ApiError;
+pub use http_metrics::latency_buckets;
+pub use serve::{parse_duration, resource, ServeArgs, Service};
+pub use telemetry::{init_logging, LogFormat};
+
+pub use prometheus_client;

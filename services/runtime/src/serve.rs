@@ -1,0 +1,132 @@
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::ContentType;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpResponse, HttpServer, Resource, ResponseError};
+use prometheus_client::registry::Registry;
+
+use crate::error::ApiError;
+use crate::http_metrics::{self, HttpMetrics};
+use crate::telemetry::LogFormat;
+
+/// Parses a human duration such as `250ms`, `2s` or `1m`.
+pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(text)
+}
+
+/// How every service listens, logs and stops; read from the environment or flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Port to listen on (default depends on the service).
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind_addr: IpAddr,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// How long in-flight requests may run on after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Worker threads (default: one per core).
+    #[arg(long, env = "WORKERS")]
+    pub workers: Option<usize>,
+}
+
+/// A service being assembled: its name and metrics registry, then [`Service::run`].
+pub struct Service {
+    name: &'static str,
+    registry: Registry,
+}
+
+impl Service {
+    pub fn new(name: &'static str) -> Self {
+        Self { name, registry: Registry::default() }
+    }
+
+    /// The registry `/metrics` serves; register service metrics before `run`.
+    pub fn registry(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// Serves until SIGTERM (graceful: in-flight requests finish within the shutdown
+    /// timeout) or SIGINT. `configure` adds the service's own routes on every worker.
+    pub async fn run<F>(mut self, args: &ServeArgs, default_port: u16, configure: F) -> std::io::Result<()>
+    where
+        F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    {
+        let http_metrics = web::Data::new(HttpMetrics::register(&mut self.registry));
+        let registry = web::Data::new(Arc::new(self.registry));
+        let port = args.port.unwrap_or(default_port);
+        let name = self.name;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(http_metrics.clone())
+                .app_data(registry.clone())
+                .app_data(json_config())
+                .app_data(path_config())
+                .wrap(from_fn(http_metrics::record))
+                .service(resource("/healthz").get(healthz))
+                .service(resource("/readyz").get(readyz))
+                .service(resource("/metrics").get(metrics))
+                .configure(configure.clone())
+                .default_service(web::to(not_found))
+        })
+        .shutdown_timeout(args.shutdown_timeout.as_secs().max(1))
+        .bind((args.bind_addr, port))?;
+        if let Some(workers) = args.workers {
+            server = server.workers(workers);
+        }
+        for addr in server.addrs() {
+            tracing::info!(service = name, %addr, "listening");
+        }
+        let result = server.run().await;
+        tracing::info!(service = name, "stopped");
+        result
+    }
+}
+
+/// A route whose other methods get a JSON 405.
+pub fn resource(path: &str) -> Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(16 * 1024)
+        .error_handler(|err, _| ApiError::bad_request(err.to_string()).into())
+}
+
+fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|err, _| ApiError::bad_request(err.to_string()).into())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+}
+
+async fn metrics(registry: web::Data<Arc<Registry>>) -> Result<HttpResponse, ApiError> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|err| {
+        ApiError::new(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+    })?;
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8".parse().expect("valid mime"),
+        ))
+        .body(text))
+}
+
+async fn not_found() -> HttpResponse {
+    ApiError::not_found("no such route").error_response()
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    ApiError::new(actix_web::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+        .error_response()
+}
