@@ -10,7 +10,7 @@ use actix_web::{web, HttpResponse};
 use clap::Parser;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use service_runtime::{prometheus_client, resource, ApiError, ServeArgs, Service};
+use service_runtime::{resource, ApiError, ServeArgs, Service};
 
 use crate::fault::{Fault, FaultArgs};
 

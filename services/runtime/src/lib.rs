@@ -11,4 +11,4 @@ pub use http_metrics::latency_buckets;
 pub use serve::{parse_duration, resource, ServeArgs, Service};
 pub use telemetry::{init_logging, LogFormat};
 
-pub use prometheus_client;
+

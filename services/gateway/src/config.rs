@@ -1,0 +1,118 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use breaker::{BreakerSettings, SettingsError};
+use service_runtime::{parse_duration, ServeArgs};
+
+use crate::reload;
+use crate::upstream::Upstreams;
+
+/// What both gateways read from the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[arg(long, env = "PRODUCT_SERVICE_URL", default_value = "http://127.0.0.1:8081")]
+    pub product_service_url: String,
+    #[arg(long, env = "RECOMMENDATIONS_SERVICE_URL", default_value = "http://127.0.0.1:8082")]
+    pub recommendations_service_url: String,
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "api-gateway-v1", version, about = "Product pages without protection: all or nothing")]
+pub struct V1Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// How long v1 waits for each upstream call.
+    #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_timeout: Duration,
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "api-gateway-v2", version, about = "Product pages behind a circuit breaker with fallback")]
+pub struct V2Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// YAML BreakerSettings file, watched and hot-reloaded; defaults apply without it.
+    #[arg(long, env = "BREAKER_CONFIG")]
+    pub breaker_config: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {value:?} is not a usable http:// base URL ({reason})")]
+    BadUrl { var: &'static str, value: String, reason: String },
+    #[error("BREAKER_CONFIG {path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("BREAKER_CONFIG {path}: {source}")]
+    Settings { path: PathBuf, source: SettingsError },
+}
+
+impl CommonArgs {
+    pub fn upstreams(&self) -> Result<Upstreams, ConfigError> {
+        Ok(Upstreams::new(
+            base_url("PRODUCT_SERVICE_URL", &self.product_service_url)?,
+            base_url("RECOMMENDATIONS_SERVICE_URL", &self.recommendations_service_url)?,
+        ))
+    }
+}
+
+fn base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadUrl { var, value: value.into(), reason: reason.into() };
+    let uri: actix_web::http::Uri = value.parse().map_err(|e: actix_web::http::uri::InvalidUri| bad(&e.to_string()))?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        return Err(bad("needs http://host[:port]"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("must not carry a query"));
+    }
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+/// Where v2's settings come from and what they are at start.
+#[derive(Debug, Clone)]
+pub struct SettingsSource {
+    pub path: Option<PathBuf>,
+    pub initial: BreakerSettings,
+    pub version: String,
+}
+
+impl SettingsSource {
+    pub fn describe(&self) -> String {
+        match &self.path {
+            Some(path) => format!("file:{}", path.display()),
+            None => "defaults".to_string(),
+        }
+    }
+}
+
+impl V2Args {
+    /// Reads the settings file once; a bad file at start is an error, not a silent default.
+    pub fn settings_source(&self) -> Result<SettingsSource, ConfigError> {
+        match &self.breaker_config {
+            None => Ok(SettingsSource {
+                path: None,
+                initial: BreakerSettings::default(),
+                version: "defaults".into(),
+            }),
+            Some(path) => {
+                let (initial, version) = reload::load(path)?;
+                Ok(SettingsSource { path: Some(path.clone()), initial, version })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls_are_checked() {
+        assert_eq!(base_url("X", "http://127.0.0.1:8081/").unwrap(), "http://127.0.0.1:8081");
+        assert!(base_url("X", "127.0.0.1:8081").is_err());
+        assert!(base_url("X", "https://example").is_err());
+        assert!(base_url("X", "http://h/?q=1").is_err());
+        assert!(base_url("X", "not a url").is_err());
+    }
+}

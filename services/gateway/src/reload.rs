@@ -1,0 +1,72 @@
+//! BREAKER_CONFIG: read once at start, then watched. The directory is watched, not the file:
+//! editors and Kubernetes replace files by renaming, which a watch on the file itself misses.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use breaker::BreakerSettings;
+use notify::{RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+
+use crate::config::ConfigError;
+use crate::protected::Protected;
+
+/// Content version: the start of the SHA-256 of the file, so equal content is one version.
+pub fn version_of(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<BreakerSettings, ConfigError> {
+    BreakerSettings::from_yaml(text).map_err(|source| ConfigError::Settings { path: path.into(), source })
+}
+
+pub fn load(path: &Path) -> Result<(BreakerSettings, String), ConfigError> {
+    let text = read(path)?;
+    Ok((parse(path, &text)?, version_of(&text)))
+}
+
+/// A safety net beside the watch: a missed event is caught within this time.
+const POLL_EVERY: Duration = Duration::from_secs(5);
+/// Editors write in bursts; wait for the burst to end before reading.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Re-reads `path` whenever its directory changes, and every [`POLL_EVERY`].
+pub fn spawn_watch(path: PathBuf, protected: Arc<Protected>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .and_then(|mut watcher| watcher.watch(&dir, RecursiveMode::NonRecursive).map(|()| watcher));
+    let watcher = match watcher {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            tracing::error!(dir = %dir.display(), error = %err, "cannot watch the config directory; polling only");
+            None
+        }
+    };
+    actix_web::rt::spawn(async move {
+        let _keep_alive = watcher;
+        let mut watching = _keep_alive.is_some();
+        loop {
+            tokio::select! {
+                event = rx.recv(), if watching => {
+                    if event.is_none() {
+                        watching = false;
+                        continue;
+                    }
+                    tokio::time::sleep(SETTLE).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = tokio::time::sleep(POLL_EVERY) => {}
+            }
+            protected.reload_file(&path);
+        }
+    });
+}

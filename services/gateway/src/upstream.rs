@@ -1,0 +1,124 @@
+//! Calls to the product and recommendations services, with one deadline per call.
+
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use catalog::Product;
+use serde::de::DeserializeOwned;
+
+use crate::metrics::{UpstreamMetrics, UpstreamName};
+
+/// Largest upstream body we read; a catalogue answer is a few KiB.
+const BODY_LIMIT: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Upstreams {
+    product: String,
+    recommendations: String,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{0} timed out after {1:?}")]
+    Timeout(UpstreamName, Duration),
+    #[error("{0} unreachable: {1}")]
+    Connect(UpstreamName, String),
+    #[error("{0} answered {1}")]
+    Status(UpstreamName, StatusCode),
+    #[error("{0} sent an unusable body: {1}")]
+    Body(UpstreamName, String),
+}
+
+impl UpstreamError {
+    /// Whether this says the dependency is unhealthy (as opposed to it refusing one request).
+    pub fn is_dependency_failure(&self) -> bool {
+        match self {
+            UpstreamError::Status(_, status) => {
+                status.is_server_error()
+                    || *status == StatusCode::REQUEST_TIMEOUT
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => true,
+        }
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Timeout(..) => "timeout",
+            UpstreamError::Connect(..) => "connect",
+            UpstreamError::Status(_, s) if s.is_server_error() => "status_5xx",
+            UpstreamError::Status(..) => "status_4xx",
+            UpstreamError::Body(..) => "body",
+        }
+    }
+}
+
+/// One HTTP client per worker: pooled keep-alive connections, no pool cap (a bulkhead is an
+/// explicit policy of v2, not an accident of the pool), deadlines set per call.
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .disable_timeout()
+        .connector(awc::Connector::new().limit(0).timeout(Duration::from_secs(5)))
+        .finish()
+}
+
+impl Upstreams {
+    pub fn new(product: String, recommendations: String) -> Self {
+        Self { product, recommendations }
+    }
+
+    pub async fn product(
+        &self,
+        client: &awc::Client,
+        metrics: &UpstreamMetrics,
+        id: u32,
+        timeout: Duration,
+    ) -> Result<Product, UpstreamError> {
+        let url = format!("{}/products/{id}", self.product);
+        get_json(client, metrics, UpstreamName::Product, &url, timeout).await
+    }
+
+    pub async fn recommendations(
+        &self,
+        client: &awc::Client,
+        metrics: &UpstreamMetrics,
+        id: u32,
+        timeout: Duration,
+    ) -> Result<Vec<Product>, UpstreamError> {
+        let url = format!("{}/recommendations/{id}", self.recommendations);
+        get_json(client, metrics, UpstreamName::Recommendations, &url, timeout).await
+    }
+}
+
+async fn get_json<T: DeserializeOwned>(
+    client: &awc::Client,
+    metrics: &UpstreamMetrics,
+    name: UpstreamName,
+    url: &str,
+    timeout: Duration,
+) -> Result<T, UpstreamError> {
+    let started = Instant::now();
+    let call = async {
+        let mut response = client
+            .get(url)
+            .send()
+            .await
+            .map_err(|err| UpstreamError::Connect(name, err.to_string()))?;
+        if !response.status().is_success() {
+            return Err(UpstreamError::Status(name, response.status()));
+        }
+        let body = response
+            .body()
+            .limit(BODY_LIMIT)
+            .await
+            .map_err(|err| UpstreamError::Body(name, err.to_string()))?;
+        serde_json::from_slice(&body).map_err(|err| UpstreamError::Body(name, err.to_string()))
+    };
+    let result = match tokio::time::timeout(timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(UpstreamError::Timeout(name, timeout)),
+    };
+    metrics.observe(name, result.as_ref().err().map_or("ok", UpstreamError::kind), started.elapsed());
+    result
+}
