@@ -1,13 +1,17 @@
+use std::future::Future;
+use std::pin::pin;
+
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use catalog::Product;
 use chrono::{SecondsFormat, Utc};
+use futures_util::future::{select, Either};
 use futures_util::TryFutureExt;
 use serde::Serialize;
 use service_runtime::ApiError;
 
 use crate::metrics::UpstreamMetrics;
-use crate::policy::Policy;
+use crate::policy::{Policy, Recommendations};
 use crate::upstream::{UpstreamError, Upstreams};
 
 pub struct Gateway {
@@ -43,13 +47,33 @@ pub async fn product_details(
             tracing::warn!(product_id = id, error = %err, "recommendations failed; failing the request");
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("Failed to get recommendations: {err}"))
         });
-    let (product, recommendations) = futures_util::future::try_join(product, recommendations).await?;
+    let (product, recommendations) = product_first(product, recommendations).await?;
     Ok(HttpResponse::Ok().json(ProductDetails {
         product,
         recommendations: recommendations.products,
         degraded_mode: recommendations.degraded,
         timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
     }))
+}
+
+/// Runs both calls at once. A product failure answers at once, whatever recommendations is
+/// doing; a recommendations failure waits for the product, whose own error (such as 404 for an
+/// unknown id) takes precedence.
+async fn product_first<P, R>(product: P, recommendations: R) -> Result<(Product, Recommendations), ApiError>
+where
+    P: Future<Output = Result<Product, ApiError>>,
+    R: Future<Output = Result<Recommendations, ApiError>>,
+{
+    match select(pin!(product), pin!(recommendations)).await {
+        Either::Left((product, recommendations)) => {
+            let product = product?;
+            Ok((product, recommendations.await?))
+        }
+        Either::Right((recommendations, product)) => {
+            let product = product.await?;
+            Ok((product, recommendations?))
+        }
+    }
 }
 
 fn product_error(id: u32, err: UpstreamError) -> ApiError {

@@ -1,0 +1,261 @@
+//! Test harness: starts the real binaries (built by `cargo build --workspace --bins`, which
+//! `make test` runs first) on 127.0.0.1 with free ports, and talks to them over HTTP.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+
+/// `target/<profile>/<name>`, next to this test binary's `deps/` folder.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (`make test` does)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One running service; killed when dropped. Its log goes to a file shown on failure.
+pub struct Proc {
+    pub name: &'static str,
+    pub port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn start(name: &'static str, env: &[(&str, String)], dir: &Path) -> Proc {
+        let port = free_port();
+        let log = dir.join(format!("{name}-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin_path(name))
+            .env_clear()
+            .env("PORT", port.to_string())
+            .env("BIND_ADDR", "127.0.0.1")
+            .env("RUST_LOG", "info")
+            .env("WORKERS", "2")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let proc = Proc { name, port, child, log };
+        proc.wait_ready();
+        proc
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not listen on {} within 15 s:\n{}", self.name, self.port, self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (graceful shutdown) and waits for the exit, bounded.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not stop after SIGTERM", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- log of {} ----\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+/// How recommendations-service should misbehave at start, and v2's settings file.
+pub struct StackConfig {
+    pub recommendations_env: Vec<(&'static str, String)>,
+    pub v1_timeout: &'static str,
+    pub breaker_yaml: String,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        Self {
+            recommendations_env: vec![],
+            v1_timeout: "3s",
+            breaker_yaml: "callTimeout: 300ms\nopenDuration: 1500ms\n".into(),
+        }
+    }
+}
+
+/// All four services.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub product: Proc,
+    pub recommendations: Proc,
+    pub v1: Proc,
+    pub v2: Proc,
+}
+
+impl Stack {
+    pub fn start(config: StackConfig) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let product = Proc::start("product-service", &[], dir.path());
+        let mut rec_env = vec![("ADMIN_TOKEN", ADMIN_TOKEN.to_string())];
+        rec_env.extend(config.recommendations_env.iter().cloned());
+        let recommendations = Proc::start("recommendations-service", &rec_env, dir.path());
+        let upstreams = vec![
+            ("PRODUCT_SERVICE_URL", product.url("")),
+            ("RECOMMENDATIONS_SERVICE_URL", recommendations.url("")),
+        ];
+        let mut v1_env = upstreams.clone();
+        v1_env.push(("UPSTREAM_TIMEOUT", config.v1_timeout.to_string()));
+        let v1 = Proc::start("api-gateway-v1", &v1_env, dir.path());
+        let config_path = dir.path().join("breaker.yaml");
+        std::fs::write(&config_path, &config.breaker_yaml).unwrap();
+        let mut v2_env = upstreams;
+        v2_env.push(("BREAKER_CONFIG", config_path.display().to_string()));
+        let v2 = Proc::start("api-gateway-v2", &v2_env, dir.path());
+        Stack { dir, product, recommendations, v1, v2 }
+    }
+
+    pub fn breaker_config_path(&self) -> PathBuf {
+        self.dir.path().join("breaker.yaml")
+    }
+}
+
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connector(awc::Connector::new().limit(0))
+        .finish()
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub raw: String,
+    pub elapsed: Duration,
+    pub content_type: String,
+}
+
+impl Answer {
+    pub fn degraded(&self) -> bool {
+        self.body["degraded_mode"].as_bool().expect("degraded_mode in body")
+    }
+
+    pub fn recommendation_count(&self) -> usize {
+        self.body["recommendations"].as_array().expect("recommendations array").len()
+    }
+}
+
+pub async fn request(client: &awc::Client, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
+    let started = Instant::now();
+    let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut req = client.request(method, url);
+    for (k, v) in headers {
+        req = req.insert_header((*k, *v));
+    }
+    let mut resp = match body {
+        Some(b) => req.insert_header(("content-type", "application/json")).send_body(b.to_string()).await,
+        None => req.send().await,
+    }
+    .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let bytes = resp.body().limit(4 << 20).await.unwrap();
+    let raw = String::from_utf8_lossy(&bytes).to_string();
+    Answer {
+        status: resp.status().as_u16(),
+        body: serde_json::from_str(&raw).unwrap_or(Value::Null),
+        raw,
+        elapsed: started.elapsed(),
+        content_type: resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+    }
+}
+
+pub async fn get(client: &awc::Client, url: &str) -> Answer {
+    request(client, "GET", url, &[], None).await
+}
+
+/// Counters and gauges from a `/metrics` page, keyed by the full series name with labels.
+pub async fn metrics(client: &awc::Client, proc: &Proc) -> HashMap<String, f64> {
+    let answer = get(client, &proc.url("/metrics")).await;
+    assert_eq!(answer.status, 200);
+    answer
+        .raw
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+/// Requests recommendations-service has received (counted on arrival).
+pub async fn received(client: &awc::Client, stack: &Stack) -> u64 {
+    metrics(client, &stack.recommendations).await["recommendation_requests_received_total"] as u64
+}
+
+pub async fn status(client: &awc::Client, stack: &Stack) -> Value {
+    get(client, &stack.v2.url("/circuit-status")).await.body
+}
+
+/// Polls `/circuit-status` until `pred` holds, at most `within`.
+pub async fn wait_status(client: &awc::Client, stack: &Stack, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = status(client, stack).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "condition not met within {within:?}; last status {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn set_fault(client: &awc::Client, stack: &Stack, body: &str) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let answer = request(client, "PUT", &stack.recommendations.url("/admin/fault"), &[("authorization", &auth)], Some(body)).await;
+    assert_eq!(answer.status, 200, "{}", answer.raw);
+}
+
+pub fn hang(duration: &str) -> Vec<(&'static str, String)> {
+    vec![("SIMULATE_FAILURE", "true".into()), ("FAILURE_HANG", duration.into())]
+}

@@ -1,0 +1,88 @@
+//! Health, metrics, fault modes at the service and graceful shutdown.
+use std::time::Duration;
+
+use e2e::*;
+
+#[actix_web::test]
+async fn every_service_serves_health_readiness_and_metrics() {
+    let stack = Stack::start(StackConfig::default());
+    let c = client();
+    get(&c, &stack.v2.url("/product-details/1")).await;
+    for proc in [&stack.product, &stack.recommendations, &stack.v1, &stack.v2] {
+        assert_eq!(get(&c, &proc.url("/healthz")).await.status, 200, "{}", proc.name);
+        assert_eq!(get(&c, &proc.url("/readyz")).await.status, 200, "{}", proc.name);
+        let m = get(&c, &proc.url("/metrics")).await;
+        assert_eq!(m.status, 200);
+        assert!(m.raw.contains("http_requests_total"), "{}: {}", proc.name, m.raw);
+        assert!(m.raw.trim_end().ends_with("# EOF"));
+    }
+    let m = get(&c, &stack.v2.url("/metrics")).await.raw;
+    for series in [
+        "breaker_state{state=\"closed\"} 1",
+        "breaker_calls_total{outcome=\"success\"} 1",
+        "upstream_request_duration_seconds_bucket",
+        "http_request_duration_seconds_bucket",
+    ] {
+        assert!(m.contains(series), "v2 metrics lack {series}:\n{m}");
+    }
+}
+
+#[actix_web::test]
+async fn fault_modes_behave_as_documented() {
+    let stack = Stack::start(StackConfig {
+        recommendations_env: vec![("FAULT_MODE", "slow".into()), ("FAULT_DELAY", "400ms".into())],
+        ..Default::default()
+    });
+    let c = client();
+    let url = stack.recommendations.url("/recommendations/1");
+    let a = get(&c, &url).await;
+    assert_eq!(a.status, 200);
+    assert!(a.elapsed >= Duration::from_millis(390), "{:?}", a.elapsed);
+    set_fault(&c, &stack, r#"{"mode":"error","status":502}"#).await;
+    assert_eq!(get(&c, &url).await.status, 502);
+    set_fault(&c, &stack, r#"{"mode":"flaky","errorRate":50,"status":500}"#).await;
+    let mut failed = 0;
+    for _ in 0..200 {
+        if get(&c, &url).await.status == 500 {
+            failed += 1;
+        }
+    }
+    assert!((60..=140).contains(&failed), "flaky 50% failed {failed} of 200");
+    set_fault(&c, &stack, r#"{"mode":"reset"}"#).await;
+    let broken = c.get(&url).send().await;
+    let body_failed = match broken {
+        Err(_) => true,
+        Ok(mut resp) => resp.body().await.is_err(),
+    };
+    assert!(body_failed, "reset must break the response");
+    set_fault(&c, &stack, r#"{"mode":"hang","hang":"300ms"}"#).await;
+    let a = get(&c, &url).await;
+    assert_eq!(a.status, 408);
+    assert!(a.elapsed >= Duration::from_millis(290));
+    // v2 sees the reset as a failure and serves the fallback.
+    set_fault(&c, &stack, r#"{"mode":"reset"}"#).await;
+    let a = get(&c, &stack.v2.url("/product-details/1")).await;
+    assert_eq!(a.status, 200);
+    assert!(a.degraded());
+}
+
+#[actix_web::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let mut stack = Stack::start(StackConfig {
+        recommendations_env: vec![("FAULT_MODE", "slow".into()), ("FAULT_DELAY", "800ms".into())],
+        ..Default::default()
+    });
+    let c = client();
+    let urls: Vec<String> = (1..=10).map(|i| stack.v1.url(&format!("/product-details/{i}"))).collect();
+    let in_flight = futures_util::future::join_all(urls.iter().map(|u| get(&c, u)));
+    let pid = stack.v1.pid();
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    };
+    let (answers, ()) = tokio::join!(in_flight, stop);
+    let ok = answers.iter().filter(|a| a.status == 200 && a.recommendation_count() == 3).count();
+    assert_eq!(ok, 10, "every in-flight request completes");
+    let status = stack.v1.terminate();
+    assert!(status.success(), "{status:?}");
+}
