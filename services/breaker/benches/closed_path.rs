@@ -24,7 +24,9 @@ fn closed_path(c: &mut Criterion) {
         max_concurrent_calls: Some(1000),
         ..Default::default()
     });
-    group.bench_function("uncontended_all_features", |bench| bench.iter(|| call(&full)));
+    group.bench_function("uncontended_all_features", |bench| {
+        bench.iter(|| call(&full))
+    });
 
     // Two threads share one breaker; the time reported is per call on each thread.
     let shared = breaker(BreakerSettings::default());

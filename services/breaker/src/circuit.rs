@@ -1,4 +1,6 @@
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -141,7 +143,9 @@ pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     epoch: u64,
     probe: bool,
-    started: Duration,
+    /// Clock time at admission; only read when slow calls are judged, to keep the
+    /// closed path free of clock reads.
+    started: Option<Duration>,
     call_timeout: Duration,
     reported: bool,
 }
@@ -169,20 +173,23 @@ impl CircuitBreaker {
             counts: Counts::default(),
             last_transition: None,
         };
-        Self { core: Mutex::new(core), clock, observer }
+        Self {
+            core: Mutex::new(core),
+            clock,
+            observer,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Core> {
-        // The core is consistent after every statement that can panic, so a poisoned lock
-        // (a panicking observer) must not take the gateway down with it.
-        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        // parking_lot: no poisoning, and it spins briefly before parking, which keeps the
+        // contended call path cheap.
+        self.core.lock()
     }
 
     /// Asks to make a call now.
     pub fn try_acquire(&self) -> Result<Permit<'_>, Rejection> {
-        let now = self.clock.now();
         let mut core = self.lock();
-        self.open_to_half_open(&mut core, now);
+        self.open_to_half_open(&mut core);
         if let Some(max) = core.settings.max_concurrent_calls {
             if core.counts.in_flight >= max {
                 core.counts.rejected_bulkhead += 1;
@@ -210,7 +217,7 @@ impl CircuitBreaker {
             breaker: self,
             epoch: core.epoch,
             probe,
-            started: now,
+            started: core.settings.slow_call_duration.map(|_| self.clock.now()),
             call_timeout: core.settings.call_timeout,
             reported: false,
         })
@@ -218,9 +225,8 @@ impl CircuitBreaker {
 
     /// Current state, moving open to half-open if its time is up.
     pub fn state(&self) -> State {
-        let now = self.clock.now();
         let mut core = self.lock();
-        self.open_to_half_open(&mut core, now);
+        self.open_to_half_open(&mut core);
         core.state
     }
 
@@ -229,9 +235,8 @@ impl CircuitBreaker {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let now = self.clock.now();
         let mut core = self.lock();
-        self.open_to_half_open(&mut core, now);
+        self.open_to_half_open(&mut core);
         let mut counts = core.counts;
         counts.window_calls = core.window.len();
         counts.window_failures = core.window.failures();
@@ -249,7 +254,6 @@ impl CircuitBreaker {
     /// Swaps the settings in place: state, window contents and counters are kept. An open
     /// circuit keeps the deadline it was given.
     pub fn update_settings(&self, settings: BreakerSettings) {
-        let now = self.clock.now();
         let mut core = self.lock();
         core.window.resize(settings.sliding_window_size);
         core.settings = settings;
@@ -258,7 +262,7 @@ impl CircuitBreaker {
         if core.state == State::HalfOpen
             && core.half_open_successes >= core.settings.half_open_max_calls
         {
-            self.transition(&mut core, State::Closed, TransitionReason::ProbesSucceeded, now);
+            self.transition(&mut core, State::Closed, TransitionReason::ProbesSucceeded);
         }
     }
 
@@ -266,13 +270,14 @@ impl CircuitBreaker {
         &self.clock
     }
 
-    fn open_to_half_open(&self, core: &mut Core, now: Duration) {
-        if core.state == State::Open && now >= core.opened_until {
-            self.transition(core, State::HalfOpen, TransitionReason::OpenDurationElapsed, now);
+    fn open_to_half_open(&self, core: &mut Core) {
+        if core.state == State::Open && self.clock.now() >= core.opened_until {
+            self.transition(core, State::HalfOpen, TransitionReason::OpenDurationElapsed);
         }
     }
 
-    fn transition(&self, core: &mut Core, to: State, reason: TransitionReason, now: Duration) {
+    fn transition(&self, core: &mut Core, to: State, reason: TransitionReason) {
+        let now = self.clock.now();
         let from = core.state;
         core.state = to;
         core.epoch += 1;
@@ -292,7 +297,12 @@ impl CircuitBreaker {
             }
             State::HalfOpen => {}
         }
-        let transition = Transition { from, to, reason, at: now };
+        let transition = Transition {
+            from,
+            to,
+            reason,
+            at: now,
+        };
         core.last_transition = Some(transition);
         core.counts.transitions += 1;
         if let Some(observer) = &self.observer {
@@ -301,7 +311,6 @@ impl CircuitBreaker {
     }
 
     fn finish(&self, permit: &Permit<'_>, outcome: Option<Outcome>) {
-        let now = self.clock.now();
         let mut core = self.lock();
         core.counts.in_flight = core.counts.in_flight.saturating_sub(1);
         let current = permit.epoch == core.epoch;
@@ -312,10 +321,10 @@ impl CircuitBreaker {
             core.counts.abandoned += 1;
             return;
         };
-        let slow = core
-            .settings
-            .slow_call_duration
-            .is_some_and(|limit| now.saturating_sub(permit.started) > limit);
+        let slow = match (core.settings.slow_call_duration, permit.started) {
+            (Some(limit), Some(started)) => self.clock.now().saturating_sub(started) > limit,
+            _ => false,
+        };
         let failed = outcome == Outcome::Failure;
         if failed {
             core.counts.failures += 1;
@@ -327,31 +336,38 @@ impl CircuitBreaker {
             return;
         }
         match core.state {
-            State::Closed => self.judge_closed(&mut core, failed, slow, now),
+            State::Closed => self.judge_closed(&mut core, failed, slow),
             State::HalfOpen if failed || slow => {
-                self.transition(&mut core, State::Open, TransitionReason::ProbeFailed, now);
+                self.transition(&mut core, State::Open, TransitionReason::ProbeFailed);
             }
             State::HalfOpen => {
                 core.half_open_successes += 1;
                 if core.half_open_successes >= core.settings.half_open_max_calls {
-                    self.transition(&mut core, State::Closed, TransitionReason::ProbesSucceeded, now);
+                    self.transition(&mut core, State::Closed, TransitionReason::ProbesSucceeded);
                 }
             }
             State::Open => {}
         }
     }
 
-    fn judge_closed(&self, core: &mut Core, failed: bool, slow: bool, now: Duration) {
+    fn judge_closed(&self, core: &mut Core, failed: bool, slow: bool) {
         core.window.push(failed, slow);
-        core.counts.consecutive_failures = if failed { core.counts.consecutive_failures + 1 } else { 0 };
+        core.counts.consecutive_failures = if failed {
+            core.counts.consecutive_failures + 1
+        } else {
+            0
+        };
         let settings = &core.settings;
         let calls = core.window.len();
         let rates_count = calls >= settings.effective_minimum_calls();
-        let over = |count: u32, percent: f64| f64::from(count) * 100.0 >= percent * f64::from(calls);
+        let over =
+            |count: u32, percent: f64| f64::from(count) * 100.0 >= percent * f64::from(calls);
         let reason = if core.counts.consecutive_failures >= settings.failure_threshold {
             Some(TransitionReason::ConsecutiveFailures)
         } else if rates_count
-            && settings.failure_rate_threshold.is_some_and(|p| over(core.window.failures(), p))
+            && settings
+                .failure_rate_threshold
+                .is_some_and(|p| over(core.window.failures(), p))
         {
             Some(TransitionReason::FailureRate)
         } else if rates_count
@@ -363,7 +379,7 @@ impl CircuitBreaker {
             None
         };
         if let Some(reason) = reason {
-            self.transition(core, State::Open, reason, now);
+            self.transition(core, State::Open, reason);
         }
     }
 }
@@ -403,12 +419,17 @@ impl Drop for Permit<'_> {
 
 impl std::fmt::Debug for CircuitBreaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CircuitBreaker").field("state", &self.lock().state).finish()
+        f.debug_struct("CircuitBreaker")
+            .field("state", &self.lock().state)
+            .finish()
     }
 }
 
 impl std::fmt::Debug for Permit<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Permit").field("epoch", &self.epoch).field("probe", &self.probe).finish()
+        f.debug_struct("Permit")
+            .field("epoch", &self.epoch)
+            .field("probe", &self.probe)
+            .finish()
     }
 }

@@ -80,7 +80,10 @@ pub struct SettingsError {
 
 impl SettingsError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -96,7 +99,11 @@ impl BreakerSettings {
         let settings: Self = serde_path_to_error::deserialize(de).map_err(|err| {
             let message = err.inner().to_string();
             let path = err.path().to_string();
-            let key = if path == "." { unknown_field_name(&message) } else { path };
+            let key = if path == "." {
+                unknown_field_name(&message)
+            } else {
+                path
+            };
             SettingsError::new(key, message)
         })?;
         settings.validate()?;
@@ -152,7 +159,10 @@ impl BreakerSettings {
 
     /// Open duration after `failed_probes` consecutive failed probes: doubled each time, capped.
     pub(crate) fn open_duration_after(&self, failed_probes: u32) -> Duration {
-        let cap = self.max_open_duration.unwrap_or(self.open_duration).max(self.open_duration);
+        let cap = self
+            .max_open_duration
+            .unwrap_or(self.open_duration)
+            .max(self.open_duration);
         let factor = 1u32.checked_shl(failed_probes.min(31)).unwrap_or(u32::MAX);
         self.open_duration.saturating_mul(factor).min(cap)
     }
@@ -169,7 +179,10 @@ fn int_range(key: &str, value: u32, min: u32, max: u32) -> Result<(), SettingsEr
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(SettingsError::new(key, format!("{value} is out of range {min}..={max}")))
+        Err(SettingsError::new(
+            key,
+            format!("{value} is out of range {min}..={max}"),
+        ))
     }
 }
 
@@ -177,7 +190,10 @@ fn percent(key: &str, value: f64) -> Result<(), SettingsError> {
     if value.is_finite() && value > 0.0 && value <= 100.0 {
         Ok(())
     } else {
-        Err(SettingsError::new(key, format!("{value} must be a percentage above 0 and at most 100")))
+        Err(SettingsError::new(
+            key,
+            format!("{value} must be a percentage above 0 and at most 100"),
+        ))
     }
 }
 
@@ -185,7 +201,10 @@ fn duration_range(key: &str, value: Duration) -> Result<(), SettingsError> {
     if value < Duration::from_millis(1) || value > MAX_DURATION {
         Err(SettingsError::new(
             key,
-            format!("{} must be between 1ms and 24h", humantime::format_duration(value)),
+            format!(
+                "{} must be between 1ms and 24h",
+                humantime::format_duration(value)
+            ),
         ))
     } else {
         Ok(())
@@ -263,6 +282,9 @@ mod tests {
         };
         let got: Vec<u64> = (0..6).map(|n| s.open_duration_after(n).as_secs()).collect();
         assert_eq!(got, [5, 10, 20, 30, 30, 30]);
-        assert_eq!(BreakerSettings::default().open_duration_after(40), Duration::from_secs(5));
+        assert_eq!(
+            BreakerSettings::default().open_duration_after(40),
+            Duration::from_secs(5)
+        );
     }
 }

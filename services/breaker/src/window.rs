@@ -18,7 +18,12 @@ struct Call {
 impl Window {
     pub(crate) fn new(capacity: u32) -> Self {
         let capacity = capacity.max(1) as usize;
-        Self { calls: VecDeque::with_capacity(capacity), capacity, failures: 0, slow: 0 }
+        Self {
+            calls: VecDeque::with_capacity(capacity),
+            capacity,
+            failures: 0,
+            slow: 0,
+        }
     }
 
     pub(crate) fn push(&mut self, failed: bool, slow: bool) {

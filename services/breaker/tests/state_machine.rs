@@ -13,7 +13,10 @@ fn ms(n: u64) -> Duration {
 fn setup(settings: BreakerSettings) -> (CircuitBreaker, ManualClock) {
     settings.validate().unwrap();
     let clock = ManualClock::new();
-    (CircuitBreaker::new(settings, Arc::new(clock.clone())), clock)
+    (
+        CircuitBreaker::new(settings, Arc::new(clock.clone())),
+        clock,
+    )
 }
 
 fn fail(b: &CircuitBreaker, n: u32) {
@@ -34,7 +37,10 @@ fn trips_after_consecutive_failures_and_fails_fast() {
     assert_eq!(b.try_acquire().unwrap_err(), Rejection::Open);
     let snap = b.snapshot();
     assert_eq!(snap.counts.rejected_open, 1);
-    assert_eq!(snap.last_transition.unwrap().reason, TransitionReason::ConsecutiveFailures);
+    assert_eq!(
+        snap.last_transition.unwrap().reason,
+        TransitionReason::ConsecutiveFailures
+    );
 }
 
 #[test]
@@ -129,10 +135,17 @@ fn failure_rate_needs_minimum_calls() {
     for outcome in [Outcome::Failure, Outcome::Failure, Outcome::Failure] {
         b.try_acquire().unwrap().record(outcome);
     }
-    assert_eq!(b.state(), State::Closed, "3 of 3 failed, but 3 calls < minimumCalls");
+    assert_eq!(
+        b.state(),
+        State::Closed,
+        "3 of 3 failed, but 3 calls < minimumCalls"
+    );
     b.try_acquire().unwrap().success(); // 3 of 4 failed: 75% >= 50%
     assert_eq!(b.state(), State::Open);
-    assert_eq!(b.snapshot().last_transition.unwrap().reason, TransitionReason::FailureRate);
+    assert_eq!(
+        b.snapshot().last_transition.unwrap().reason,
+        TransitionReason::FailureRate
+    );
 
     let (b, _) = setup(BreakerSettings {
         failure_threshold: 1000,
@@ -155,7 +168,10 @@ fn failure_rate_needs_minimum_calls() {
         b.try_acquire().unwrap().record(outcome);
         assert_eq!(b.state() == State::Closed, closed);
     }
-    assert_eq!(b.snapshot().last_transition.unwrap().reason, TransitionReason::FailureRate);
+    assert_eq!(
+        b.snapshot().last_transition.unwrap().reason,
+        TransitionReason::FailureRate
+    );
 }
 
 #[test]
@@ -176,13 +192,19 @@ fn slow_calls_trip_on_slow_call_rate() {
         }
     }
     assert_eq!(b.state(), State::Open);
-    assert_eq!(b.snapshot().last_transition.unwrap().reason, TransitionReason::SlowCallRate);
+    assert_eq!(
+        b.snapshot().last_transition.unwrap().reason,
+        TransitionReason::SlowCallRate
+    );
     assert_eq!(b.snapshot().counts.slow_calls, 4);
 }
 
 #[test]
 fn bulkhead_caps_calls_in_flight() {
-    let (b, _) = setup(BreakerSettings { max_concurrent_calls: Some(2), ..Default::default() });
+    let (b, _) = setup(BreakerSettings {
+        max_concurrent_calls: Some(2),
+        ..Default::default()
+    });
     let a = b.try_acquire().unwrap();
     let c = b.try_acquire().unwrap();
     assert_eq!(b.try_acquire().unwrap_err(), Rejection::BulkheadFull);
@@ -199,7 +221,10 @@ fn bulkhead_caps_calls_in_flight() {
 fn settings_swap_keeps_state_and_counters() {
     let (b, clock) = setup(BreakerSettings::default());
     fail(&b, 2);
-    b.update_settings(BreakerSettings { failure_threshold: 5, ..Default::default() });
+    b.update_settings(BreakerSettings {
+        failure_threshold: 5,
+        ..Default::default()
+    });
     let snap = b.snapshot();
     assert_eq!(snap.counts.consecutive_failures, 2);
     assert_eq!(snap.counts.failures, 2);
@@ -247,7 +272,13 @@ fn observer_sees_every_transition_in_order() {
     use State::*;
     assert_eq!(
         *recorder.0.lock().unwrap(),
-        [(Closed, Open), (Open, HalfOpen), (HalfOpen, Open), (Open, HalfOpen), (HalfOpen, Closed)]
+        [
+            (Closed, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Open),
+            (Open, HalfOpen),
+            (HalfOpen, Closed)
+        ]
     );
     assert_eq!(b.snapshot().counts.transitions, 5);
 }
@@ -255,7 +286,10 @@ fn observer_sees_every_transition_in_order() {
 #[test]
 fn half_open_admits_exactly_max_probes_under_contention() {
     for max in [1u32, 3] {
-        let (b, clock) = setup(BreakerSettings { half_open_max_calls: max, ..Default::default() });
+        let (b, clock) = setup(BreakerSettings {
+            half_open_max_calls: max,
+            ..Default::default()
+        });
         fail(&b, 3);
         clock.advance(ms(5000));
         let threads = 64;
@@ -273,7 +307,11 @@ fn half_open_admits_exactly_max_probes_under_contention() {
                     })
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).filter(|ok| *ok).count()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|ok| *ok)
+                .count()
         });
         assert_eq!(admitted as u32, max);
         let snap = b.snapshot();

@@ -45,30 +45,90 @@ pub fn parse_id(raw: &str) -> Result<u32, IdError> {
 }
 
 const ITEMS: &[(&str, f64, &str)] = &[
-    ("Mechanical Keyboard", 89.99, "Tenkeyless keyboard with hot-swappable brown switches"),
-    ("Wireless Mouse", 34.50, "Ergonomic mouse with a silent scroll wheel"),
+    (
+        "Mechanical Keyboard",
+        89.99,
+        "Tenkeyless keyboard with hot-swappable brown switches",
+    ),
+    (
+        "Wireless Mouse",
+        34.50,
+        "Ergonomic mouse with a silent scroll wheel",
+    ),
     ("27-inch Monitor", 279.00, "1440p IPS panel at 144 Hz"),
-    ("USB-C Hub", 45.99, "Seven ports including HDMI and Ethernet"),
-    ("Laptop Stand", 39.95, "Aluminium stand with adjustable height"),
-    ("Noise-Cancelling Headphones", 199.00, "Over-ear, 30 hours of battery"),
+    (
+        "USB-C Hub",
+        45.99,
+        "Seven ports including HDMI and Ethernet",
+    ),
+    (
+        "Laptop Stand",
+        39.95,
+        "Aluminium stand with adjustable height",
+    ),
+    (
+        "Noise-Cancelling Headphones",
+        199.00,
+        "Over-ear, 30 hours of battery",
+    ),
     ("Webcam", 69.00, "1080p camera with a privacy shutter"),
     ("Desk Lamp", 29.99, "LED lamp with warm and cool light"),
     ("Standing Desk", 449.00, "Electric desk with memory presets"),
     ("Office Chair", 329.00, "Mesh back with lumbar support"),
     ("External SSD", 119.00, "1 TB over USB 3.2"),
-    ("Microphone", 99.00, "USB condenser microphone for calls and podcasts"),
+    (
+        "Microphone",
+        99.00,
+        "USB condenser microphone for calls and podcasts",
+    ),
     ("Desk Mat", 19.99, "Large felt mat for keyboard and mouse"),
-    ("Cable Organizer", 12.49, "Under-desk tray that hides power strips"),
-    ("Bluetooth Speaker", 59.00, "Water-resistant speaker with 12 hours of play"),
-    ("Graphics Tablet", 79.99, "Pen tablet with 8192 pressure levels"),
-    ("Portable Charger", 49.00, "20,000 mAh power bank with fast charging"),
+    (
+        "Cable Organizer",
+        12.49,
+        "Under-desk tray that hides power strips",
+    ),
+    (
+        "Bluetooth Speaker",
+        59.00,
+        "Water-resistant speaker with 12 hours of play",
+    ),
+    (
+        "Graphics Tablet",
+        79.99,
+        "Pen tablet with 8192 pressure levels",
+    ),
+    (
+        "Portable Charger",
+        49.00,
+        "20,000 mAh power bank with fast charging",
+    ),
     ("Smart Plug", 15.99, "Wi-Fi plug with energy monitoring"),
     ("Router", 149.00, "Wi-Fi 6 router for the home office"),
-    ("Docking Station", 229.00, "Thunderbolt dock driving two displays"),
-    ("Ergonomic Footrest", 34.00, "Tilting footrest with a massage surface"),
-    ("Monitor Arm", 89.00, "Gas-spring arm for screens up to 32 inches"),
-    ("Document Camera", 129.00, "Overhead camera for paper and whiteboards"),
-    ("Label Printer", 64.99, "Thermal printer for shipping labels"),
+    (
+        "Docking Station",
+        229.00,
+        "Thunderbolt dock driving two displays",
+    ),
+    (
+        "Ergonomic Footrest",
+        34.00,
+        "Tilting footrest with a massage surface",
+    ),
+    (
+        "Monitor Arm",
+        89.00,
+        "Gas-spring arm for screens up to 32 inches",
+    ),
+    (
+        "Document Camera",
+        129.00,
+        "Overhead camera for paper and whiteboards",
+    ),
+    (
+        "Label Printer",
+        64.99,
+        "Thermal printer for shipping labels",
+    ),
 ];
 
 /// The whole catalogue, ids 1..=len.
@@ -79,14 +139,24 @@ pub fn products() -> Vec<Product> {
 pub fn product(id: u32) -> Option<Product> {
     let index = usize::try_from(id).ok()?.checked_sub(1)?;
     let (name, price, description) = ITEMS.get(index)?;
-    Some(Product { id, name: (*name).into(), price: *price, description: (*description).into() })
+    Some(Product {
+        id,
+        name: (*name).into(),
+        price: *price,
+        description: (*description).into(),
+    })
 }
 
 /// Products related to `id`: its neighbours in the catalogue, wrapping around.
 pub fn related(id: u32, count: usize) -> Option<Vec<Product>> {
     product(id)?;
     let len = ITEMS.len() as u32;
-    Some((1..=count as u32).map(|step| (id - 1 + step) % len + 1).filter_map(product).collect())
+    Some(
+        (1..=count as u32)
+            .map(|step| (id - 1 + step) % len + 1)
+            .filter_map(product)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -125,7 +195,10 @@ mod tests {
         assert!(matches!(parse_id("1.5"), Err(IdError::NotANumber(_))));
         assert!(matches!(parse_id("abc"), Err(IdError::NotANumber(_))));
         assert!(matches!(parse_id("0"), Err(IdError::OutOfRange(_))));
-        assert!(matches!(parse_id("12345678901234567890"), Err(IdError::OutOfRange(_))));
+        assert!(matches!(
+            parse_id("12345678901234567890"),
+            Err(IdError::OutOfRange(_))
+        ));
     }
 
     proptest! {

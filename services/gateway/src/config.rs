@@ -12,14 +12,26 @@ use crate::upstream::Upstreams;
 pub struct CommonArgs {
     #[command(flatten)]
     pub serve: ServeArgs,
-    #[arg(long, env = "PRODUCT_SERVICE_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "PRODUCT_SERVICE_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     pub product_service_url: String,
-    #[arg(long, env = "RECOMMENDATIONS_SERVICE_URL", default_value = "http://127.0.0.1:8082")]
+    #[arg(
+        long,
+        env = "RECOMMENDATIONS_SERVICE_URL",
+        default_value = "http://127.0.0.1:8082"
+    )]
     pub recommendations_service_url: String,
 }
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "api-gateway-v1", version, about = "Product pages without protection: all or nothing")]
+#[command(
+    name = "api-gateway-v1",
+    version,
+    about = "Product pages without protection: all or nothing"
+)]
 pub struct V1Args {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -29,7 +41,11 @@ pub struct V1Args {
 }
 
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "api-gateway-v2", version, about = "Product pages behind a circuit breaker with fallback")]
+#[command(
+    name = "api-gateway-v2",
+    version,
+    about = "Product pages behind a circuit breaker with fallback"
+)]
 pub struct V2Args {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -41,25 +57,44 @@ pub struct V2Args {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{var}: {value:?} is not a usable http:// base URL ({reason})")]
-    BadUrl { var: &'static str, value: String, reason: String },
+    BadUrl {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("BREAKER_CONFIG {path}: cannot read: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("BREAKER_CONFIG {path}: {source}")]
-    Settings { path: PathBuf, source: SettingsError },
+    Settings {
+        path: PathBuf,
+        source: SettingsError,
+    },
 }
 
 impl CommonArgs {
     pub fn upstreams(&self) -> Result<Upstreams, ConfigError> {
         Ok(Upstreams::new(
             base_url("PRODUCT_SERVICE_URL", &self.product_service_url)?,
-            base_url("RECOMMENDATIONS_SERVICE_URL", &self.recommendations_service_url)?,
+            base_url(
+                "RECOMMENDATIONS_SERVICE_URL",
+                &self.recommendations_service_url,
+            )?,
         ))
     }
 }
 
 fn base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
-    let bad = |reason: &str| ConfigError::BadUrl { var, value: value.into(), reason: reason.into() };
-    let uri: actix_web::http::Uri = value.parse().map_err(|e: actix_web::http::uri::InvalidUri| bad(&e.to_string()))?;
+    let bad = |reason: &str| ConfigError::BadUrl {
+        var,
+        value: value.into(),
+        reason: reason.into(),
+    };
+    let uri: actix_web::http::Uri = value
+        .parse()
+        .map_err(|e: actix_web::http::uri::InvalidUri| bad(&e.to_string()))?;
     if uri.scheme_str() != Some("http") || uri.host().is_none() {
         return Err(bad("needs http://host[:port]"));
     }
@@ -97,7 +132,11 @@ impl V2Args {
             }),
             Some(path) => {
                 let (initial, version) = reload::load(path)?;
-                Ok(SettingsSource { path: Some(path.clone()), initial, version })
+                Ok(SettingsSource {
+                    path: Some(path.clone()),
+                    initial,
+                    version,
+                })
             }
         }
     }
@@ -109,7 +148,10 @@ mod tests {
 
     #[test]
     fn base_urls_are_checked() {
-        assert_eq!(base_url("X", "http://127.0.0.1:8081/").unwrap(), "http://127.0.0.1:8081");
+        assert_eq!(
+            base_url("X", "http://127.0.0.1:8081/").unwrap(),
+            "http://127.0.0.1:8081"
+        );
         assert!(base_url("X", "127.0.0.1:8081").is_err());
         assert!(base_url("X", "https://example").is_err());
         assert!(base_url("X", "http://h/?q=1").is_err());

@@ -38,7 +38,12 @@ pub async fn product_details(
     let id = catalog::parse_id(&id).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let product = gateway
         .upstreams
-        .product(&client, &gateway.metrics, id, gateway.policy.product_timeout())
+        .product(
+            &client,
+            &gateway.metrics,
+            id,
+            gateway.policy.product_timeout(),
+        )
         .map_err(|err| product_error(id, err));
     let recommendations = gateway
         .policy
@@ -59,7 +64,10 @@ pub async fn product_details(
 /// Runs both calls at once. A product failure answers at once, whatever recommendations is
 /// doing; a recommendations failure waits for the product, whose own error (such as 404 for an
 /// unknown id) takes precedence.
-async fn product_first<P, R>(product: P, recommendations: R) -> Result<(Product, Recommendations), ApiError>
+async fn product_first<P, R>(
+    product: P,
+    recommendations: R,
+) -> Result<(Product, Recommendations), ApiError>
 where
     P: Future<Output = Result<Product, ApiError>>,
     R: Future<Output = Result<Recommendations, ApiError>>,

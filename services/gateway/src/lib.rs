@@ -36,7 +36,9 @@ pub fn run_v1() -> ExitCode {
     let gateway = Arc::new(Gateway {
         upstreams,
         metrics,
-        policy: Policy::AllOrNothing { timeout: args.upstream_timeout },
+        policy: Policy::AllOrNothing {
+            timeout: args.upstream_timeout,
+        },
     });
     serve(service, gateway, &args.common.serve, 8080, |_| {})
 }
@@ -44,7 +46,11 @@ pub fn run_v1() -> ExitCode {
 pub fn run_v2() -> ExitCode {
     let args = V2Args::parse();
     service_runtime::init_logging(args.common.serve.log_format);
-    let (upstreams, source) = match args.common.upstreams().and_then(|u| Ok((u, args.settings_source()?))) {
+    let (upstreams, source) = match args
+        .common
+        .upstreams()
+        .and_then(|u| Ok((u, args.settings_source()?)))
+    {
         Ok(pair) => pair,
         Err(err) => return fail("api-gateway-v2", &err),
     };

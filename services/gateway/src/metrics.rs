@@ -57,7 +57,10 @@ impl UpstreamMetrics {
 
     pub fn observe(&self, upstream: UpstreamName, result: &'static str, elapsed: Duration) {
         self.duration
-            .get_or_create(&UpstreamLabels { upstream: upstream.as_str(), result })
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.as_str(),
+                result,
+            })
             .observe(elapsed.as_secs_f64());
     }
 }

@@ -38,8 +38,13 @@ impl Policy {
     ) -> Result<Recommendations, UpstreamError> {
         match self {
             Policy::AllOrNothing { timeout } => {
-                let products = upstreams.recommendations(client, metrics, id, *timeout).await?;
-                Ok(Recommendations { products, degraded: false })
+                let products = upstreams
+                    .recommendations(client, metrics, id, *timeout)
+                    .await?;
+                Ok(Recommendations {
+                    products,
+                    degraded: false,
+                })
             }
             Policy::Protected(protected) => Ok(protected
                 .call(|timeout| upstreams.recommendations(client, metrics, id, timeout))

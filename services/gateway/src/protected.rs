@@ -20,7 +20,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-
 use crate::config::SettingsSource;
 use crate::policy::Recommendations;
 use crate::reload;
@@ -70,7 +69,11 @@ impl Journal {
 
     fn show_state(&self, current: State) {
         for state in [State::Closed, State::Open, State::HalfOpen] {
-            self.state.get_or_create(&StateLabels { state: state.as_str() }).set(i64::from(state == current));
+            self.state
+                .get_or_create(&StateLabels {
+                    state: state.as_str(),
+                })
+                .set(i64::from(state == current));
         }
     }
 }
@@ -79,7 +82,12 @@ impl BreakerObserver for Journal {
     fn on_transition(&self, t: &Transition) {
         tracing::warn!(from = t.from.as_str(), to = t.to.as_str(), reason = ?t.reason, "circuit breaker transition");
         self.show_state(t.to);
-        self.transitions.get_or_create(&TransitionLabels { from: t.from.as_str(), to: t.to.as_str() }).inc();
+        self.transitions
+            .get_or_create(&TransitionLabels {
+                from: t.from.as_str(),
+                to: t.to.as_str(),
+            })
+            .inc();
         let record = TransitionRecord {
             from: t.from,
             to: t.to,
@@ -125,10 +133,26 @@ impl Protected {
         journal.show_state(State::Closed);
         let calls = Family::<OutcomeLabels, Counter>::default();
         let fallbacks = Family::<OutcomeLabels, Counter>::default();
-        registry.register("breaker_state", "1 for the circuit's current state", journal.state.clone());
-        registry.register("breaker_transitions", "Circuit state changes", journal.transitions.clone());
-        registry.register("breaker_calls", "Recommendation calls by outcome, rejections included", calls.clone());
-        registry.register("gateway_fallbacks", "Answers served with fallback recommendations, by cause", fallbacks.clone());
+        registry.register(
+            "breaker_state",
+            "1 for the circuit's current state",
+            journal.state.clone(),
+        );
+        registry.register(
+            "breaker_transitions",
+            "Circuit state changes",
+            journal.transitions.clone(),
+        );
+        registry.register(
+            "breaker_calls",
+            "Recommendation calls by outcome, rejections included",
+            calls.clone(),
+        );
+        registry.register(
+            "gateway_fallbacks",
+            "Answers served with fallback recommendations, by cause",
+            fallbacks.clone(),
+        );
         let breaker = CircuitBreaker::with_observer(
             source.initial.clone(),
             clock,
@@ -140,7 +164,14 @@ impl Protected {
             error: None,
             last_seen: source.version.clone(),
         };
-        Self { breaker, journal, calls, fallbacks, config: Mutex::new(config), watch: source.path }
+        Self {
+            breaker,
+            journal,
+            calls,
+            fallbacks,
+            config: Mutex::new(config),
+            watch: source.path,
+        }
     }
 
     pub fn call_timeout(&self) -> Duration {
@@ -168,7 +199,10 @@ impl Protected {
 
     fn fallback(&self, cause: &'static str) -> Recommendations {
         self.count(&self.fallbacks, cause);
-        Recommendations { products: Vec::new(), degraded: true }
+        Recommendations {
+            products: Vec::new(),
+            degraded: true,
+        }
     }
 
     /// Makes the call if the breaker allows it, within the call timeout; any failure or
@@ -195,7 +229,10 @@ impl Protected {
             Ok(products) => {
                 permit.record(Outcome::Success);
                 self.count(&self.calls, "success");
-                Recommendations { products, degraded: false }
+                Recommendations {
+                    products,
+                    degraded: false,
+                }
             }
             Err(err) if err.is_dependency_failure() => {
                 permit.record(Outcome::Failure);
@@ -261,9 +298,19 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 /// `GET /circuit-status`
 pub async fn circuit_status(protected: web::Data<Protected>) -> HttpResponse {
     let snapshot = protected.breaker.snapshot();
-    let config = protected.config.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let transitions: Vec<TransitionRecord> =
-        protected.journal.records.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+    let config = protected
+        .config
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let transitions: Vec<TransitionRecord> = protected
+        .journal
+        .records
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .cloned()
+        .collect();
     HttpResponse::Ok().json(CircuitStatus {
         state: snapshot.state,
         settings: snapshot.settings,
@@ -272,7 +319,9 @@ pub async fn circuit_status(protected: web::Data<Protected>) -> HttpResponse {
         config_error: config.error,
         counts: snapshot.counts,
         last_transition: transitions.last().cloned(),
-        opened_until: snapshot.opened_until.map(|at| rfc3339(protected.journal.wall(at))),
+        opened_until: snapshot
+            .opened_until
+            .map(|at| rfc3339(protected.journal.wall(at))),
         failed_probes: snapshot.failed_probes,
         transitions,
     })

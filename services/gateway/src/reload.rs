@@ -19,11 +19,17 @@ pub fn version_of(text: &str) -> String {
 }
 
 pub fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.into(),
+        source,
+    })
 }
 
 pub fn parse(path: &Path, text: &str) -> Result<BreakerSettings, ConfigError> {
-    BreakerSettings::from_yaml(text).map_err(|source| ConfigError::Settings { path: path.into(), source })
+    BreakerSettings::from_yaml(text).map_err(|source| ConfigError::Settings {
+        path: path.into(),
+        source,
+    })
 }
 
 pub fn load(path: &Path) -> Result<(BreakerSettings, String), ConfigError> {
@@ -39,11 +45,19 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// Re-reads `path` whenever its directory changes, and every [`POLL_EVERY`].
 pub fn spawn_watch(path: PathBuf, protected: Arc<Protected>) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
         let _ = tx.send(());
     })
-    .and_then(|mut watcher| watcher.watch(&dir, RecursiveMode::NonRecursive).map(|()| watcher));
+    .and_then(|mut watcher| {
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map(|()| watcher)
+    });
     let watcher = match watcher {
         Ok(watcher) => Some(watcher),
         Err(err) => {

@@ -59,13 +59,20 @@ impl UpstreamError {
 pub fn client() -> awc::Client {
     awc::Client::builder()
         .disable_timeout()
-        .connector(awc::Connector::new().limit(0).timeout(Duration::from_secs(5)))
+        .connector(
+            awc::Connector::new()
+                .limit(0)
+                .timeout(Duration::from_secs(5)),
+        )
         .finish()
 }
 
 impl Upstreams {
     pub fn new(product: String, recommendations: String) -> Self {
-        Self { product, recommendations }
+        Self {
+            product,
+            recommendations,
+        }
     }
 
     pub async fn product(
@@ -87,7 +94,14 @@ impl Upstreams {
         timeout: Duration,
     ) -> Result<Vec<Product>, UpstreamError> {
         let url = format!("{}/recommendations/{id}", self.recommendations);
-        get_json(client, metrics, UpstreamName::Recommendations, &url, timeout).await
+        get_json(
+            client,
+            metrics,
+            UpstreamName::Recommendations,
+            &url,
+            timeout,
+        )
+        .await
     }
 }
 
@@ -119,6 +133,10 @@ async fn get_json<T: DeserializeOwned>(
         Ok(result) => result,
         Err(_) => Err(UpstreamError::Timeout(name, timeout)),
     };
-    metrics.observe(name, result.as_ref().err().map_or("ok", UpstreamError::kind), started.elapsed());
+    metrics.observe(
+        name,
+        result.as_ref().err().map_or("ok", UpstreamError::kind),
+        started.elapsed(),
+    );
     result
 }

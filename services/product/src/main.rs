@@ -5,7 +5,11 @@ use clap::Parser;
 use service_runtime::{resource, ApiError, ServeArgs, Service};
 
 #[derive(Debug, Parser)]
-#[command(name = "product-service", version, about = "Serves the demo's product catalogue")]
+#[command(
+    name = "product-service",
+    version,
+    about = "Serves the demo's product catalogue"
+)]
 struct Args {
     #[command(flatten)]
     serve: ServeArgs,
@@ -17,8 +21,8 @@ async fn list() -> HttpResponse {
 
 async fn get_one(id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = catalog::parse_id(&id).map_err(|err| ApiError::bad_request(err.to_string()))?;
-    let product =
-        catalog::product(id).ok_or_else(|| ApiError::not_found(format!("product {id} not found")))?;
+    let product = catalog::product(id)
+        .ok_or_else(|| ApiError::not_found(format!("product {id} not found")))?;
     Ok(HttpResponse::Ok().json(product))
 }
 

@@ -10,7 +10,9 @@ use crate::AppState;
 fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     // Without a configured token the endpoint does not exist.
     let Some(token) = state.admin_token.as_deref() else {
-        return Err(ApiError::not_found("admin endpoint is disabled (no ADMIN_TOKEN set)"));
+        return Err(ApiError::not_found(
+            "admin endpoint is disabled (no ADMIN_TOKEN set)",
+        ));
     };
     let presented = req
         .headers()
@@ -18,7 +20,10 @@ fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     match presented {
-        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token")),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token",
+        )),
         Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
         Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong bearer token")),
     }
@@ -29,7 +34,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-pub(crate) async fn show(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn show(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     Ok(HttpResponse::Ok().json(state.fault()))
 }
@@ -41,7 +49,9 @@ pub(crate) async fn update(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let mut fault = state.fault.write().unwrap_or_else(|e| e.into_inner());
-    let next = fault.updated(body.into_inner()).map_err(|err| ApiError::bad_request(err.to_string()))?;
+    let next = fault
+        .updated(body.into_inner())
+        .map_err(|err| ApiError::bad_request(err.to_string()))?;
     tracing::info!(from = ?fault.mode, to = ?next.mode, "fault switched");
     *fault = next;
     Ok(HttpResponse::Ok().json(next))

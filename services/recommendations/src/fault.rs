@@ -102,7 +102,10 @@ impl Fault {
             FaultMode::None => {}
             FaultMode::Hang => {
                 tokio::time::sleep(self.hang).await;
-                return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "Service timeout"));
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "Service timeout",
+                ));
             }
             FaultMode::Error => {
                 return Err(ApiError::new(self.error_status(), "injected error"));
@@ -123,7 +126,10 @@ impl Fault {
 fn reset_mid_response() -> HttpResponse {
     let chunks: [Result<Bytes, std::io::Error>; 2] = [
         Ok(Bytes::from_static(b"[{\"id\":1,\"name\":")),
-        Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset")),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "injected reset",
+        )),
     ];
     HttpResponse::Ok()
         .content_type("application/json")

@@ -15,7 +15,11 @@ use service_runtime::{resource, ApiError, ServeArgs, Service};
 use crate::fault::{Fault, FaultArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "recommendations-service", version, about = "Related products, with fault injection")]
+#[command(
+    name = "recommendations-service",
+    version,
+    about = "Related products, with fault injection"
+)]
 struct Args {
     #[command(flatten)]
     serve: ServeArgs,

@@ -18,7 +18,10 @@ struct Body<'a> {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -36,7 +39,9 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .json(Body { error: &self.message, status: self.status.as_u16() })
+        HttpResponse::build(self.status).json(Body {
+            error: &self.message,
+            status: self.status.as_u16(),
+        })
     }
 }

@@ -31,8 +31,11 @@ pub(crate) struct HttpMetrics {
 
 /// Latency buckets from 1 ms to 60 s: the demo spans fast fallbacks and 30 s hangs.
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 30.0, 60.0]
-        .into_iter()
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 30.0,
+        60.0,
+    ]
+    .into_iter()
 }
 
 impl HttpMetrics {
@@ -57,12 +60,21 @@ pub(crate) async fn record(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let metrics = req.app_data::<web::Data<HttpMetrics>>().cloned();
     let method = req.method().to_string();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_string());
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
     let started = Instant::now();
     let response = next.call(req).await?;
     if let Some(metrics) = metrics {
         let status = response.status().as_u16();
-        metrics.requests.get_or_create(&RequestLabels { method, route: route.clone(), status }).inc();
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method,
+                route: route.clone(),
+                status,
+            })
+            .inc();
         metrics
             .duration
             .get_or_create(&RouteLabels { route })

@@ -10,5 +10,3 @@ pub use error::ApiError;
 pub use http_metrics::latency_buckets;
 pub use serve::{parse_duration, resource, ServeArgs, Service};
 pub use telemetry::{init_logging, LogFormat};
-
-

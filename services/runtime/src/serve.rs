@@ -42,7 +42,10 @@ pub struct Service {
 
 impl Service {
     pub fn new(name: &'static str) -> Self {
-        Self { name, registry: Registry::default() }
+        Self {
+            name,
+            registry: Registry::default(),
+        }
     }
 
     /// The registry `/metrics` serves; register service metrics before `run`.
@@ -52,7 +55,12 @@ impl Service {
 
     /// Serves until SIGTERM (graceful: in-flight requests finish within the shutdown
     /// timeout) or SIGINT. `configure` adds the service's own routes on every worker.
-    pub async fn run<F>(mut self, args: &ServeArgs, default_port: u16, configure: F) -> std::io::Result<()>
+    pub async fn run<F>(
+        mut self,
+        args: &ServeArgs,
+        default_port: u16,
+        configure: F,
+    ) -> std::io::Result<()>
     where
         F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
@@ -113,11 +121,16 @@ async fn readyz() -> HttpResponse {
 async fn metrics(registry: web::Data<Arc<Registry>>) -> Result<HttpResponse, ApiError> {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).map_err(|err| {
-        ApiError::new(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+        ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            err.to_string(),
+        )
     })?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType(
-            "application/openmetrics-text; version=1.0.0; charset=utf-8".parse().expect("valid mime"),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                .parse()
+                .expect("valid mime"),
         ))
         .body(text))
 }
@@ -127,6 +140,9 @@ async fn not_found() -> HttpResponse {
 }
 
 async fn method_not_allowed() -> HttpResponse {
-    ApiError::new(actix_web::http::StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
-        .error_response()
+    ApiError::new(
+        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+    .error_response()
 }

@@ -14,7 +14,10 @@ pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 /// `target/<profile>/<name>`, next to this test binary's `deps/` folder.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -25,7 +28,11 @@ pub fn bin_path(name: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One running service; killed when dropped. Its log goes to a file shown on failure.
@@ -53,7 +60,12 @@ impl Proc {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let proc = Proc { name, port, child, log };
+        let proc = Proc {
+            name,
+            port,
+            child,
+            log,
+        };
         proc.wait_ready();
         proc
     }
@@ -74,7 +86,12 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("{} did not listen on {} within 15 s:\n{}", self.name, self.port, self.log_text());
+        panic!(
+            "{} did not listen on {} within 15 s:\n{}",
+            self.name,
+            self.port,
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {
@@ -83,13 +100,20 @@ impl Proc {
 
     /// Sends SIGTERM (graceful shutdown) and waits for the exit, bounded.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "{} did not stop after SIGTERM", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop after SIGTERM",
+                self.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -150,7 +174,13 @@ impl Stack {
         let mut v2_env = upstreams;
         v2_env.push(("BREAKER_CONFIG", config_path.display().to_string()));
         let v2 = Proc::start("api-gateway-v2", &v2_env, dir.path());
-        Stack { dir, product, recommendations, v1, v2 }
+        Stack {
+            dir,
+            product,
+            recommendations,
+            v1,
+            v2,
+        }
     }
 
     pub fn breaker_config_path(&self) -> PathBuf {
@@ -175,15 +205,26 @@ pub struct Answer {
 
 impl Answer {
     pub fn degraded(&self) -> bool {
-        self.body["degraded_mode"].as_bool().expect("degraded_mode in body")
+        self.body["degraded_mode"]
+            .as_bool()
+            .expect("degraded_mode in body")
     }
 
     pub fn recommendation_count(&self) -> usize {
-        self.body["recommendations"].as_array().expect("recommendations array").len()
+        self.body["recommendations"]
+            .as_array()
+            .expect("recommendations array")
+            .len()
     }
 }
 
-pub async fn request(client: &awc::Client, method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
+pub async fn request(
+    client: &awc::Client,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Answer {
     let started = Instant::now();
     let method = actix_web::http::Method::from_bytes(method.as_bytes()).unwrap();
     let mut req = client.request(method, url);
@@ -191,7 +232,11 @@ pub async fn request(client: &awc::Client, method: &str, url: &str, headers: &[(
         req = req.insert_header((*k, *v));
     }
     let mut resp = match body {
-        Some(b) => req.insert_header(("content-type", "application/json")).send_body(b.to_string()).await,
+        Some(b) => {
+            req.insert_header(("content-type", "application/json"))
+                .send_body(b.to_string())
+                .await
+        }
         None => req.send().await,
     }
     .unwrap_or_else(|e| panic!("{url}: {e}"));
@@ -238,24 +283,42 @@ pub async fn status(client: &awc::Client, stack: &Stack) -> Value {
 }
 
 /// Polls `/circuit-status` until `pred` holds, at most `within`.
-pub async fn wait_status(client: &awc::Client, stack: &Stack, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+pub async fn wait_status(
+    client: &awc::Client,
+    stack: &Stack,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let s = status(client, stack).await;
         if pred(&s) {
             return s;
         }
-        assert!(Instant::now() < deadline, "condition not met within {within:?}; last status {s}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {within:?}; last status {s}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 pub async fn set_fault(client: &awc::Client, stack: &Stack, body: &str) {
     let auth = format!("Bearer {ADMIN_TOKEN}");
-    let answer = request(client, "PUT", &stack.recommendations.url("/admin/fault"), &[("authorization", &auth)], Some(body)).await;
+    let answer = request(
+        client,
+        "PUT",
+        &stack.recommendations.url("/admin/fault"),
+        &[("authorization", &auth)],
+        Some(body),
+    )
+    .await;
     assert_eq!(answer.status, 200, "{}", answer.raw);
 }
 
 pub fn hang(duration: &str) -> Vec<(&'static str, String)> {
-    vec![("SIMULATE_FAILURE", "true".into()), ("FAILURE_HANG", duration.into())]
+    vec![
+        ("SIMULATE_FAILURE", "true".into()),
+        ("FAILURE_HANG", duration.into()),
+    ]
 }

@@ -20,12 +20,26 @@ async fn v1_returns_the_page_when_dependencies_are_healthy() {
 #[actix_web::test]
 async fn v1_waits_out_the_hang_then_fails_the_whole_request() {
     // The hang is shorter than v1's timeout: the seed's 408 arrives after the hang.
-    let stack = Stack::start(StackConfig { recommendations_env: hang("1s"), ..Default::default() });
+    let stack = Stack::start(StackConfig {
+        recommendations_env: hang("1s"),
+        ..Default::default()
+    });
     let c = client();
     let a = get(&c, &stack.v1.url("/product-details/1")).await;
     assert_eq!(a.status, 500, "{}", a.raw);
-    assert!(a.body["error"].as_str().unwrap().contains("recommendations"), "{}", a.raw);
-    assert!(a.elapsed >= MS(950) && a.elapsed < MS(2500), "took {:?}", a.elapsed);
+    assert!(
+        a.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("recommendations"),
+        "{}",
+        a.raw
+    );
+    assert!(
+        a.elapsed >= MS(950) && a.elapsed < MS(2500),
+        "took {:?}",
+        a.elapsed
+    );
 }
 
 #[actix_web::test]
@@ -38,12 +52,19 @@ async fn v1_gives_up_at_its_timeout_when_the_hang_is_longer() {
     let c = client();
     let a = get(&c, &stack.v1.url("/product-details/2")).await;
     assert_eq!(a.status, 500, "{}", a.raw);
-    assert!(a.elapsed >= MS(1150) && a.elapsed < MS(2500), "took {:?}", a.elapsed);
+    assert!(
+        a.elapsed >= MS(1150) && a.elapsed < MS(2500),
+        "took {:?}",
+        a.elapsed
+    );
 }
 
 #[actix_web::test]
 async fn v2_trips_fails_fast_probes_once_and_closes_after_healing() {
-    let stack = Stack::start(StackConfig { recommendations_env: hang("30s"), ..Default::default() });
+    let stack = Stack::start(StackConfig {
+        recommendations_env: hang("30s"),
+        ..Default::default()
+    });
     let c = client();
 
     // The first failureThreshold (3) requests wait for the call timeout (300ms), degraded.
@@ -53,7 +74,11 @@ async fn v2_trips_fails_fast_probes_once_and_closes_after_healing() {
         assert!(a.degraded());
         assert_eq!(a.recommendation_count(), 0);
         assert_eq!(a.body["product"]["id"], 1);
-        assert!(a.elapsed >= MS(280) && a.elapsed < MS(1000), "request {i} took {:?}", a.elapsed);
+        assert!(
+            a.elapsed >= MS(280) && a.elapsed < MS(1000),
+            "request {i} took {:?}",
+            a.elapsed
+        );
     }
     let s = status(&c, &stack).await;
     assert_eq!(s["state"], "open", "{s}");
@@ -62,27 +87,45 @@ async fn v2_trips_fails_fast_probes_once_and_closes_after_healing() {
     // Open: 100 requests each answered degraded in under 50 ms, none reaching the service.
     let mut slowest = Duration::ZERO;
     for i in 0..100 {
-        let a = get(&c, &stack.v2.url(&format!("/product-details/{}", i % 20 + 1))).await;
+        let a = get(
+            &c,
+            &stack.v2.url(&format!("/product-details/{}", i % 20 + 1)),
+        )
+        .await;
         assert_eq!(a.status, 200);
         assert!(a.degraded());
         slowest = slowest.max(a.elapsed);
     }
-    assert!(slowest < MS(50), "slowest answer while open took {slowest:?}");
+    assert!(
+        slowest < MS(50),
+        "slowest answer while open took {slowest:?}"
+    );
     assert_eq!(received(&c, &stack).await, 3);
 
     // After openDuration (1.5s) exactly one probe reaches the service, however many ask.
-    wait_status(&c, &stack, Duration::from_secs(3), |s| s["state"] == "half_open").await;
-    let urls: Vec<String> = (0..20).map(|_| stack.v2.url("/product-details/3")).collect();
+    wait_status(&c, &stack, Duration::from_secs(3), |s| {
+        s["state"] == "half_open"
+    })
+    .await;
+    let urls: Vec<String> = (0..20)
+        .map(|_| stack.v2.url("/product-details/3"))
+        .collect();
     let answers = futures_util::future::join_all(urls.iter().map(|u| get(&c, u))).await;
     assert!(answers.iter().all(|a| a.status == 200 && a.degraded()));
     assert_eq!(received(&c, &stack).await, 4, "exactly one probe");
     let s = status(&c, &stack).await;
-    assert_eq!(s["state"], "open", "the probe hung, so the circuit re-opened: {s}");
+    assert_eq!(
+        s["state"], "open",
+        "the probe hung, so the circuit re-opened: {s}"
+    );
     assert_eq!(s["last_transition"]["reason"], "probe_failed");
 
     // Heal; the next probe succeeds and closes the circuit.
     set_fault(&c, &stack, r#"{"mode":"none"}"#).await;
-    wait_status(&c, &stack, Duration::from_secs(3), |s| s["state"] == "half_open").await;
+    wait_status(&c, &stack, Duration::from_secs(3), |s| {
+        s["state"] == "half_open"
+    })
+    .await;
     let a = get(&c, &stack.v2.url("/product-details/4")).await;
     assert_eq!(a.status, 200);
     assert!(!a.degraded(), "{}", a.raw);
@@ -93,9 +136,20 @@ async fn v2_trips_fails_fast_probes_once_and_closes_after_healing() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["from"].as_str().unwrap().into(), t["to"].as_str().unwrap().into()))
+        .map(|t| {
+            (
+                t["from"].as_str().unwrap().into(),
+                t["to"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    let expect = [("closed", "open"), ("open", "half_open"), ("half_open", "open"), ("open", "half_open"), ("half_open", "closed")];
+    let expect = [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ];
     assert_eq!(states, expect.map(|(a, b)| (a.to_string(), b.to_string())));
     for _ in 0..5 {
         let a = get(&c, &stack.v2.url("/product-details/5")).await;
@@ -116,7 +170,11 @@ async fn both_gateways_answer_404_for_unknown_products_and_fail_fast_without_pro
     for gw in [&stack.v1, &stack.v2] {
         let a = get(&c, &gw.url("/product-details/1")).await;
         assert_eq!(a.status, 503, "{}", a.raw);
-        assert!(a.body["error"].as_str().unwrap().contains("product"), "{}", a.raw);
+        assert!(
+            a.body["error"].as_str().unwrap().contains("product"),
+            "{}",
+            a.raw
+        );
         assert!(a.elapsed < MS(500), "took {:?}", a.elapsed);
     }
 }

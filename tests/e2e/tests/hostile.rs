@@ -2,8 +2,20 @@
 use e2e::*;
 
 const BAD_IDS: &[&str] = &[
-    "abc", "-1", "0", "12345678901234567890", "1.5", "+1", "0x10", "%20", "%2F", "1%00", "%E2%82%AC",
-    "1e3", "%31%2e", "99999999999999999999999999999999999999999",
+    "abc",
+    "-1",
+    "0",
+    "12345678901234567890",
+    "1.5",
+    "+1",
+    "0x10",
+    "%20",
+    "%2F",
+    "1%00",
+    "%E2%82%AC",
+    "1e3",
+    "%31%2e",
+    "99999999999999999999999999999999999999999",
 ];
 
 #[actix_web::test]
@@ -20,20 +32,43 @@ async fn malformed_ids_unknown_paths_and_methods_get_json_4xx() {
     for (proc, prefix) in targets {
         for id in BAD_IDS {
             let a = get(&c, &proc.url(&format!("{prefix}{id}"))).await;
-            assert!((400..500).contains(&a.status), "{} {prefix}{id} -> {} {}", proc.name, a.status, a.raw);
-            assert!(a.content_type.starts_with("application/json"), "{} {prefix}{id}: {}", proc.name, a.content_type);
+            assert!(
+                (400..500).contains(&a.status),
+                "{} {prefix}{id} -> {} {}",
+                proc.name,
+                a.status,
+                a.raw
+            );
+            assert!(
+                a.content_type.starts_with("application/json"),
+                "{} {prefix}{id}: {}",
+                proc.name,
+                a.content_type
+            );
             assert!(a.body["error"].is_string(), "{}", a.raw);
             tried += 1;
         }
         // Empty id and unknown paths: JSON 404.
-        for path in [prefix.to_string(), "/nope".into(), format!("{prefix}1/extra"), "/%ff%fe".into()] {
+        for path in [
+            prefix.to_string(),
+            "/nope".into(),
+            format!("{prefix}1/extra"),
+            "/%ff%fe".into(),
+        ] {
             let a = get(&c, &proc.url(&path)).await;
             assert_eq!(a.status, 404, "{} {path}: {}", proc.name, a.raw);
             assert!(a.body["error"].is_string());
             tried += 1;
         }
         for method in ["POST", "PUT", "DELETE", "PATCH"] {
-            let a = request(&c, method, &proc.url(&format!("{prefix}1")), &[], Some("{}")).await;
+            let a = request(
+                &c,
+                method,
+                &proc.url(&format!("{prefix}1")),
+                &[],
+                Some("{}"),
+            )
+            .await;
             assert_eq!(a.status, 405, "{} {method}: {}", proc.name, a.raw);
             assert!(a.body["error"].is_string());
             tried += 1;
@@ -59,26 +94,62 @@ async fn admin_endpoint_refuses_missing_or_wrong_tokens_and_bad_bodies() {
     let body = Some(r#"{"mode":"hang"}"#);
     let a = request(&c, "PUT", &url, &[], body).await;
     assert_eq!(a.status, 401, "{}", a.raw);
-    for auth in ["Bearer wrong", "Bearer ", "Basic e2e-admin-token", "e2e-admin-token", "Bearer e2e-admin-token2"] {
+    for auth in [
+        "Bearer wrong",
+        "Bearer ",
+        "Basic e2e-admin-token",
+        "e2e-admin-token",
+        "Bearer e2e-admin-token2",
+    ] {
         let a = request(&c, "PUT", &url, &[("authorization", auth)], body).await;
-        assert!(matches!(a.status, 401 | 403), "{auth}: {} {}", a.status, a.raw);
+        assert!(
+            matches!(a.status, 401 | 403),
+            "{auth}: {} {}",
+            a.status,
+            a.raw
+        );
     }
-    assert_eq!(request(&c, "GET", &url, &[("authorization", "Bearer nope")], None).await.status, 403);
+    assert_eq!(
+        request(&c, "GET", &url, &[("authorization", "Bearer nope")], None)
+            .await
+            .status,
+        403
+    );
     // Still healthy: none of those switched the fault.
     let a = get(&c, &stack.recommendations.url("/recommendations/1")).await;
     assert_eq!(a.status, 200);
 
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let ok = [("authorization", auth.as_str())];
-    for bad in [r#"{"mode":"explode"}"#, r#"{"mode":"error","status":200}"#, r#"{"mode":"flaky","errorRate":150}"#, r#"{"mode":"hang","hang":"soon"}"#, r#"{"mode":"none","extra":1}"#, "not json", "{}"] {
+    for bad in [
+        r#"{"mode":"explode"}"#,
+        r#"{"mode":"error","status":200}"#,
+        r#"{"mode":"flaky","errorRate":150}"#,
+        r#"{"mode":"hang","hang":"soon"}"#,
+        r#"{"mode":"none","extra":1}"#,
+        "not json",
+        "{}",
+    ] {
         let a = request(&c, "PUT", &url, &ok, Some(bad)).await;
         assert_eq!(a.status, 400, "{bad}: {}", a.raw);
         assert!(a.body["error"].is_string());
     }
-    let a = request(&c, "PUT", &url, &ok, Some(r#"{"mode":"error","status":503}"#)).await;
+    let a = request(
+        &c,
+        "PUT",
+        &url,
+        &ok,
+        Some(r#"{"mode":"error","status":503}"#),
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert_eq!(a.body["mode"], "error");
-    assert_eq!(get(&c, &stack.recommendations.url("/recommendations/1")).await.status, 503);
+    assert_eq!(
+        get(&c, &stack.recommendations.url("/recommendations/1"))
+            .await
+            .status,
+        503
+    );
 }
 
 #[actix_web::test]
@@ -87,8 +158,19 @@ async fn admin_endpoint_is_disabled_without_a_token() {
     let rec = Proc::start("recommendations-service", &[], dir.path());
     let c = client();
     for auth in ["", "Bearer ", "Bearer anything"] {
-        let headers: Vec<(&str, &str)> = if auth.is_empty() { vec![] } else { vec![("authorization", auth)] };
-        let a = request(&c, "PUT", &rec.url("/admin/fault"), &headers, Some(r#"{"mode":"hang"}"#)).await;
+        let headers: Vec<(&str, &str)> = if auth.is_empty() {
+            vec![]
+        } else {
+            vec![("authorization", auth)]
+        };
+        let a = request(
+            &c,
+            "PUT",
+            &rec.url("/admin/fault"),
+            &headers,
+            Some(r#"{"mode":"hang"}"#),
+        )
+        .await;
         assert_eq!(a.status, 404, "{}", a.raw);
     }
     assert_eq!(get(&c, &rec.url("/recommendations/1")).await.status, 200);

@@ -9,11 +9,26 @@ async fn every_service_serves_health_readiness_and_metrics() {
     let c = client();
     get(&c, &stack.v2.url("/product-details/1")).await;
     for proc in [&stack.product, &stack.recommendations, &stack.v1, &stack.v2] {
-        assert_eq!(get(&c, &proc.url("/healthz")).await.status, 200, "{}", proc.name);
-        assert_eq!(get(&c, &proc.url("/readyz")).await.status, 200, "{}", proc.name);
+        assert_eq!(
+            get(&c, &proc.url("/healthz")).await.status,
+            200,
+            "{}",
+            proc.name
+        );
+        assert_eq!(
+            get(&c, &proc.url("/readyz")).await.status,
+            200,
+            "{}",
+            proc.name
+        );
         let m = get(&c, &proc.url("/metrics")).await;
         assert_eq!(m.status, 200);
-        assert!(m.raw.contains("http_requests_total"), "{}: {}", proc.name, m.raw);
+        assert!(
+            m.raw.contains("http_requests_total"),
+            "{}: {}",
+            proc.name,
+            m.raw
+        );
         assert!(m.raw.trim_end().ends_with("# EOF"));
     }
     let m = get(&c, &stack.v2.url("/metrics")).await.raw;
@@ -30,7 +45,10 @@ async fn every_service_serves_health_readiness_and_metrics() {
 #[actix_web::test]
 async fn fault_modes_behave_as_documented() {
     let stack = Stack::start(StackConfig {
-        recommendations_env: vec![("FAULT_MODE", "slow".into()), ("FAULT_DELAY", "400ms".into())],
+        recommendations_env: vec![
+            ("FAULT_MODE", "slow".into()),
+            ("FAULT_DELAY", "400ms".into()),
+        ],
         ..Default::default()
     });
     let c = client();
@@ -40,14 +58,22 @@ async fn fault_modes_behave_as_documented() {
     assert!(a.elapsed >= Duration::from_millis(390), "{:?}", a.elapsed);
     set_fault(&c, &stack, r#"{"mode":"error","status":502}"#).await;
     assert_eq!(get(&c, &url).await.status, 502);
-    set_fault(&c, &stack, r#"{"mode":"flaky","errorRate":50,"status":500}"#).await;
+    set_fault(
+        &c,
+        &stack,
+        r#"{"mode":"flaky","errorRate":50,"status":500}"#,
+    )
+    .await;
     let mut failed = 0;
     for _ in 0..200 {
         if get(&c, &url).await.status == 500 {
             failed += 1;
         }
     }
-    assert!((60..=140).contains(&failed), "flaky 50% failed {failed} of 200");
+    assert!(
+        (60..=140).contains(&failed),
+        "flaky 50% failed {failed} of 200"
+    );
     set_fault(&c, &stack, r#"{"mode":"reset"}"#).await;
     let broken = c.get(&url).send().await;
     let body_failed = match broken {
@@ -69,19 +95,30 @@ async fn fault_modes_behave_as_documented() {
 #[actix_web::test]
 async fn sigterm_lets_in_flight_requests_finish() {
     let mut stack = Stack::start(StackConfig {
-        recommendations_env: vec![("FAULT_MODE", "slow".into()), ("FAULT_DELAY", "800ms".into())],
+        recommendations_env: vec![
+            ("FAULT_MODE", "slow".into()),
+            ("FAULT_DELAY", "800ms".into()),
+        ],
         ..Default::default()
     });
     let c = client();
-    let urls: Vec<String> = (1..=10).map(|i| stack.v1.url(&format!("/product-details/{i}"))).collect();
+    let urls: Vec<String> = (1..=10)
+        .map(|i| stack.v1.url(&format!("/product-details/{i}")))
+        .collect();
     let in_flight = futures_util::future::join_all(urls.iter().map(|u| get(&c, u)));
     let pid = stack.v1.pid();
     let stop = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
     };
     let (answers, ()) = tokio::join!(in_flight, stop);
-    let ok = answers.iter().filter(|a| a.status == 200 && a.recommendation_count() == 3).count();
+    let ok = answers
+        .iter()
+        .filter(|a| a.status == 200 && a.recommendation_count() == 3)
+        .count();
     assert_eq!(ok, 10, "every in-flight request completes");
     let status = stack.v1.terminate();
     assert!(status.success(), "{status:?}");

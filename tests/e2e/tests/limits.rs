@@ -8,22 +8,35 @@ async fn half_open_lets_exactly_max_probes_through_64_concurrent_requests() {
     for max in [1u64, 2] {
         let stack = Stack::start(StackConfig {
             recommendations_env: hang("30s"),
-            breaker_yaml: format!("callTimeout: 500ms\nopenDuration: 1s\nhalfOpenMaxCalls: {max}\n"),
+            breaker_yaml: format!(
+                "callTimeout: 500ms\nopenDuration: 1s\nhalfOpenMaxCalls: {max}\n"
+            ),
             ..Default::default()
         });
         let c = client();
         for _ in 0..3 {
             get(&c, &stack.v2.url("/product-details/1")).await;
         }
-        wait_status(&c, &stack, Duration::from_secs(3), |s| s["state"] == "half_open").await;
+        wait_status(&c, &stack, Duration::from_secs(3), |s| {
+            s["state"] == "half_open"
+        })
+        .await;
         let before = received(&c, &stack).await;
-        let urls: Vec<String> = (0..64).map(|i| stack.v2.url(&format!("/product-details/{}", i % 20 + 1))).collect();
+        let urls: Vec<String> = (0..64)
+            .map(|i| stack.v2.url(&format!("/product-details/{}", i % 20 + 1)))
+            .collect();
         let answers = futures_util::future::join_all(urls.iter().map(|u| get(&c, u))).await;
         assert!(answers.iter().all(|a| a.status == 200 && a.degraded()));
         let probes = received(&c, &stack).await - before;
         assert_eq!(probes, max, "probes that reached recommendations-service");
-        let fast = answers.iter().filter(|a| a.elapsed < Duration::from_millis(300)).count() as u64;
-        assert!(fast >= 64 - max, "only {fast} of 64 were turned away at once");
+        let fast = answers
+            .iter()
+            .filter(|a| a.elapsed < Duration::from_millis(300))
+            .count() as u64;
+        assert!(
+            fast >= 64 - max,
+            "only {fast} of 64 were turned away at once"
+        );
     }
 }
 
@@ -32,12 +45,16 @@ async fn bulkhead_caps_calls_in_flight_and_turns_the_rest_away_fast() {
     let n = 4u64;
     let stack = Stack::start(StackConfig {
         recommendations_env: hang("30s"),
-        breaker_yaml: format!("callTimeout: 1s\nopenDuration: 5s\nfailureThreshold: 1000\nmaxConcurrentCalls: {n}\n"),
+        breaker_yaml: format!(
+            "callTimeout: 1s\nopenDuration: 5s\nfailureThreshold: 1000\nmaxConcurrentCalls: {n}\n"
+        ),
         ..Default::default()
     });
     let c = client();
     let watcher = client();
-    let urls: Vec<String> = (0..40).map(|i| stack.v2.url(&format!("/product-details/{}", i % 20 + 1))).collect();
+    let urls: Vec<String> = (0..40)
+        .map(|i| stack.v2.url(&format!("/product-details/{}", i % 20 + 1)))
+        .collect();
     let load = futures_util::future::join_all(urls.iter().map(|u| get(&c, u)));
     // Sample what the dependency has in flight while the load runs.
     let sample = async {
@@ -52,8 +69,15 @@ async fn bulkhead_caps_calls_in_flight_and_turns_the_rest_away_fast() {
     let (answers, peak) = tokio::join!(load, sample);
     assert!(peak <= n as f64, "peak in flight {peak} > {n}");
     assert!(answers.iter().all(|a| a.status == 200 && a.degraded()));
-    let fast: Vec<_> = answers.iter().filter(|a| a.elapsed < Duration::from_millis(50)).collect();
-    assert_eq!(fast.len() as u64, 40 - n, "the rest get the fallback in under 50 ms");
+    let fast: Vec<_> = answers
+        .iter()
+        .filter(|a| a.elapsed < Duration::from_millis(50))
+        .collect();
+    assert_eq!(
+        fast.len() as u64,
+        40 - n,
+        "the rest get the fallback in under 50 ms"
+    );
     assert_eq!(received(&c, &stack).await, n);
     let s = status(&c, &stack).await;
     assert_eq!(s["counts"]["rejected_bulkhead"], 40 - n);

@@ -14,8 +14,15 @@ async fn edits_apply_within_a_second_and_bad_ones_keep_the_last_good_settings() 
     assert!(first["config_error"].is_null());
 
     // In-place edit.
-    std::fs::write(&path, "failureThreshold: 7\ncallTimeout: 250ms\nopenDuration: 2s\n").unwrap();
-    let s = wait_status(&c, &stack, Duration::from_secs(1), |s| s["settings"]["failureThreshold"] == 7).await;
+    std::fs::write(
+        &path,
+        "failureThreshold: 7\ncallTimeout: 250ms\nopenDuration: 2s\n",
+    )
+    .unwrap();
+    let s = wait_status(&c, &stack, Duration::from_secs(1), |s| {
+        s["settings"]["failureThreshold"] == 7
+    })
+    .await;
     assert_eq!(s["settings"]["callTimeout"], "250ms");
     assert_ne!(s["config_version"], first["config_version"]);
 
@@ -23,19 +30,27 @@ async fn edits_apply_within_a_second_and_bad_ones_keep_the_last_good_settings() 
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, "failureThreshold: 9\nmaxConcurrentCalls: 16\n").unwrap();
     std::fs::rename(&tmp, &path).unwrap();
-    let good = wait_status(&c, &stack, Duration::from_secs(1), |s| s["settings"]["failureThreshold"] == 9).await;
+    let good = wait_status(&c, &stack, Duration::from_secs(1), |s| {
+        s["settings"]["failureThreshold"] == 9
+    })
+    .await;
     assert_eq!(good["settings"]["maxConcurrentCalls"], 16);
 
     // Invalid YAML: settings stay, the error is shown.
     std::fs::write(&path, "failureThreshold: [oops\n").unwrap();
-    let s = wait_status(&c, &stack, Duration::from_secs(1), |s| !s["config_error"].is_null()).await;
+    let s = wait_status(&c, &stack, Duration::from_secs(1), |s| {
+        !s["config_error"].is_null()
+    })
+    .await;
     assert_eq!(s["settings"], good["settings"]);
     assert_eq!(s["config_version"], good["config_version"]);
 
     // Out of range: the error names the key.
     std::fs::write(&path, "failureThreshold: 9\nhalfOpenMaxCalls: 0\n").unwrap();
     let s = wait_status(&c, &stack, Duration::from_secs(1), |s| {
-        s["config_error"].as_str().is_some_and(|e| e.contains("halfOpenMaxCalls"))
+        s["config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("halfOpenMaxCalls"))
     })
     .await;
     assert_eq!(s["settings"], good["settings"]);
@@ -43,26 +58,41 @@ async fn edits_apply_within_a_second_and_bad_ones_keep_the_last_good_settings() 
     // Unknown key: named too.
     std::fs::write(&path, "failureTreshold: 4\n").unwrap();
     wait_status(&c, &stack, Duration::from_secs(1), |s| {
-        s["config_error"].as_str().is_some_and(|e| e.contains("failureTreshold"))
+        s["config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failureTreshold"))
     })
     .await;
 
     // Fixed again: applied and the error clears.
     std::fs::write(&path, "failureThreshold: 4\n").unwrap();
-    let s = wait_status(&c, &stack, Duration::from_secs(1), |s| s["settings"]["failureThreshold"] == 4).await;
+    let s = wait_status(&c, &stack, Duration::from_secs(1), |s| {
+        s["settings"]["failureThreshold"] == 4
+    })
+    .await;
     assert!(s["config_error"].is_null(), "{s}");
 }
 
 #[actix_web::test]
 async fn settings_change_keeps_breaker_state() {
-    let stack = Stack::start(StackConfig { recommendations_env: hang("30s"), ..Default::default() });
+    let stack = Stack::start(StackConfig {
+        recommendations_env: hang("30s"),
+        ..Default::default()
+    });
     let c = client();
     for _ in 0..3 {
         get(&c, &stack.v2.url("/product-details/1")).await;
     }
     assert_eq!(status(&c, &stack).await["state"], "open");
-    std::fs::write(stack.breaker_config_path(), "callTimeout: 300ms\nopenDuration: 1500ms\nfailureThreshold: 5\n").unwrap();
-    let s = wait_status(&c, &stack, Duration::from_secs(1), |s| s["settings"]["failureThreshold"] == 5).await;
+    std::fs::write(
+        stack.breaker_config_path(),
+        "callTimeout: 300ms\nopenDuration: 1500ms\nfailureThreshold: 5\n",
+    )
+    .unwrap();
+    let s = wait_status(&c, &stack, Duration::from_secs(1), |s| {
+        s["settings"]["failureThreshold"] == 5
+    })
+    .await;
     assert_eq!(s["state"], "open");
     assert_eq!(s["counts"]["failures"], 3);
 }
@@ -80,7 +110,10 @@ fn a_bad_settings_file_at_start_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("callTimeout") && err.contains("openDuration"), "{err}");
+    assert!(
+        err.contains("callTimeout") && err.contains("openDuration"),
+        "{err}"
+    );
     let out = std::process::Command::new(bin_path("api-gateway-v2"))
         .env("BREAKER_CONFIG", dir.path().join("missing.yaml"))
         .output()
