@@ -123,15 +123,20 @@ fn outcomes_from_before_a_transition_do_not_move_the_new_state() {
     assert_eq!(b.snapshot().counts.successes, 1);
 }
 
-#[test]
-fn failure_rate_needs_minimum_calls() {
-    let (b, _) = setup(BreakerSettings {
+/// Only the failure rate can open: 50% over the last 10 calls, from 4 calls on.
+fn rate_settings() -> BreakerSettings {
+    BreakerSettings {
         failure_threshold: 1000,
         failure_rate_threshold: Some(50.0),
         sliding_window_size: 10,
         minimum_calls: 4,
         ..Default::default()
-    });
+    }
+}
+
+#[test]
+fn failure_rate_needs_minimum_calls() {
+    let (b, _) = setup(rate_settings());
     for outcome in [Outcome::Failure, Outcome::Failure, Outcome::Failure] {
         b.try_acquire().unwrap().record(outcome);
     }
@@ -147,13 +152,7 @@ fn failure_rate_needs_minimum_calls() {
         TransitionReason::FailureRate
     );
 
-    let (b, _) = setup(BreakerSettings {
-        failure_threshold: 1000,
-        failure_rate_threshold: Some(50.0),
-        sliding_window_size: 10,
-        minimum_calls: 4,
-        ..Default::default()
-    });
+    let (b, _) = setup(rate_settings());
     // 1 of 4, 1 of 5, 2 of 6, 3 of 7 stay closed; 4 of 8 is 50% and opens.
     for (outcome, closed) in [
         (Outcome::Failure, true),

@@ -2,7 +2,6 @@
 //! `make test` runs first) on 127.0.0.1 with free ports, and talks to them over HTTP.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,14 +26,6 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One running service; killed when dropped. Its log goes to a file shown on failure.
 pub struct Proc {
     pub name: &'static str,
@@ -44,15 +35,19 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts `name` on a port the kernel picks (PORT=0) and learns the port from the
+    /// service's own "listening" log line, so no two tests can race for a port.
     pub fn start(name: &'static str, env: &[(&str, String)], dir: &Path) -> Proc {
-        let port = free_port();
-        let log = dir.join(format!("{name}-{port}.log"));
+        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dir.join(format!("{name}-{seq}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin_path(name))
             .env_clear()
-            .env("PORT", port.to_string())
+            .env("PORT", "0")
             .env("BIND_ADDR", "127.0.0.1")
             .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "json")
             .env("WORKERS", "2")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
@@ -60,13 +55,13 @@ impl Proc {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let proc = Proc {
+        let mut proc = Proc {
             name,
-            port,
+            port: 0,
             child,
             log,
         };
-        proc.wait_ready();
+        proc.port = proc.wait_listening();
         proc
     }
 
@@ -78,18 +73,25 @@ impl Proc {
         self.child.id()
     }
 
-    fn wait_ready(&self) {
+    fn wait_listening(&mut self) -> u16 {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            let port = self.log_text().lines().find_map(|line| {
+                let entry: Value = serde_json::from_str(line).ok()?;
+                (entry["message"] == "listening").then_some(())?;
+                entry["addr"].as_str()?.rsplit_once(':')?.1.parse().ok()
+            });
+            if let Some(port) = port {
+                return port;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("{} exited with {status}:\n{}", self.name, self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "{} did not listen on {} within 15 s:\n{}",
+            "{} did not start listening within 15 s:\n{}",
             self.name,
-            self.port,
             self.log_text()
         );
     }

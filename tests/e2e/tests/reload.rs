@@ -104,7 +104,7 @@ fn a_bad_settings_file_at_start_is_a_clear_error() {
     std::fs::write(&path, "openDuration: 1s\ncallTimeout: 2s\n").unwrap();
     let out = std::process::Command::new(bin_path("api-gateway-v2"))
         .env("BREAKER_CONFIG", &path)
-        .env("PORT", free_port().to_string())
+        .env("PORT", "0")
         .env("BIND_ADDR", "127.0.0.1")
         .output()
         .unwrap();
