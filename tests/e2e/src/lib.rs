@@ -262,6 +262,18 @@ pub async fn get(client: &awc::Client, url: &str) -> Answer {
     request(client, "GET", url, &[], None).await
 }
 
+/// Held by tests that assert tight latencies, so two of them never share the CPU.
+pub fn exclusive_timing() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Opens `n` pooled connections to `proc`, so later timings are the service's, not TCP setup's.
+pub async fn warm_connections(client: &awc::Client, proc: &Proc, n: usize) {
+    let urls: Vec<String> = (0..n).map(|_| proc.url("/healthz")).collect();
+    futures_util::future::join_all(urls.iter().map(|u| get(client, u))).await;
+}
+
 /// Counters and gauges from a `/metrics` page, keyed by the full series name with labels.
 pub async fn metrics(client: &awc::Client, proc: &Proc) -> HashMap<String, f64> {
     let answer = get(client, &proc.url("/metrics")).await;

@@ -1,10 +1,14 @@
 //! Concurrency limits measured at the dependency: half-open probes and the bulkhead.
+// Each test runs its own runtime on its own thread: holding the timing lock across awaits
+// only makes the other test wait to start, which is the point.
+#![allow(clippy::await_holding_lock)]
 use std::time::Duration;
 
 use e2e::*;
 
 #[actix_web::test]
 async fn half_open_lets_exactly_max_probes_through_64_concurrent_requests() {
+    let _exclusive = exclusive_timing();
     for max in [1u64, 2] {
         let stack = Stack::start(StackConfig {
             recommendations_env: hang("30s"),
@@ -21,6 +25,7 @@ async fn half_open_lets_exactly_max_probes_through_64_concurrent_requests() {
             s["state"] == "half_open"
         })
         .await;
+        warm_connections(&c, &stack.v2, 64).await;
         let before = received(&c, &stack).await;
         let urls: Vec<String> = (0..64)
             .map(|i| stack.v2.url(&format!("/product-details/{}", i % 20 + 1)))
@@ -42,6 +47,7 @@ async fn half_open_lets_exactly_max_probes_through_64_concurrent_requests() {
 
 #[actix_web::test]
 async fn bulkhead_caps_calls_in_flight_and_turns_the_rest_away_fast() {
+    let _exclusive = exclusive_timing();
     let n = 4u64;
     let stack = Stack::start(StackConfig {
         recommendations_env: hang("30s"),
@@ -55,6 +61,7 @@ async fn bulkhead_caps_calls_in_flight_and_turns_the_rest_away_fast() {
     let urls: Vec<String> = (0..40)
         .map(|i| stack.v2.url(&format!("/product-details/{}", i % 20 + 1)))
         .collect();
+    warm_connections(&c, &stack.v2, 40).await;
     let load = futures_util::future::join_all(urls.iter().map(|u| get(&c, u)));
     // Sample what the dependency has in flight while the load runs.
     let sample = async {
