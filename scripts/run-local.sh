@@ -23,17 +23,18 @@ for bin in product-service recommendations-service api-gateway-v1 api-gateway-v2
 done
 
 pids=()
-stop() {
-  trap - INT TERM EXIT
-  echo; echo "stopping ${#pids[@]} services"
-  kill -INT "${pids[@]}" 2>/dev/null || true
+cleanup() {
+  [ ${#pids[@]} -eq 0 ] && return
+  kill -TERM "${pids[@]}" 2>/dev/null || true
   wait 2>/dev/null || true
 }
-trap stop INT TERM EXIT
+trap cleanup EXIT
+trap 'echo; echo "stopping the services"; exit 0' INT TERM
 
 start() { # name, then env assignments
   local name=$1; shift
-  env BIND_ADDR=127.0.0.1 "$@" "$BIN/$name" >"$LOGS/$name.log" 2>&1 &
+  # A short shutdown timeout: hanging requests must not hold up Ctrl-C.
+  env BIND_ADDR=127.0.0.1 SHUTDOWN_TIMEOUT=2s "$@" "$BIN/$name" >"$LOGS/$name.log" 2>&1 &
   pids+=($!)
 }
 start product-service PORT=8081
