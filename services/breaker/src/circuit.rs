@@ -230,6 +230,11 @@ impl CircuitBreaker {
         core.state
     }
 
+    /// The call timeout in force, without copying the whole settings.
+    pub fn call_timeout(&self) -> Duration {
+        self.lock().settings.call_timeout
+    }
+
     pub fn settings(&self) -> BreakerSettings {
         self.lock().settings.clone()
     }
@@ -264,10 +269,6 @@ impl CircuitBreaker {
         {
             self.transition(&mut core, State::Closed, TransitionReason::ProbesSucceeded);
         }
-    }
-
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.clock
     }
 
     fn open_to_half_open(&self, core: &mut Core) {

@@ -175,7 +175,7 @@ impl Protected {
     }
 
     pub fn call_timeout(&self) -> Duration {
-        self.breaker.settings().call_timeout
+        self.breaker.call_timeout()
     }
 
     /// Ticks the breaker and watches the settings file; call once inside the runtime.
