@@ -3,6 +3,7 @@
 //! breaker and answers with a fallback (`degraded_mode`) instead.
 
 mod config;
+mod dashboard;
 mod handler;
 mod metrics;
 mod policy;
@@ -65,7 +66,8 @@ pub fn run_v2() -> ExitCode {
     });
     serve(service, gateway, &args.common.serve, 8090, move |cfg| {
         cfg.app_data(web::Data::from(protected.clone()))
-            .service(resource("/circuit-status").get(protected::circuit_status));
+            .service(resource("/circuit-status").get(protected::circuit_status))
+            .service(resource("/dashboard").get(dashboard::dashboard));
     })
 }
 

@@ -178,3 +178,26 @@ async fn both_gateways_answer_404_for_unknown_products_and_fail_fast_without_pro
         assert!(a.elapsed < MS(500), "took {:?}", a.elapsed);
     }
 }
+
+#[actix_web::test]
+async fn v2_serves_a_self_contained_dashboard_and_v1_has_none() {
+    let stack = Stack::start(StackConfig::default());
+    let c = client();
+    let page = get(&c, &stack.v2.url("/dashboard")).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.content_type, "text/html; charset=utf-8");
+    // it reads the gateway's own endpoints, relative so a port-forward or prefix still works
+    assert!(page.raw.contains(r#"fetch("circuit-status")"#));
+    assert!(page.raw.contains(r#"fetch("metrics")"#));
+    // nothing from elsewhere: no scripts, styles or fonts from a CDN
+    assert!(only_svg_namespace(&page.raw));
+    let v1 = get(&c, &stack.v1.url("/dashboard")).await;
+    assert_eq!(v1.status, 404);
+}
+
+/// The one absolute URL allowed in the page is the SVG namespace, which is never fetched.
+fn only_svg_namespace(page: &str) -> bool {
+    !page
+        .replace("http://www.w3.org/2000/svg", "")
+        .contains("://")
+}
