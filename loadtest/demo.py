@@ -1,0 +1,319 @@
+"""The embedded demo: the seed's story, measured (``make demo`` runs this).
+
+Starts the four services on 127.0.0.1 with recommendations-service hanging, runs Locust
+headless against v1 (no breaker), then v2 (breaker), then a recovery phase against v2 that
+heals recommendations midway, and writes ``results/``: Locust's CSV and HTML per phase,
+``timeline.json`` (phases, heal time, breaker states), ``comparison_report.json`` and
+``report.html``.
+
+Settings come from the environment (see ``Settings.from_env``); every process started here is
+stopped on exit, error, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import report
+from stack import Ports, Stack, StackConfig, StackError, http
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+ROUTE_REQUESTS = re.compile(r'^http_requests_total\{[^}]*route="/product-details/\{id\}"[^}]*\} (\S+)', re.M)
+SAMPLE_EVERY = 0.25
+
+
+class DemoError(Exception):
+    """Stops the demo with a message and exit status 1."""
+
+
+class Interrupted(Exception):
+    pass
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '2m', '1m30s', '500ms' -> seconds."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration (examples: 90s, 2m, 1m30s)")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+@dataclass
+class Settings:
+    duration: float
+    users: int
+    spawn_rate: float
+    failure_hang: str
+    v1_timeout: str
+    breaker_config: Path
+    results: Path
+    bin_dir: Path
+    admin_token: str
+    ports: Ports
+
+    @staticmethod
+    def from_env(env: dict[str, str]) -> "Settings":
+        def number(key: str, default: str, kind=int, low: float = 1):
+            raw = env.get(key, default)
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise DemoError(f"{key}={raw!r} is not a number") from None
+            if value < low:
+                raise DemoError(f"{key}={raw!r} must be at least {low}")
+            return value
+
+        def duration(key: str, default: str, low: float) -> float:
+            raw = env.get(key, default)
+            try:
+                seconds = parse_duration(raw)
+            except ValueError as err:
+                raise DemoError(f"{key}: {err}") from None
+            if seconds < low:
+                raise DemoError(f"{key}={raw!r} must be at least {low:g}s")
+            return seconds
+
+        duration(key="FAILURE_HANG", default="30s", low=0.001)
+        duration(key="V1_UPSTREAM_TIMEOUT", default="30s", low=0.001)
+        config = Path(env.get("BREAKER_CONFIG", str(ROOT / "config/breaker.yaml")))
+        if not config.is_file():
+            raise DemoError(f"BREAKER_CONFIG={config} is not a file")
+        return Settings(
+            duration=duration("DEMO_DURATION", "2m", low=4),
+            users=number("DEMO_USERS", "100"),
+            spawn_rate=number("DEMO_SPAWN_RATE", "10", kind=float, low=0.1),
+            failure_hang=env.get("FAILURE_HANG", "30s"),
+            v1_timeout=env.get("V1_UPSTREAM_TIMEOUT", "30s"),
+            breaker_config=config.resolve(),
+            results=Path(env.get("RESULTS_DIR", str(ROOT / "results"))).resolve(),
+            bin_dir=Path(env.get("BIN", str(ROOT / "target/release"))).resolve(),
+            admin_token=env.get("ADMIN_TOKEN", "demo-admin-token"),
+            ports=Ports(
+                v1=number("V1_PORT", "8080", low=0),
+                product=number("PRODUCT_PORT", "8081", low=0),
+                recommendations=number("RECOMMENDATIONS_PORT", "8082", low=0),
+                v2=number("V2_PORT", "8090", low=0),
+            ),
+        )
+
+
+@dataclass
+class Phase:
+    name: str
+    label: str
+    gateway: str
+    heal_midway: bool = False
+
+
+PHASES = (
+    Phase("v1", "v1, no breaker", "api-gateway-v1"),
+    Phase("v2", "v2, circuit breaker", "api-gateway-v2"),
+    Phase("recovery", "recovery on v2 (heal midway)", "api-gateway-v2", heal_midway=True),
+)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def clock(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class Progress:
+    """One live line on a terminal; a line every 10 s in a log."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.last_print = 0.0
+
+    def show(self, line: str) -> None:
+        if self.tty:
+            sys.stdout.write("\r\033[K" + line)
+            sys.stdout.flush()
+        elif time.monotonic() - self.last_print >= 10:
+            print(line, flush=True)
+            self.last_print = time.monotonic()
+
+    def done(self, line: str) -> None:
+        if self.tty:
+            sys.stdout.write("\r\033[K")
+        print(line, flush=True)
+        self.last_print = 0.0
+
+
+class Demo:
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.stack = Stack(
+            StackConfig(
+                bin_dir=settings.bin_dir,
+                log_dir=settings.results / "logs",
+                ports=settings.ports,
+                failure_hang=settings.failure_hang,
+                v1_timeout=settings.v1_timeout,
+                breaker_config=settings.breaker_config,
+                admin_token=settings.admin_token,
+            )
+        )
+        self.locust_bin = Path(sys.executable).parent / "locust"
+        self.locust: subprocess.Popen | None = None
+        self.progress = Progress()
+        self.timeline: dict = {"phases": [], "healed_at": None, "breaker_samples": []}
+
+    def run(self) -> dict:
+        if not os.access(self.locust_bin, os.X_OK):
+            raise DemoError(f"{self.locust_bin} is missing: run 'make demo', which installs Locust into .venv")
+        self.s.results.mkdir(parents=True, exist_ok=True)
+        for stale in ("comparison_report.json", "report.html", "timeline.json"):
+            (self.s.results / stale).unlink(missing_ok=True)
+        print(
+            f"Starting the four services (recommendations hangs {self.s.failure_hang} per request); "
+            f"logs in {self.s.results / 'logs'}",
+            flush=True,
+        )
+        with self.stack:
+            self.timeline["settings"] = self.stack.circuit_status()["settings"]
+            for phase in PHASES:
+                self.run_phase(phase)
+            self.timeline["transitions"] = self.stack.circuit_status()["transitions"]
+        self.timeline["run"] = {
+            "duration_s": self.s.duration,
+            "users": self.s.users,
+            "spawn_rate": self.s.spawn_rate,
+            "failure_hang": self.s.failure_hang,
+            "v1_timeout": self.s.v1_timeout,
+        }
+        (self.s.results / "timeline.json").write_text(json.dumps(self.timeline, indent=2))
+        return report.build(self.s.results)
+
+    def run_phase(self, phase: Phase) -> None:
+        gateway = self.stack.url(phase.gateway)
+        prefix = self.s.results / phase.name
+        for old in self.s.results.glob(f"{phase.name}_*.csv"):
+            old.unlink()
+        command = [
+            str(self.locust_bin),
+            "-f", str(LOCUSTFILE),
+            "--headless",
+            "--host", gateway,
+            "--users", str(self.s.users),
+            "--spawn-rate", f"{self.s.spawn_rate:g}",
+            "--run-time", f"{round(self.s.duration)}s",
+            "--csv", str(prefix),
+            "--html", f"{prefix}.html",
+            "--only-summary",
+            "--loglevel", "WARNING",
+            "--exit-code-on-error", "0",
+        ]  # fmt: skip
+        record = {"name": phase.name, "label": phase.label, "host": gateway, "start": now_iso()}
+        self.timeline["phases"].append(record)
+        with open(self.s.results / "logs" / f"locust-{phase.name}.log", "wb") as log:
+            started = time.monotonic()
+            self.locust = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+            self.watch(phase, gateway, started)
+            code = self.locust.wait()
+            self.locust = None
+        record["end"] = now_iso()
+        if code != 0:
+            raise DemoError(f"Locust exited with {code} in phase {phase.name}; see {log.name}")
+        self.progress.done(f"[{phase.label}] done in {clock(time.monotonic() - started)}")
+
+    def watch(self, phase: Phase, gateway: str, started: float) -> None:
+        """Samples the breaker, shows progress and heals midway, until Locust exits."""
+        last_count, last_at, rps = self.requests_served(gateway), time.monotonic(), 0.0
+        state = "?"
+        while self.locust.poll() is None:
+            elapsed = time.monotonic() - started
+            if phase.heal_midway and self.timeline["healed_at"] is None and elapsed >= self.s.duration / 2:
+                self.stack.set_fault("none")
+                self.timeline["healed_at"] = now_iso()
+                self.progress.done(f"[{phase.label}] recommendations healed at {clock(elapsed)}")
+            try:
+                state = self.stack.circuit_status()["state"]
+                self.timeline["breaker_samples"].append([now_iso(), state])
+            except (OSError, StackError):
+                state = "unreachable"
+            if time.monotonic() - last_at >= 1:
+                count = self.requests_served(gateway)
+                rps = (count - last_count) / (time.monotonic() - last_at)
+                last_count, last_at = count, time.monotonic()
+            left = max(0.0, self.s.duration - elapsed)
+            self.progress.show(
+                f"[{phase.label}] {clock(elapsed)} / {clock(self.s.duration)} ({clock(left)} left)  "
+                f"{rps:6.1f} req/s  v2 breaker: {state}"
+            )
+            time.sleep(SAMPLE_EVERY)
+
+    @staticmethod
+    def requests_served(gateway: str) -> float:
+        try:
+            _, text = http("GET", f"{gateway}/metrics", timeout=2)
+        except OSError:
+            return 0.0
+        return sum(float(v) for v in ROUTE_REQUESTS.findall(text if isinstance(text, str) else ""))
+
+    def stop(self) -> None:
+        if self.locust is not None and self.locust.poll() is None:
+            self.locust.terminate()
+            try:
+                self.locust.wait(10)
+            except subprocess.TimeoutExpired:
+                self.locust.kill()
+        self.stack.stop()
+
+
+def interrupt(signum, _frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env(dict(os.environ))
+    except DemoError as err:
+        print(f"demo: {err}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+    demo = Demo(settings)
+    try:
+        summary = demo.run()
+    except Interrupted as sig:
+        print(f"\ndemo: stopped by {sig}; all services stopped", file=sys.stderr)
+        return 130
+    except (DemoError, StackError) as err:
+        print(f"\ndemo: {err}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        demo.stop()
+    print()
+    print(report.text_table(summary))
+    print(f"\nReport: {settings.results / 'report.html'}")
+    print(f"Data:   {settings.results / 'comparison_report.json'}")
+    if summary["recovery"]["closed_at"] is None:
+        print("demo: the circuit did not close after the heal", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

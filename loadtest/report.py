@@ -1,0 +1,462 @@
+"""Builds ``comparison_report.json`` and ``report.html`` from a demo run's files.
+
+Reads Locust's ``<phase>_stats.csv`` and ``<phase>_stats_history.csv`` and the demo's
+``timeline.json``. Standard library only; the charts are inline SVG, so the page works offline.
+
+    python loadtest/report.py [results-dir]    # rebuilds the report of an earlier run
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from answers import DEGRADED, FAILED, FULL
+
+# The seed demo's published figures (Go, docker-compose, 100 users, 2 minutes per gateway).
+# Its Locust counted degraded answers as failures, hence v2's 100%.
+SEED = {
+    "v1": {"avg_ms": 30011, "rps": 2.93, "failure_pct": 100.0},
+    "v2": {"avg_ms": 5, "rps": 64.22, "failure_pct": 100.0},
+}
+STATE_COLORS = {"closed": "#2e7d32", "half_open": "#f9a825", "open": "#c62828"}
+PHASE_COLORS = {"v1": "#c62828", "v2": "#2e7d32", "recovery": "#1565c0"}
+
+
+class ReportError(Exception):
+    pass
+
+
+def parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def rounded(text: str) -> float | None:
+    value = number(text)
+    return None if value is None else round(value, 2)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise ReportError(f"{path} is missing: did Locust run?")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summarize(results: Path, phase: str) -> dict:
+    """The phase's totals from Locust's stats CSV; degraded answers are their own row."""
+    rows = {row["Name"]: row for row in read_csv(results / f"{phase}_stats.csv")}
+    total = rows.get("Aggregated")
+    if total is None:
+        raise ReportError(f"{phase}_stats.csv has no Aggregated row")
+    requests = int(total["Request Count"])
+
+    def count(name: str) -> int:
+        return int(rows[name]["Request Count"]) if name in rows else 0
+
+    def share(n: int) -> float:
+        return round(100.0 * n / requests, 2) if requests else 0.0
+
+    failures = int(total["Failure Count"])
+    return {
+        "avg_ms": round(float(total["Average Response Time"]), 2),
+        "median_ms": rounded(total["Median Response Time"]),
+        "p95_ms": rounded(total["95%"]),
+        "p99_ms": rounded(total["99%"]),
+        "max_ms": rounded(total["Max Response Time"]),
+        "rps": round(float(total["Requests/s"]), 2),
+        "requests": requests,
+        "failures": failures,
+        "failure_pct": share(failures),
+        "full": count(FULL),
+        "full_pct": share(count(FULL)),
+        "degraded": count(DEGRADED),
+        "degraded_pct": share(count(DEGRADED)),
+        "failed": count(FAILED),
+    }
+
+
+def history(results: Path, phase: str) -> list[dict]:
+    """Per-second Aggregated rows: seconds since the phase began, current req/s and percentiles."""
+    rows = [r for r in read_csv(results / f"{phase}_stats_history.csv") if r["Name"] == "Aggregated"]
+    if not rows:
+        return []
+    start = int(rows[0]["Timestamp"])
+    return [
+        {
+            "t": int(r["Timestamp"]) - start,
+            "users": int(r["User Count"]),
+            "rps": number(r["Requests/s"]) or 0.0,
+            "p50_ms": number(r["50%"]),
+            "p95_ms": number(r["95%"]),
+        }
+        for r in rows
+    ]
+
+
+def recovery_summary(timeline: dict) -> dict:
+    healed_at = timeline.get("healed_at")
+    phases = {p["name"]: p for p in timeline["phases"]}
+    start = parse_time(phases["recovery"]["start"])
+    transitions = [t for t in timeline.get("transitions", []) if parse_time(t["at"]) >= start]
+    closed_at = None
+    if healed_at:
+        closed_at = next(
+            (t["at"] for t in transitions if t["to"] == "closed" and parse_time(t["at"]) >= parse_time(healed_at)),
+            None,
+        )
+    return {
+        "healed_at": healed_at,
+        "closed_at": closed_at,
+        "time_to_close_s": (
+            round(parse_time(closed_at) - parse_time(healed_at), 3) if healed_at and closed_at else None
+        ),
+        "transitions": transitions,
+    }
+
+
+def build(results: Path) -> dict:
+    """Writes comparison_report.json and report.html; returns the comparison."""
+    timeline = json.loads((results / "timeline.json").read_text())
+    summary = {
+        "v1": summarize(results, "v1"),
+        "v2": summarize(results, "v2"),
+        "recovery": {**recovery_summary(timeline), "load": summarize(results, "recovery")},
+        "seed": SEED,
+        "run": {**timeline.get("run", {}), "breaker_settings": timeline.get("settings")},
+    }
+    (results / "comparison_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    series = {phase: history(results, phase) for phase in ("v1", "v2", "recovery")}
+    (results / "report.html").write_text(render_html(summary, series, timeline))
+    return summary
+
+
+# ---- text ---------------------------------------------------------------------------------
+
+
+def fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def table_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
+    v1, v2 = summary["v1"], summary["v2"]
+    seed1, seed2 = SEED["v1"], SEED["v2"]
+    return [
+        ("Avg response time", fmt_ms(seed1["avg_ms"]), fmt_ms(v1["avg_ms"]), fmt_ms(seed2["avg_ms"]), fmt_ms(v2["avg_ms"])),
+        ("Median", "", fmt_ms(v1["median_ms"]), "", fmt_ms(v2["median_ms"])),
+        ("p95", "", fmt_ms(v1["p95_ms"]), "", fmt_ms(v2["p95_ms"])),
+        ("p99", "", fmt_ms(v1["p99_ms"]), "", fmt_ms(v2["p99_ms"])),
+        ("Requests/s", f"{seed1['rps']:.2f}", f"{v1['rps']:.2f}", f"{seed2['rps']:.2f}", f"{v2['rps']:.2f}"),
+        ("Requests", "", f"{v1['requests']:,}", "", f"{v2['requests']:,}"),
+        ("Failure rate", "100%", f"{v1['failure_pct']:g}%", "100%*", f"{v2['failure_pct']:g}%"),
+        ("Degraded answers", "", f"{v1['degraded_pct']:g}%", "", f"{v2['degraded_pct']:g}%"),
+    ]
+
+
+def text_table(summary: dict) -> str:
+    head = ("", "seed v1", "this run v1", "seed v2", "this run v2")
+    rows = [head, *table_rows(summary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    rec = summary["recovery"]
+    if rec["closed_at"]:
+        lines.append(f"Recovery: healed {rec['healed_at']}, circuit closed {rec['time_to_close_s']:.2f} s later")
+    else:
+        lines.append(f"Recovery: healed {rec['healed_at']}, the circuit did not close")
+    lines.append("* the seed's Locust counted degraded answers as failures")
+    return "\n".join(lines)
+
+
+# ---- charts -------------------------------------------------------------------------------
+
+W, H = 880, 300
+LEFT, RIGHT, TOP, BOTTOM = 70, 20, 34, 42
+
+
+def nice_step(span: float, ticks: int = 8) -> float:
+    raw = max(span, 1e-9) / ticks
+    magnitude = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 5, 10):
+        if raw <= m * magnitude:
+            return m * magnitude
+    return 10 * magnitude
+
+
+def svg_open(title: str, height: int, test_id: str) -> list[str]:
+    return [
+        f'<svg class="chart" data-chart="{test_id}" viewBox="0 0 {W} {height}" width="{W}" height="{height}" '
+        f'role="img" aria-label="{html.escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+        f'<rect width="{W}" height="{height}" fill="#fff"/>',
+        f'<text x="{LEFT}" y="20" class="title">{html.escape(title)}</text>',
+    ]
+
+
+def x_axis(parts: list[str], x_max: float, height: int, scale) -> None:
+    step = nice_step(x_max)
+    tick = 0.0
+    while tick <= x_max + 1e-9:
+        x = scale(tick)
+        parts.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{height - BOTTOM}" class="grid"/>')
+        parts.append(f'<text x="{x:.1f}" y="{height - BOTTOM + 16}" text-anchor="middle">{tick:g}s</text>')
+        tick += step
+    parts.append(
+        f'<text x="{(LEFT + W - RIGHT) / 2}" y="{height - 6}" text-anchor="middle" class="axis">'
+        "seconds since the phase began</text>"
+    )
+
+
+def line_chart(title: str, test_id: str, series: list[tuple[str, str, list[tuple[float, float]]]],
+               log_y: bool, unit: str, dashed: set[str] = frozenset()) -> str:  # fmt: skip
+    points = [p for _, _, pts in series for p in pts]
+    x_max = max([p[0] for p in points] + [10])
+    ys = [p[1] for p in points if p[1] is not None and (p[1] > 0 or not log_y)]
+    if log_y:
+        lo = 10 ** math.floor(math.log10(min(ys))) if ys else 1
+        hi = 10 ** math.ceil(math.log10(max(ys))) if ys else 10
+        hi = max(hi, lo * 10)
+        fy = math.log10
+        y_lo, y_hi = fy(lo), fy(hi)
+    else:
+        fy = float
+        y_lo, y_hi = 0.0, (max(ys) * 1.1 if ys else 1.0) or 1.0
+
+    def sx(x: float) -> float:
+        return LEFT + (W - LEFT - RIGHT) * x / x_max
+
+    def sy(y: float) -> float:
+        return H - BOTTOM - (H - TOP - BOTTOM) * (fy(y) - y_lo) / (y_hi - y_lo)
+
+    parts = svg_open(title, H, test_id)
+    x_axis(parts, x_max, H, sx)
+    if log_y:
+        ticks = [10**e for e in range(round(y_lo), round(y_hi) + 1)]
+    else:
+        step = nice_step(y_hi, 5)
+        ticks = [step * i for i in range(int(y_hi / step) + 1)]
+    for t in ticks:
+        y = sy(t)
+        label = (f"{t / 1000:g} s" if t >= 1000 else f"{t:g} ms") if unit == "ms" else f"{t:g}"
+        parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
+    legend_x = LEFT + 10
+    for label, color, pts in series:
+        path, pen_down = [], False
+        for x, y in pts:
+            if y is None or (log_y and y <= 0):
+                pen_down = False
+                continue
+            path.append(f"{'L' if pen_down else 'M'}{sx(x):.1f},{sy(y):.1f}")
+            pen_down = True
+        dash = ' stroke-dasharray="6 4"' if label in dashed else ""
+        if path:
+            parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+        parts.append(f'<line x1="{legend_x}" y1="{TOP + 8}" x2="{legend_x + 22}" y2="{TOP + 8}" '
+                     f'stroke="{color}" stroke-width="3"{dash}/>')  # fmt: skip
+        parts.append(f'<text x="{legend_x + 28}" y="{TOP + 12}">{html.escape(label)}</text>')
+        legend_x += 40 + 7 * len(label)
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def segments(samples: list, t0: float, t_end: float) -> list[tuple[float, float, str]]:
+    """Polled (time, state) samples as (start, end, state) runs; a state lasts until the next."""
+    runs: list[list] = []
+    for at, state in samples:
+        at = parse_time(at)
+        if at < t0 or at > t_end:
+            continue
+        if runs and runs[-1][2] == state:
+            continue
+        if runs:
+            runs[-1][1] = at
+        runs.append([at, t_end, state])
+    return [tuple(run) for run in runs]
+
+
+def state_timeline(timeline: dict, summary: dict) -> str:
+    """The breaker's state from the start of the v2 phase to the end of recovery."""
+    height = 170
+    phases = {p["name"]: p for p in timeline["phases"]}
+    t0 = parse_time(phases["v2"]["start"])
+    t_end = parse_time(phases["recovery"]["end"])
+    span = max(t_end - t0, 1.0)
+
+    def sx(t: float) -> float:
+        return LEFT + (W - LEFT - RIGHT) * (t - t0) / span
+
+    parts = svg_open("Breaker state on v2 (v2 phase, then recovery)", height, "breaker-state")
+    band_top, band_bottom = TOP + 30, height - BOTTOM - 10
+    for start, end, state in segments(timeline.get("breaker_samples", []), t0, t_end):
+        parts.append(
+            f'<rect class="state-run" data-state="{html.escape(state)}" x="{sx(start):.2f}" y="{band_top}" '
+            f'width="{max(sx(end) - sx(start), 0.5):.2f}" height="{band_bottom - band_top}" '
+            f'fill="{STATE_COLORS.get(state, "#9e9e9e")}"/>'
+        )
+    step = nice_step(span)
+    tick = 0.0
+    while tick <= span + 1e-9:
+        x = sx(t0 + tick)
+        parts.append(f'<text x="{x:.1f}" y="{height - BOTTOM + 14}" text-anchor="middle">{tick:g}s</text>')
+        tick += step
+    parts.append(
+        f'<text x="{(LEFT + W - RIGHT) / 2}" y="{height - 8}" text-anchor="middle" class="axis">'
+        "seconds since the v2 phase began</text>"
+    )
+    markers = [(parse_time(phases["recovery"]["start"]), "recovery phase", "#1565c0")]
+    rec = summary["recovery"]
+    if rec["healed_at"]:
+        markers.append((parse_time(rec["healed_at"]), "heal", "#000"))
+    if rec["closed_at"]:
+        markers.append((parse_time(rec["closed_at"]), "closed", "#2e7d32"))
+    for i, (at, label, color) in enumerate(markers):
+        x = sx(at)
+        parts.append(f'<line x1="{x:.1f}" y1="{TOP + 14}" x2="{x:.1f}" y2="{band_bottom + 4}" stroke="{color}" '
+                     'stroke-width="2" stroke-dasharray="4 3"/>')  # fmt: skip
+        anchor = "end" if i % 2 else "start"
+        parts.append(f'<text x="{x + (-4 if i % 2 else 4):.1f}" y="{TOP + 24}" text-anchor="{anchor}" '
+                     f'class="marker">{label}</text>')  # fmt: skip
+    legend_x = W - RIGHT - 260
+    for state, color in STATE_COLORS.items():
+        parts.append(f'<rect x="{legend_x}" y="10" width="12" height="12" fill="{color}"/>')
+        parts.append(f'<text x="{legend_x + 16}" y="20">{state}</text>')
+        legend_x += 86
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+# ---- page ---------------------------------------------------------------------------------
+
+CSS = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 920px; color: #212121; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.2rem; margin-top: 2rem; }
+table { border-collapse: collapse; margin: 1rem 0; }
+th, td { border: 1px solid #ddd; padding: .35rem .7rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead th { background: #f5f5f5; }
+.seed { color: #757575; }
+svg.chart { display: block; margin: 1rem 0; border: 1px solid #e0e0e0; }
+svg text { font: 12px system-ui, sans-serif; fill: #424242; }
+svg text.title { font-size: 14px; font-weight: 600; }
+svg text.marker { font-weight: 600; }
+svg .grid { stroke: #eee; }
+.note { color: #616161; font-size: .9rem; }
+code { background: #f5f5f5; padding: 0 .25rem; }
+"""
+
+
+def render_html(summary: dict, series: dict[str, list[dict]], timeline: dict) -> str:
+    run = summary["run"]
+    rows = "\n".join(
+        "<tr>" + "".join(
+            f'<td class="seed">{html.escape(c)}</td>' if i in (1, 3) else f"<td>{html.escape(c)}</td>"
+            for i, c in enumerate(row)
+        ) + "</tr>"
+        for row in table_rows(summary)
+    )  # fmt: skip
+
+    def points(phase: str, key: str) -> list[tuple[float, float]]:
+        return [(p["t"], p[key]) for p in series[phase]]
+
+    latency = line_chart(
+        "Response time: median and p95 over a 10 s window (log scale)",
+        "response-time",
+        [
+            ("v1 median", PHASE_COLORS["v1"], points("v1", "p50_ms")),
+            ("v1 p95", PHASE_COLORS["v1"], points("v1", "p95_ms")),
+            ("v2 median", PHASE_COLORS["v2"], points("v2", "p50_ms")),
+            ("v2 p95", PHASE_COLORS["v2"], points("v2", "p95_ms")),
+        ],
+        log_y=True,
+        unit="ms",
+        dashed={"v1 p95", "v2 p95"},
+    )
+    throughput = line_chart(
+        "Requests per second",
+        "rps",
+        [(f"{name}", PHASE_COLORS[name], points(name, "rps")) for name in ("v1", "v2", "recovery")],
+        log_y=False,
+        unit="req/s",
+    )
+    rec = summary["recovery"]
+    transitions = "\n".join(
+        f"<tr><td>{html.escape(t['at'])}</td><td>{t['from']} → {t['to']}</td><td>{html.escape(str(t['reason']))}</td></tr>"
+        for t in rec["transitions"]
+    )
+    closed = (
+        f"closed at <b>{rec['closed_at']}</b>, <b>{rec['time_to_close_s']:.2f} s</b> after the heal"
+        if rec["closed_at"]
+        else "<b>did not close</b> before the phase ended"
+    )
+    settings = html.escape(json.dumps(run.get("breaker_settings"), separators=(", ", ": ")))
+    load = rec["load"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>Circuit breaker demo: report</title>
+<style>{CSS}</style></head>
+<body>
+<h1>One hanging dependency: without and with a circuit breaker</h1>
+<p>recommendations-service hung for <code>{html.escape(str(run.get('failure_hang')))}</code> per request.
+Locust ran {run.get('users')} users (spawn rate {run.get('spawn_rate'):g}/s) for {run.get('duration_s'):g} s
+against each gateway: v1 waits up to <code>{html.escape(str(run.get('v1_timeout')))}</code> and fails the
+whole page; v2 calls through a circuit breaker (<code>{settings}</code>) and answers with
+<code>degraded_mode: true</code> instead.</p>
+
+<h2>The seed's metrics, from this run</h2>
+<table>
+<thead><tr><th>Metric</th><th class="seed">seed v1</th><th>this run v1</th><th class="seed">seed v2</th><th>this run v2</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+<p class="note">Seed: the Go demo's published figures (docker-compose). Its Locust counted degraded answers
+as failures (*); here a degraded answer is a success of its own kind and failures are non-200 answers,
+timeouts and bad bodies.</p>
+
+<h2>Response time over time</h2>
+{latency}
+<h2>Throughput</h2>
+{throughput}
+
+<h2>Recovery</h2>
+<p>Recommendations were healed through <code>PUT /admin/fault</code> at <b>{rec['healed_at']}</b>;
+the circuit {closed}. In the recovery phase {load['requests']:,} requests were answered:
+{load['full_pct']:g}% full, {load['degraded_pct']:g}% degraded, {load['failure_pct']:g}% failed.</p>
+{state_timeline(timeline, summary)}
+<table><thead><tr><th>at</th><th>transition</th><th>reason</th></tr></thead>
+<tbody>
+{transitions}
+</tbody></table>
+
+<h2>Raw data</h2>
+<p>Locust's own reports: <a href="v1.html">v1</a>, <a href="v2.html">v2</a>,
+<a href="recovery.html">recovery</a>; CSVs <code>&lt;phase&gt;_stats.csv</code>,
+<code>&lt;phase&gt;_stats_history.csv</code>; <a href="comparison_report.json">comparison_report.json</a>,
+<a href="timeline.json">timeline.json</a>.</p>
+</body></html>
+"""
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "results")
+    try:
+        print(text_table(build(target)))
+    except (ReportError, OSError, KeyError) as err:
+        print(f"report: {err}", file=sys.stderr)
+        sys.exit(1)
