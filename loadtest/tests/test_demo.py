@@ -1,0 +1,130 @@
+"""The whole demo, short: real services, real Locust, the report's numbers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import OPEN_DURATION_S, RESULTS, ROOT, demo_env
+
+
+def test_demo_tells_the_story(demo_run):
+    proc, summary = demo_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert summary is not None
+    v1, v2, recovery = summary["v1"], summary["v2"], summary["recovery"]
+    for phase in (v1, v2):
+        for key in ("avg_ms", "median_ms", "p95_ms", "p99_ms", "rps", "requests", "failure_pct", "degraded_pct"):
+            assert key in phase, key
+    # v1 waits out the 3 s hang and fails the whole page
+    assert v1["requests"] > 0
+    assert v1["failure_pct"] == 100
+    assert v1["avg_ms"] > 2500
+    # v2 answers fast, every answer usable, nearly all degraded while recommendations hangs
+    assert v2["avg_ms"] < v1["avg_ms"] / 10, (v1["avg_ms"], v2["avg_ms"])
+    assert v2["failure_pct"] == 0
+    assert v2["degraded_pct"] > 90
+    # users wait 1-2 s between pages: v1's 3 s hang caps it near a third of v2's rate
+    assert v2["rps"] > 2 * v1["rps"], (v1["rps"], v2["rps"])
+    # the heal closes the circuit within openDuration + 1 s
+    assert recovery["healed_at"] and recovery["closed_at"], recovery
+    assert 0 <= recovery["time_to_close_s"] <= OPEN_DURATION_S + 1, recovery
+    assert recovery["transitions"][-1]["to"] == "closed"
+    assert recovery["load"]["full"] > 0 and recovery["load"]["failure_pct"] == 0
+    # what the demo leaves behind for people to look at
+    for phase in ("v1", "v2", "recovery"):
+        for suffix in (".html", "_stats.csv", "_stats_history.csv", "_failures.csv"):
+            assert (RESULTS / f"{phase}{suffix}").is_file(), f"{phase}{suffix}"
+    assert (RESULTS / "report.html").stat().st_size > 5000
+    assert "v2 breaker:" in proc.stdout and "req/s" in proc.stdout
+    assert "Report:" in proc.stdout
+
+
+def run_demo(fast_breaker: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "loadtest/demo.py")],
+        env=demo_env(tmp_path / "results", fast_breaker, **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_taken_port_is_refused_clearly(fast_breaker, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run_demo(fast_breaker, tmp_path, V2_PORT=str(port))
+    assert proc.returncode == 1
+    assert f"port {port} is already in use" in proc.stderr
+
+
+def test_bad_settings_are_refused_before_anything_starts(fast_breaker, tmp_path):
+    proc = run_demo(fast_breaker, tmp_path, DEMO_DURATION="soon")
+    assert proc.returncode == 2
+    assert "DEMO_DURATION" in proc.stderr and "not a duration" in proc.stderr
+    proc = run_demo(fast_breaker, tmp_path, DEMO_USERS="-3")
+    assert proc.returncode == 2 and "DEMO_USERS" in proc.stderr
+    proc = run_demo(fast_breaker, tmp_path, BREAKER_CONFIG=str(tmp_path / "nope.yaml"))
+    assert proc.returncode == 2 and "is not a file" in proc.stderr
+
+
+def test_missing_binaries_are_named(fast_breaker, tmp_path):
+    proc = run_demo(fast_breaker, tmp_path, BIN=str(tmp_path / "no-bin"))
+    assert proc.returncode == 1
+    assert "product-service is missing: run 'make build' first" in proc.stderr
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command name is in parentheses and may hold spaces; ppid follows the state field
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def test_sigterm_stops_every_process(fast_breaker, tmp_path):
+    demo = subprocess.Popen(
+        [sys.executable, str(ROOT / "loadtest/demo.py")],
+        env=demo_env(tmp_path / "results", fast_breaker, DEMO_DURATION="30s"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        children: set[int] = set()
+        deadline = time.monotonic() + 30
+        # four services and Locust
+        while len(children) < 5 and time.monotonic() < deadline and demo.poll() is None:
+            children |= children_of(demo.pid)
+            time.sleep(0.1)
+        assert len(children) >= 5, children
+        demo.send_signal(signal.SIGTERM)
+        _, stderr = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 130, stderr
+    assert "stopped by SIGTERM" in stderr
+    left = []
+    for pid in children:
+        try:
+            os.kill(pid, 0)
+            left.append(pid)
+        except ProcessLookupError:
+            pass
+    assert not left, f"still running: {left}"
