@@ -1,25 +1,63 @@
 #!/usr/bin/env bash
-# Makes sure the Rust toolchain and curl are there; installs what a fresh machine lacks.
+# Makes sure the tools are there; installs what a fresh machine lacks (as root, with apt).
+#   scripts/require-tools.sh            Rust 1.89+ and curl
+#   scripts/require-tools.sh python     Python 3.10+ with venv (for Locust)
+#   scripts/require-tools.sh chromium   Debian's Chromium (for the browser tests)
 set -euo pipefail
-if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
-  # shellcheck disable=SC1091
-  . "$HOME/.cargo/env"
-fi
-if ! command -v cargo >/dev/null 2>&1; then
-  echo "cargo not found: install Rust 1.89 or newer (https://rustup.rs), then retry." >&2
-  exit 1
-fi
-need=1.89
-have=$(rustc --version | awk '{print $2}')
-if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]; then
-  echo "rustc $have is older than $need: run 'rustup update stable'." >&2
-  exit 1
-fi
-if ! command -v curl >/dev/null 2>&1; then
+
+apt_install() { # package..., after a message saying what is missing
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq curl >/dev/null
+    echo "installing $* with apt-get" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   else
-    echo "curl not found: install it (apt-get install curl)." >&2
+    echo "install it: sudo apt-get install $*" >&2
     exit 1
   fi
-fi
+}
+
+rust() {
+  if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust 1.89 or newer (https://rustup.rs), then retry." >&2
+    exit 1
+  fi
+  local need=1.89 have
+  have=$(rustc --version | awk '{print $2}')
+  if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]; then
+    echo "rustc $have is older than $need: run 'rustup update stable'." >&2
+    exit 1
+  fi
+  command -v curl >/dev/null 2>&1 || { echo "curl not found." >&2; apt_install curl; }
+}
+
+python() {
+  if ! command -v python3 >/dev/null 2>&1; then
+    echo "python3 not found." >&2
+    apt_install python3 python3-venv
+  fi
+  if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+    echo "python3 is $(python3 --version 2>&1); Locust needs 3.10 or newer." >&2
+    exit 1
+  fi
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "python3 cannot make virtualenvs." >&2
+    apt_install python3-venv
+  fi
+}
+
+chromium() {
+  [ -x /usr/bin/chromium ] && return
+  echo "chromium not found." >&2
+  apt_install chromium
+}
+
+if [ $# -eq 0 ]; then set -- rust; fi
+for tool in "$@"; do
+  case $tool in
+    rust | python | chromium) "$tool" ;;
+    *) echo "require-tools: unknown tool $tool" >&2; exit 2 ;;
+  esac
+done
