@@ -87,8 +87,9 @@ class Settings:
                 raise DemoError(f"{key}={raw!r} must be at least {low:g}s")
             return seconds
 
-        duration(key="FAILURE_HANG", default="30s", low=0.001)
-        duration(key="V1_UPSTREAM_TIMEOUT", default="30s", low=0.001)
+        # Checked here so a typo fails before anything starts; the services get the text as is.
+        duration("FAILURE_HANG", "30s", low=0.001)
+        duration("V1_UPSTREAM_TIMEOUT", "30s", low=0.001)
         config = Path(env.get("BREAKER_CONFIG", str(ROOT / "config/breaker.yaml")))
         if not config.is_file():
             raise DemoError(f"BREAKER_CONFIG={config} is not a file")
