@@ -3,6 +3,7 @@
 #   scripts/require-tools.sh            Rust 1.89+ and curl
 #   scripts/require-tools.sh python     Python 3.10+ with venv (for Locust)
 #   scripts/require-tools.sh chromium   Debian's Chromium (for the browser tests)
+#   scripts/require-tools.sh go         Go 1.24+ (builds etcd and kube-apiserver for the tests)
 set -euo pipefail
 
 apt_install() { # package..., after a message saying what is missing
@@ -31,6 +32,24 @@ rust() {
     exit 1
   fi
   command -v curl >/dev/null 2>&1 || { echo "curl not found." >&2; apt_install curl; }
+  # the test control plane makes its service-account key with openssl
+  command -v openssl >/dev/null 2>&1 || { echo "openssl not found." >&2; apt_install openssl; }
+}
+
+golang() {
+  if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  fi
+  if ! command -v go >/dev/null 2>&1; then
+    echo "go not found: install Go 1.24 or newer (https://go.dev/dl/); Debian's golang package is too old." >&2
+    exit 1
+  fi
+  local need=1.24 have
+  have=$(go env GOVERSION | sed 's/^go//')
+  if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]; then
+    echo "go $have is older than $need (kube-apiserver 1.34 needs it)." >&2
+    exit 1
+  fi
 }
 
 python() {
@@ -58,6 +77,7 @@ if [ $# -eq 0 ]; then set -- rust; fi
 for tool in "$@"; do
   case $tool in
     rust | python | chromium) "$tool" ;;
+    go) golang ;;
     *) echo "require-tools: unknown tool $tool" >&2; exit 2 ;;
   esac
 done
