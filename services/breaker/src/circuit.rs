@@ -3,7 +3,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::settings::BreakerSettings;
@@ -27,6 +27,47 @@ impl State {
     }
 }
 
+/// An operator's override of the state machine (a BreakerPolicy's `spec.mode`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum Mode {
+    /// The state machine decides.
+    #[default]
+    Auto,
+    /// Every call is rejected, as if open, whatever the state machine says.
+    ForceOpen,
+    /// Every call is let through (the bulkhead still applies); outcomes are counted but
+    /// move no state.
+    ForceClosed,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "Auto",
+            Mode::ForceOpen => "ForceOpen",
+            Mode::ForceClosed => "ForceClosed",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = crate::SettingsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "Auto" => Ok(Mode::Auto),
+            "ForceOpen" => Ok(Mode::ForceOpen),
+            "ForceClosed" => Ok(Mode::ForceClosed),
+            other => Err(crate::SettingsError::new(
+                "mode",
+                format!("{other:?} is not one of Auto, ForceOpen, ForceClosed"),
+            )),
+        }
+    }
+}
+
 /// Why a call was not let through; the caller serves its fallback at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]
@@ -37,6 +78,8 @@ pub enum Rejection {
     HalfOpenFull,
     #[error("bulkhead is full")]
     BulkheadFull,
+    #[error("circuit is forced open")]
+    ForcedOpen,
 }
 
 impl Rejection {
@@ -45,6 +88,7 @@ impl Rejection {
             Rejection::Open => "open",
             Rejection::HalfOpenFull => "half_open_full",
             Rejection::BulkheadFull => "bulkhead_full",
+            Rejection::ForcedOpen => "forced_open",
         }
     }
 }
@@ -98,6 +142,7 @@ pub struct Counts {
     pub rejected_open: u64,
     pub rejected_half_open: u64,
     pub rejected_bulkhead: u64,
+    pub rejected_forced_open: u64,
     /// Permits dropped without an outcome (cancelled calls).
     pub abandoned: u64,
     pub transitions: u64,
@@ -106,6 +151,7 @@ pub struct Counts {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Snapshot {
     pub state: State,
+    pub mode: Mode,
     pub settings: BreakerSettings,
     pub counts: Counts,
     pub last_transition: Option<Transition>,
@@ -118,6 +164,7 @@ pub struct Snapshot {
 
 struct Core {
     settings: BreakerSettings,
+    mode: Mode,
     state: State,
     /// Bumped on every transition; outcomes of calls admitted in an earlier epoch do not
     /// move the state machine (they still count in the totals).
@@ -143,6 +190,8 @@ pub struct Permit<'a> {
     breaker: &'a CircuitBreaker,
     epoch: u64,
     probe: bool,
+    /// Let through by ForceClosed: counted, but never moves the state machine.
+    forced: bool,
     /// Clock time at admission; only read when slow calls are judged, to keep the
     /// closed path free of clock reads.
     started: Option<Duration>,
@@ -164,6 +213,7 @@ impl CircuitBreaker {
         let window = Window::new(settings.sliding_window_size);
         let core = Core {
             settings,
+            mode: Mode::Auto,
             state: State::Closed,
             epoch: 0,
             window,
@@ -196,7 +246,16 @@ impl CircuitBreaker {
                 return Err(Rejection::BulkheadFull);
             }
         }
+        let forced = match core.mode {
+            Mode::Auto => false,
+            Mode::ForceClosed => true,
+            Mode::ForceOpen => {
+                core.counts.rejected_forced_open += 1;
+                return Err(Rejection::ForcedOpen);
+            }
+        };
         let probe = match core.state {
+            _ if forced => false,
             State::Closed => false,
             State::Open => {
                 core.counts.rejected_open += 1;
@@ -217,6 +276,7 @@ impl CircuitBreaker {
             breaker: self,
             epoch: core.epoch,
             probe,
+            forced,
             started: core.settings.slow_call_duration.map(|_| self.clock.now()),
             call_timeout: core.settings.call_timeout,
             reported: false,
@@ -248,6 +308,7 @@ impl CircuitBreaker {
         counts.window_slow_calls = core.window.slow();
         Snapshot {
             state: core.state,
+            mode: core.mode,
             settings: core.settings.clone(),
             counts,
             last_transition: core.last_transition,
@@ -269,6 +330,16 @@ impl CircuitBreaker {
         {
             self.transition(&mut core, State::Closed, TransitionReason::ProbesSucceeded);
         }
+    }
+
+    /// Sets the operator override; the state machine underneath keeps its state and resumes
+    /// from it when the mode goes back to Auto.
+    pub fn set_mode(&self, mode: Mode) {
+        self.lock().mode = mode;
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.lock().mode
     }
 
     fn open_to_half_open(&self, core: &mut Core) {
@@ -314,7 +385,7 @@ impl CircuitBreaker {
     fn finish(&self, permit: &Permit<'_>, outcome: Option<Outcome>) {
         let mut core = self.lock();
         core.counts.in_flight = core.counts.in_flight.saturating_sub(1);
-        let current = permit.epoch == core.epoch;
+        let current = permit.epoch == core.epoch && !permit.forced;
         if permit.probe && current {
             core.counts.half_open_in_flight = core.counts.half_open_in_flight.saturating_sub(1);
         }

@@ -11,7 +11,7 @@ mod settings;
 mod window;
 
 pub use circuit::{
-    BreakerObserver, CircuitBreaker, Counts, Outcome, Permit, Rejection, Snapshot, State,
+    BreakerObserver, CircuitBreaker, Counts, Mode, Outcome, Permit, Rejection, Snapshot, State,
     Transition, TransitionReason,
 };
 pub use clock::{Clock, ManualClock, MonotonicClock};

@@ -24,23 +24,23 @@ pub struct BreakerSettings {
     pub minimum_calls: u32,
     /// Calls slower than this count as slow; off when absent.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
+    #[schemars(with = "Option<DurationText>")]
     pub slow_call_duration: Option<Duration>,
     /// Slow-call percentage over the window that opens the circuit (needs `slowCallDuration`).
     #[schemars(range(min = 1, max = 100))]
     pub slow_call_rate_threshold: f64,
     /// How long one call to the dependency may take before it counts as failed.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "DurationText")]
     pub call_timeout: Duration,
     /// How long the circuit stays open before it lets probes through.
     #[serde(with = "humantime_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "DurationText")]
     pub open_duration: Duration,
     /// Cap of the open duration, doubled after each failed probe; equal to `openDuration`
     /// (no backoff) when absent.
     #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<String>")]
+    #[schemars(with = "Option<DurationText>")]
     pub max_open_duration: Option<Duration>,
     /// Probes admitted while half-open; that many successes close the circuit.
     #[schemars(range(min = 1, max = 1000))]
@@ -69,6 +69,37 @@ impl Default for BreakerSettings {
     }
 }
 
+/// How durations look in the schema: whole numbers with units, a form both humantime (here)
+/// and Go's `time.ParseDuration` (the API server's CEL `duration()`) read the same way.
+pub struct DurationText;
+
+pub const DURATION_PATTERN: &str = "^([0-9]+(ns|us|ms|s|m|h))+$";
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DurationText".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // The rule is a Kubernetes extension (other JSON Schema readers ignore it): it lets the
+        // API server check the range `validate` checks, in the same words.
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": 32,
+            "description": "A duration such as 250ms, 2s, 1m30s",
+            "x-kubernetes-validations": [{
+                "rule": format!("!self.matches('{DURATION_PATTERN}') || (duration(self) >= duration('1ms') && duration(self) <= duration('24h'))"),
+                "message": "must be between 1ms and 24h"
+            }]
+        })
+    }
+}
+
 /// A settings document that cannot be used, naming the offending key.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("{key}: {message}")]
@@ -79,7 +110,7 @@ pub struct SettingsError {
 }
 
 impl SettingsError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             message: message.into(),

@@ -1,9 +1,11 @@
-//! Random sequences of calls, outcomes, cancellations, clock steps and settings swaps keep
-//! the breaker's invariants.
+//! Random sequences of calls, outcomes, cancellations, clock steps, settings swaps and mode
+//! overrides keep the breaker's invariants.
 use std::sync::Arc;
 use std::time::Duration;
 
-use breaker::{BreakerSettings, CircuitBreaker, ManualClock, Outcome, Permit, Rejection, State};
+use breaker::{
+    BreakerSettings, CircuitBreaker, ManualClock, Mode, Outcome, Permit, Rejection, State,
+};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -13,6 +15,7 @@ enum Op {
     Drop(usize),
     Advance(u64),
     Swap(u32, Option<u32>),
+    SetMode(Mode),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -22,6 +25,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Drop),
         2 => (0u64..3000).prop_map(Op::Advance),
         1 => (1u32..4, proptest::option::of(1u32..5)).prop_map(|(h, m)| Op::Swap(h, m)),
+        1 => prop_oneof![Just(Mode::Auto), Just(Mode::ForceOpen), Just(Mode::ForceClosed)]
+            .prop_map(Op::SetMode),
     ]
 }
 
@@ -62,6 +67,7 @@ proptest! {
                     let before = b.state();
                     match b.try_acquire() {
                         Ok(p) => {
+                            prop_assert_ne!(b.mode(), Mode::ForceOpen);
                             if p.is_probe() { probes_this_half_open += 1; }
                             held.push(p);
                         }
@@ -71,6 +77,7 @@ proptest! {
                             let max = b.settings().max_concurrent_calls;
                             prop_assert!(max.is_some_and(|m| held.len() as u32 >= m));
                         }
+                        Err(Rejection::ForcedOpen) => prop_assert_eq!(b.mode(), Mode::ForceOpen),
                     }
                     let _ = before;
                 }
@@ -83,6 +90,7 @@ proptest! {
                 }
                 Op::Advance(ms) => clock.advance(Duration::from_millis(ms)),
                 Op::Swap(h, m) => b.update_settings(settings(h, m, rate)),
+                Op::SetMode(mode) => b.set_mode(mode),
                 _ => {}
             }
             let snap = b.snapshot();
@@ -114,9 +122,10 @@ proptest! {
             prop_assert!(c.window_calls <= snap.settings.sliding_window_size);
             prop_assert!(c.window_failures <= c.window_calls && c.window_slow_calls <= c.window_calls);
         }
-        // Liveness: once every caller is gone and the longest opening has passed, a call
-        // goes through; the breaker never wedges.
+        // Liveness: once every caller is gone, the override is lifted and the longest opening
+        // has passed, a call goes through; the breaker never wedges.
         drop(held);
+        b.set_mode(Mode::Auto);
         clock.advance(Duration::from_millis(4000));
         prop_assert!(b.try_acquire().is_ok());
     }

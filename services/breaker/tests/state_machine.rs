@@ -2,7 +2,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use breaker::{
-    BreakerObserver, BreakerSettings, CircuitBreaker, ManualClock, Outcome, Rejection, State,
+    BreakerObserver, BreakerSettings, CircuitBreaker, ManualClock, Mode, Outcome, Rejection, State,
     Transition, TransitionReason,
 };
 
@@ -319,4 +319,66 @@ fn half_open_admits_exactly_max_probes_under_contention() {
         assert_eq!(snap.counts.in_flight, 0);
         assert_eq!(snap.state, State::HalfOpen);
     }
+}
+
+#[test]
+fn force_open_rejects_everything_and_auto_resumes_the_state_machine() {
+    let (b, _) = setup(BreakerSettings::default());
+    fail(&b, 1);
+    b.set_mode(Mode::ForceOpen);
+    for _ in 0..5 {
+        assert_eq!(b.try_acquire().unwrap_err(), Rejection::ForcedOpen);
+    }
+    let snap = b.snapshot();
+    assert_eq!((snap.mode, snap.state), (Mode::ForceOpen, State::Closed));
+    assert_eq!(snap.counts.rejected_forced_open, 5);
+    b.set_mode(Mode::Auto);
+    // the streak of one failure survived the override
+    fail(&b, 2);
+    assert_eq!(b.state(), State::Open);
+}
+
+#[test]
+fn force_closed_lets_calls_through_an_open_circuit_without_moving_it() {
+    let (b, clock) = setup(BreakerSettings::default());
+    fail(&b, 3);
+    assert_eq!(b.state(), State::Open);
+    b.set_mode(Mode::ForceClosed);
+    fail(&b, 10);
+    b.try_acquire().unwrap().success();
+    let snap = b.snapshot();
+    assert_eq!(snap.state, State::Open);
+    assert_eq!((snap.counts.failures, snap.counts.successes), (13, 1));
+    assert_eq!(snap.counts.transitions, 1);
+    // a permit granted while forced cannot close (or reopen) the circuit after Auto returns
+    let forced = b.try_acquire().unwrap();
+    b.set_mode(Mode::Auto);
+    clock.advance(ms(5_000));
+    assert_eq!(b.state(), State::HalfOpen);
+    forced.success();
+    assert_eq!(b.state(), State::HalfOpen);
+    b.try_acquire().unwrap().success();
+    assert_eq!(b.state(), State::Closed);
+}
+
+#[test]
+fn force_closed_keeps_the_bulkhead() {
+    let (b, _) = setup(BreakerSettings {
+        max_concurrent_calls: Some(1),
+        ..BreakerSettings::default()
+    });
+    b.set_mode(Mode::ForceClosed);
+    let held = b.try_acquire().unwrap();
+    assert_eq!(b.try_acquire().unwrap_err(), Rejection::BulkheadFull);
+    drop(held);
+    assert!(b.try_acquire().is_ok());
+}
+
+#[test]
+fn mode_parses_the_configmap_spelling_and_names_bad_values() {
+    assert_eq!("ForceOpen".parse::<Mode>().unwrap(), Mode::ForceOpen);
+    assert_eq!(" Auto\n".parse::<Mode>().unwrap(), Mode::Auto);
+    let err = "forceopen".parse::<Mode>().unwrap_err();
+    assert_eq!(err.key, "mode");
+    assert!(err.message.contains("Auto, ForceOpen, ForceClosed"));
 }

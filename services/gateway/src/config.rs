@@ -50,8 +50,12 @@ pub struct V2Args {
     #[command(flatten)]
     pub common: CommonArgs,
     /// YAML BreakerSettings file, watched and hot-reloaded; defaults apply without it.
-    #[arg(long, env = "BREAKER_CONFIG")]
+    #[arg(long, env = "BREAKER_CONFIG", conflicts_with = "breaker_configmap")]
     pub breaker_config: Option<PathBuf>,
+    /// `namespace/name` of a ConfigMap (written by breaker-controller) to watch through the
+    /// Kubernetes API instead of a file: keys `breaker.yaml` and `mode`.
+    #[arg(long, env = "BREAKER_CONFIGMAP")]
+    pub breaker_configmap: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +76,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: SettingsError,
     },
+    #[error("BREAKER_CONFIGMAP: {0:?} is not namespace/name")]
+    BadConfigMap(String),
 }
 
 impl CommonArgs {
@@ -104,41 +110,73 @@ fn base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     Ok(value.trim_end_matches('/').to_string())
 }
 
+/// Where v2's settings come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Defaults,
+    File(PathBuf),
+    ConfigMap { namespace: String, name: String },
+}
+
 /// Where v2's settings come from and what they are at start.
 #[derive(Debug, Clone)]
 pub struct SettingsSource {
-    pub path: Option<PathBuf>,
+    pub origin: Origin,
     pub initial: BreakerSettings,
     pub version: String,
 }
 
 impl SettingsSource {
     pub fn describe(&self) -> String {
-        match &self.path {
-            Some(path) => format!("file:{}", path.display()),
-            None => "defaults".to_string(),
+        match &self.origin {
+            Origin::File(path) => format!("file:{}", path.display()),
+            Origin::ConfigMap { namespace, name } => format!("configmap:{namespace}/{name}"),
+            Origin::Defaults => "defaults".to_string(),
         }
     }
 }
 
 impl V2Args {
     /// Reads the settings file once; a bad file at start is an error, not a silent default.
+    /// A ConfigMap is read once the API answers; until then the defaults serve.
     pub fn settings_source(&self) -> Result<SettingsSource, ConfigError> {
+        let defaults = |origin| SettingsSource {
+            origin,
+            initial: BreakerSettings::default(),
+            version: "defaults".into(),
+        };
+        if let Some(reference) = &self.breaker_configmap {
+            return Ok(defaults(configmap_ref(reference)?));
+        }
         match &self.breaker_config {
-            None => Ok(SettingsSource {
-                path: None,
-                initial: BreakerSettings::default(),
-                version: "defaults".into(),
-            }),
+            None => Ok(defaults(Origin::Defaults)),
             Some(path) => {
                 let (initial, version) = reload::load(path)?;
                 Ok(SettingsSource {
-                    path: Some(path.clone()),
+                    origin: Origin::File(path.clone()),
                     initial,
                     version,
                 })
             }
         }
+    }
+}
+
+fn configmap_ref(reference: &str) -> Result<Origin, ConfigError> {
+    let dns_label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    };
+    match reference.split_once('/') {
+        Some((namespace, name)) if dns_label(namespace) && dns_label(name) => {
+            Ok(Origin::ConfigMap {
+                namespace: namespace.into(),
+                name: name.into(),
+            })
+        }
+        _ => Err(ConfigError::BadConfigMap(reference.into())),
     }
 }
 
@@ -156,5 +194,19 @@ mod tests {
         assert!(base_url("X", "https://example").is_err());
         assert!(base_url("X", "http://h/?q=1").is_err());
         assert!(base_url("X", "not a url").is_err());
+    }
+
+    #[test]
+    fn configmap_references_are_namespace_slash_name() {
+        assert_eq!(
+            configmap_ref("demo/api-gateway-v2-breaker").unwrap(),
+            Origin::ConfigMap {
+                namespace: "demo".into(),
+                name: "api-gateway-v2-breaker".into()
+            }
+        );
+        for bad in ["", "demo", "/x", "demo/", "Demo/x", "a/b/c", "demo/x y"] {
+            assert!(configmap_ref(bad).is_err(), "{bad}");
+        }
     }
 }

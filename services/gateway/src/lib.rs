@@ -3,6 +3,7 @@
 //! breaker and answers with a fallback (`degraded_mode`) instead.
 
 mod config;
+mod configmap;
 mod dashboard;
 mod handler;
 mod metrics;

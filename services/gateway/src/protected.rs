@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use breaker::{
-    BreakerObserver, CircuitBreaker, Clock, Counts, MonotonicClock, Outcome, Rejection, State,
-    Transition, TransitionReason,
+    BreakerObserver, BreakerSettings, CircuitBreaker, Clock, Counts, Mode, MonotonicClock, Outcome,
+    Rejection, State, Transition, TransitionReason,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -20,7 +20,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::config::SettingsSource;
+use crate::config::{Origin, SettingsSource};
+use crate::configmap;
 use crate::policy::Recommendations;
 use crate::reload;
 use crate::upstream::UpstreamError;
@@ -107,6 +108,8 @@ struct ConfigStatus {
     source: String,
     version: String,
     error: Option<String>,
+    /// Why the settings source cannot be read right now (API unreachable); cleared on recovery.
+    watch_error: Option<String>,
     /// Version of the last content looked at, good or bad, so a bad file is reported once.
     #[serde(skip)]
     last_seen: String,
@@ -118,7 +121,7 @@ pub struct Protected {
     calls: Family<OutcomeLabels, Counter>,
     fallbacks: Family<OutcomeLabels, Counter>,
     config: Mutex<ConfigStatus>,
-    watch: Option<std::path::PathBuf>,
+    origin: Origin,
 }
 
 impl Protected {
@@ -162,6 +165,7 @@ impl Protected {
             source: source.describe(),
             version: source.version.clone(),
             error: None,
+            watch_error: None,
             last_seen: source.version.clone(),
         };
         Self {
@@ -170,7 +174,7 @@ impl Protected {
             calls,
             fallbacks,
             config: Mutex::new(config),
-            watch: source.path,
+            origin: source.origin,
         }
     }
 
@@ -188,8 +192,12 @@ impl Protected {
                 this.breaker.state();
             }
         });
-        if let Some(path) = self.watch.clone() {
-            reload::spawn_watch(path, self.clone());
+        match self.origin.clone() {
+            Origin::File(path) => reload::spawn_watch(path, self.clone()),
+            Origin::ConfigMap { namespace, name } => {
+                configmap::spawn_watch(namespace, name, self.clone());
+            }
+            Origin::Defaults => {}
         }
     }
 
@@ -219,6 +227,7 @@ impl Protected {
                     Rejection::Open => "rejected_open",
                     Rejection::HalfOpenFull => "rejected_half_open",
                     Rejection::BulkheadFull => "rejected_bulkhead",
+                    Rejection::ForcedOpen => "rejected_forced_open",
                 };
                 self.count(&self.calls, outcome);
                 return self.fallback(outcome);
@@ -257,33 +266,83 @@ impl Protected {
             Ok(text) => reload::version_of(text),
             Err(_) => "unreadable".to_string(),
         };
+        let parsed = read.and_then(|text| reload::parse(path, &text));
+        self.apply(
+            seen,
+            parsed.map(|s| (s, Mode::Auto)).map_err(|e| e.to_string()),
+        );
+    }
+
+    /// Applies a ConfigMap version (its resourceVersion).
+    pub fn apply_configmap(
+        &self,
+        version: String,
+        parsed: Result<(BreakerSettings, Mode), configmap::ContentError>,
+    ) {
+        self.apply(version, parsed.map_err(|e| e.to_string()));
+    }
+
+    /// New content from the settings source, once per version; bad content keeps the
+    /// settings in force and is reported.
+    fn apply(&self, version: String, parsed: Result<(BreakerSettings, Mode), String>) {
         let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        if config.last_seen == seen {
+        if config.last_seen == version {
             return;
         }
-        config.last_seen = seen.clone();
-        match read.and_then(|text| reload::parse(path, &text)) {
-            Ok(settings) => {
+        config.last_seen = version.clone();
+        match parsed {
+            Ok((settings, mode)) => {
                 self.breaker.update_settings(settings);
-                tracing::info!(version = %seen, path = %path.display(), "breaker settings reloaded");
-                config.version = seen;
+                self.breaker.set_mode(mode);
+                tracing::info!(version = %version, source = %config.source, mode = mode.as_str(), "breaker settings applied");
+                config.version = version;
                 config.error = None;
             }
             Err(err) => {
-                tracing::warn!(error = %err, version = %config.version, "settings file rejected; keeping the settings in force");
-                config.error = Some(err.to_string());
+                tracing::warn!(error = %err, version = %config.version, "settings rejected; keeping the settings in force");
+                config.error = Some(err);
             }
         }
+    }
+
+    /// No BreakerPolicy writes the ConfigMap (now): an override ends, the settings stay.
+    pub fn no_policy(&self) {
+        self.breaker.set_mode(Mode::Auto);
+        let mut config = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        if config.last_seen != "no-policy" {
+            tracing::warn!(source = %config.source, "no BreakerPolicy settings in the ConfigMap; keeping the settings in force, mode Auto");
+        }
+        config.error = Some(
+            "no BreakerPolicy settings in the ConfigMap: keeping the settings in force, mode Auto"
+                .into(),
+        );
+        config.last_seen = "no-policy".into();
+    }
+
+    pub fn watch_failed(&self, error: String) {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watch_error = Some(error);
+    }
+
+    pub fn watch_resumed(&self) {
+        self.config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watch_error = None;
     }
 }
 
 #[derive(Serialize)]
 struct CircuitStatus {
     state: State,
+    mode: Mode,
     settings: breaker::BreakerSettings,
     config_version: String,
     config_source: String,
     config_error: Option<String>,
+    config_watch_error: Option<String>,
     counts: Counts,
     last_transition: Option<TransitionRecord>,
     opened_until: Option<String>,
@@ -313,10 +372,12 @@ pub async fn circuit_status(protected: web::Data<Protected>) -> HttpResponse {
         .collect();
     HttpResponse::Ok().json(CircuitStatus {
         state: snapshot.state,
+        mode: snapshot.mode,
         settings: snapshot.settings,
         config_version: config.version,
         config_source: config.source,
         config_error: config.error,
+        config_watch_error: config.watch_error,
         counts: snapshot.counts,
         last_transition: transitions.last().cloned(),
         opened_until: snapshot

@@ -136,6 +136,8 @@ pub struct StackConfig {
     pub recommendations_env: Vec<(&'static str, String)>,
     pub v1_timeout: &'static str,
     pub breaker_yaml: String,
+    /// v2 watches this ConfigMap (`namespace/name`) with this kubeconfig instead of a file.
+    pub v2_configmap: Option<(String, PathBuf)>,
 }
 
 impl Default for StackConfig {
@@ -144,17 +146,19 @@ impl Default for StackConfig {
             recommendations_env: vec![],
             v1_timeout: "3s",
             breaker_yaml: "callTimeout: 300ms\nopenDuration: 1500ms\n".into(),
+            v2_configmap: None,
         }
     }
 }
 
 /// All four services.
 pub struct Stack {
-    pub dir: tempfile::TempDir,
     pub product: Proc,
     pub recommendations: Proc,
     pub v1: Proc,
     pub v2: Proc,
+    /// Last, so the processes (which print their logs when a test panics) go first.
+    pub dir: tempfile::TempDir,
 }
 
 impl Stack {
@@ -174,14 +178,20 @@ impl Stack {
         let config_path = dir.path().join("breaker.yaml");
         std::fs::write(&config_path, &config.breaker_yaml).unwrap();
         let mut v2_env = upstreams;
-        v2_env.push(("BREAKER_CONFIG", config_path.display().to_string()));
+        match &config.v2_configmap {
+            Some((reference, kubeconfig)) => {
+                v2_env.push(("BREAKER_CONFIGMAP", reference.clone()));
+                v2_env.push(("KUBECONFIG", kubeconfig.display().to_string()));
+            }
+            None => v2_env.push(("BREAKER_CONFIG", config_path.display().to_string())),
+        }
         let v2 = Proc::start("api-gateway-v2", &v2_env, dir.path());
         Stack {
-            dir,
             product,
             recommendations,
             v1,
             v2,
+            dir,
         }
     }
 

@@ -1,0 +1,588 @@
+//! The controller and the gateway against a real kube-apiserver + etcd on 127.0.0.1, each with
+//! the identity and Role of k8s/rbac.yaml. One control plane per test, one test at a time.
+// Each test has its own thread and runtime; the serializing guard is meant to span awaits.
+#![allow(clippy::await_holding_lock)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use control_plane::{ControlPlane, Who, SYSTEM_NAMESPACE as NS};
+use e2e::*;
+use serde_json::Value;
+
+const TARGET: &str = "api-gateway-v2-breaker";
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    e2e::exclusive_timing()
+}
+
+/// A control plane with the CRD, namespace `demo` and the RBAC of k8s/rbac.yaml installed.
+fn control_plane() -> ControlPlane {
+    let plane = ControlPlane::start().unwrap_or_else(|e| panic!("{e}"));
+    let ok = |out: std::process::Output, what: &str| {
+        assert!(
+            out.status.success(),
+            "{what}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(
+        plane.kubectl(Who::Admin, &["create", "namespace", NS], None),
+        "namespace",
+    );
+    for file in [
+        "k8s/crd.yaml",
+        "k8s/rbac.yaml",
+        "k8s/gateway-configmap.yaml",
+    ] {
+        let path = format!("{ROOT}/{file}");
+        ok(
+            plane.kubectl(Who::Admin, &["apply", "-f", &path], None),
+            file,
+        );
+    }
+    ok(
+        plane.kubectl(
+            Who::Admin,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                "crd/breakerpolicies.resilience.demo.dev",
+            ],
+            None,
+        ),
+        "crd established",
+    );
+    plane
+}
+
+fn kubectl_apply(plane: &ControlPlane, yaml: &str) -> std::process::Output {
+    plane.kubectl(Who::Admin, &["apply", "-n", NS, "-f", "-"], Some(yaml))
+}
+
+fn policy(name: &str, mode: &str, settings: &str) -> String {
+    format!(
+        "apiVersion: resilience.demo.dev/v1alpha1\nkind: BreakerPolicy\nmetadata:\n  name: {name}\nspec:\n  target:\n    configMap: {TARGET}\n  mode: {mode}\n  settings:\n{}",
+        settings.lines().map(|l| format!("    {l}\n")).collect::<String>()
+    )
+}
+
+fn get_json(plane: &ControlPlane, what: &[&str]) -> Option<Value> {
+    let mut args = vec!["get", "-n", NS, "-o", "json"];
+    args.extend_from_slice(what);
+    let out = plane.kubectl(Who::Admin, &args, None);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Polls without blocking the test's runtime (the HTTP client's pool lives on it).
+async fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ready_condition(bp: &Value) -> Option<&Value> {
+    bp["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+}
+
+fn start_controller(plane: &ControlPlane, dir: &Path) -> Proc {
+    Proc::start(
+        "breaker-controller",
+        &[
+            (
+                "KUBECONFIG",
+                plane.kubeconfig(Who::Controller).display().to_string(),
+            ),
+            ("WATCH_NAMESPACE", NS.to_string()),
+        ],
+        dir,
+    )
+}
+
+fn gateway_stack(plane: &ControlPlane) -> Stack {
+    Stack::start(StackConfig {
+        recommendations_env: vec![],
+        v2_configmap: Some((format!("{NS}/{TARGET}"), plane.kubeconfig(Who::Gateway))),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn crd_installs_shows_its_columns_and_the_api_server_rejects_invalid_policies() {
+    let _serial = serial();
+    let plane = control_plane();
+    let out = kubectl_apply(
+        &plane,
+        &policy(
+            "seed",
+            "Auto",
+            "failureThreshold: 3\ncallTimeout: 2s\nopenDuration: 5s",
+        ),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = plane.kubectl(Who::Admin, &["get", "bp", "-n", NS], None);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TARGET",
+            "STATE",
+            "THRESHOLD",
+            "TIMEOUT",
+            "OPEN",
+            "READY",
+            "AGE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..6],
+        ["seed", TARGET, "Auto", "3", "2s", "5s"],
+        "{table}"
+    );
+
+    let invalid = [
+        ("threshold 0", "failureThreshold: 0"),
+        ("threshold over 1000", "failureThreshold: 1001"),
+        ("negative timeout", "callTimeout: -1s"),
+        ("zero timeout", "callTimeout: 0s"),
+        ("empty timeout", "callTimeout: \"\""),
+        ("timeout over 24h", "openDuration: 25h"),
+        ("garbage duration", "openDuration: soon"),
+        ("fractional duration", "callTimeout: 1.5s"),
+        ("unknown field", "failureTreshold: 3"),
+        (
+            "callTimeout = openDuration",
+            "callTimeout: 5s\nopenDuration: 5s",
+        ),
+        ("callTimeout > openDuration", "callTimeout: 1m30s"),
+        (
+            "maxOpenDuration < openDuration",
+            "openDuration: 10s\nmaxOpenDuration: 5s",
+        ),
+        ("rate over 100%", "failureRateThreshold: 150"),
+        ("no probes", "halfOpenMaxCalls: 0"),
+    ];
+    for (i, (what, settings)) in invalid.iter().enumerate() {
+        let out = kubectl_apply(&plane, &policy(&format!("bad-{i}"), "Auto", settings));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} was accepted");
+        assert!(
+            stderr.contains("Invalid value")
+                || stderr.contains("unknown field")
+                || stderr.contains("strict decoding"),
+            "{what}: {stderr}"
+        );
+        eprintln!("rejected {what}: {}", stderr.trim());
+    }
+    let out = kubectl_apply(&plane, &policy("bad-mode", "Sometimes", "{}"));
+    assert!(!out.status.success());
+    let out = kubectl_apply(&plane, "apiVersion: resilience.demo.dev/v1alpha1\nkind: BreakerPolicy\nmetadata:\n  name: no-target\nspec: {}\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("spec.target: Required value"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = get_json(&plane, &["bp"]).unwrap();
+    assert_eq!(
+        listed["items"].as_array().unwrap().len(),
+        1,
+        "only the valid policy is stored"
+    );
+}
+
+#[actix_web::test]
+async fn policy_changes_reach_the_running_gateway_without_restart() {
+    let _serial = serial();
+    let plane = control_plane();
+    let dir = tempfile::tempdir().unwrap();
+    let _controller = start_controller(&plane, dir.path());
+    let stack = gateway_stack(&plane);
+    let c = client();
+
+    // apply → ConfigMap written with an owner reference, status Ready for generation 1
+    let out = kubectl_apply(
+        &plane,
+        &policy(
+            "gw",
+            "Auto",
+            "failureThreshold: 4\ncallTimeout: 300ms\nopenDuration: 2s",
+        ),
+    );
+    assert!(out.status.success());
+    let bp = wait_for(Duration::from_secs(10), "Ready", || {
+        let bp = get_json(&plane, &["bp", "gw"])?;
+        (ready_condition(&bp)?["status"] == "True").then_some(bp)
+    })
+    .await;
+    assert_eq!(bp["status"]["observedGeneration"], 1);
+    assert_eq!(ready_condition(&bp).unwrap()["observedGeneration"], 1);
+    assert_eq!(bp["status"]["configMap"], format!("{NS}/{TARGET}"));
+    let cm = get_json(&plane, &["configmap", TARGET]).unwrap();
+    assert_eq!(
+        cm["metadata"]["ownerReferences"][0]["kind"],
+        "BreakerPolicy"
+    );
+    assert_eq!(
+        cm["metadata"]["ownerReferences"][0]["uid"],
+        bp["metadata"]["uid"]
+    );
+    assert_eq!(cm["data"]["mode"], "Auto");
+    let s = wait_status(&c, &stack, Duration::from_secs(10), |s| {
+        s["settings"]["failureThreshold"] == 4
+    })
+    .await;
+    assert_eq!(s["config_source"], format!("configmap:{NS}/{TARGET}"));
+    assert_eq!(s["config_version"], cm["metadata"]["resourceVersion"]);
+    assert_eq!(s["settings"]["callTimeout"], "300ms");
+
+    // 20 updates: from `kubectl apply` returning to the gateway applying them
+    let mut latencies = Vec::new();
+    for i in 0..20u32 {
+        let threshold = 10 + i;
+        let yaml = policy(
+            "gw",
+            "Auto",
+            &format!("failureThreshold: {threshold}\ncallTimeout: 300ms\nopenDuration: 2s"),
+        );
+        let out = kubectl_apply(&plane, &yaml);
+        assert!(out.status.success());
+        let applied = Instant::now();
+        wait_status(&c, &stack, Duration::from_secs(10), |s| {
+            s["settings"]["failureThreshold"] == threshold
+        })
+        .await;
+        latencies.push(applied.elapsed());
+    }
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p95 = latencies[latencies.len() * 95 / 100];
+    eprintln!(
+        "apply-to-effective over 20 updates: p50 {p50:?}, p95 {p95:?}, max {:?}",
+        latencies.last().unwrap()
+    );
+    assert!(p95 < Duration::from_secs(1), "p95 {p95:?}");
+    let bp = get_json(&plane, &["bp", "gw"]).unwrap();
+    assert_eq!(
+        bp["status"]["observedGeneration"],
+        bp["metadata"]["generation"]
+    );
+    // the breaker state and counters survived the updates
+    assert_eq!(s["counts"]["transitions"], 0);
+
+    // ForceOpen: degraded answers, and recommendations is not called at all
+    let out = kubectl_apply(
+        &plane,
+        &policy(
+            "gw",
+            "ForceOpen",
+            "failureThreshold: 29\ncallTimeout: 300ms\nopenDuration: 2s",
+        ),
+    );
+    assert!(out.status.success());
+    wait_status(&c, &stack, Duration::from_secs(10), |s| {
+        s["mode"] == "ForceOpen"
+    })
+    .await;
+    let before = received(&c, &stack).await;
+    for id in 1..=20 {
+        let a = get(&c, &stack.v2.url(&format!("/product-details/{id}"))).await;
+        assert_eq!(a.status, 200);
+        assert!(a.degraded());
+    }
+    assert_eq!(
+        received(&c, &stack).await,
+        before,
+        "ForceOpen still called recommendations"
+    );
+    let m = metrics(&c, &stack.v2).await;
+    assert_eq!(
+        m[r#"breaker_calls_total{outcome="rejected_forced_open"}"#],
+        20.0
+    );
+    // back to Auto: full pages again
+    let out = kubectl_apply(
+        &plane,
+        &policy(
+            "gw",
+            "Auto",
+            "failureThreshold: 29\ncallTimeout: 300ms\nopenDuration: 2s",
+        ),
+    );
+    assert!(out.status.success());
+    wait_status(&c, &stack, Duration::from_secs(10), |s| s["mode"] == "Auto").await;
+    let a = get(&c, &stack.v2.url("/product-details/1")).await;
+    assert!(!a.degraded() && a.recommendation_count() == 3, "{}", a.raw);
+    assert_eq!(received(&c, &stack).await, before + 1);
+
+    // a second policy for the same ConfigMap is Invalid (Conflict) and overwrites nothing
+    let out = kubectl_apply(&plane, &policy("rival", "ForceOpen", "failureThreshold: 1"));
+    assert!(out.status.success());
+    let rival = wait_for(Duration::from_secs(10), "Conflict", || {
+        let bp = get_json(&plane, &["bp", "rival"])?;
+        let invalid = bp["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Invalid")?
+            .clone();
+        (invalid["status"] == "True").then_some(invalid)
+    })
+    .await;
+    assert_eq!(rival["reason"], "Conflict");
+    assert!(
+        rival["message"]
+            .as_str()
+            .unwrap()
+            .contains("managed by BreakerPolicy gw"),
+        "{rival}"
+    );
+    let cm = get_json(&plane, &["configmap", TARGET]).unwrap();
+    assert_eq!(cm["data"]["mode"], "Auto");
+    assert!(cm["data"]["breaker.yaml"]
+        .as_str()
+        .unwrap()
+        .contains("failureThreshold: 29"));
+    let events = plane.kubectl(
+        Who::Admin,
+        &["get", "events.events.k8s.io", "-n", NS, "-o", "json"],
+        None,
+    );
+    let events: Value = serde_json::from_slice(&events.stdout).unwrap();
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"Applied") && reasons.contains(&"Conflict"),
+        "{reasons:?}"
+    );
+
+    // delete, while ForceOpen: the finalizer takes back what the policy wrote (settings, mode,
+    // owner reference) and leaves the ConfigMap; the gateway keeps its settings, mode Auto
+    let out = kubectl_apply(
+        &plane,
+        &policy(
+            "gw",
+            "ForceOpen",
+            "failureThreshold: 29\ncallTimeout: 300ms\nopenDuration: 2s",
+        ),
+    );
+    assert!(out.status.success());
+    wait_status(&c, &stack, Duration::from_secs(10), |s| {
+        s["mode"] == "ForceOpen"
+    })
+    .await;
+    let out = plane.kubectl(
+        Who::Admin,
+        &[
+            "delete",
+            "bp",
+            "gw",
+            "-n",
+            NS,
+            "--wait=true",
+            "--timeout=20s",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cm = get_json(&plane, &["configmap", TARGET]).expect("the ConfigMap stays");
+    assert!(cm["data"].is_null(), "{cm}");
+    assert!(cm["metadata"]["ownerReferences"].is_null(), "{cm}");
+    assert_eq!(
+        cm["metadata"]["labels"]["resilience.demo.dev/breaker-target"],
+        "true"
+    );
+    let s = wait_status(&c, &stack, Duration::from_secs(10), |s| s["mode"] == "Auto").await;
+    assert_eq!(s["settings"]["failureThreshold"], 29);
+    assert!(
+        s["config_error"]
+            .as_str()
+            .unwrap()
+            .contains("no BreakerPolicy"),
+        "{s}"
+    );
+    let a = get(&c, &stack.v2.url("/product-details/1")).await;
+    assert!(!a.degraded());
+
+    // the rival retries its conflict and now takes the ConfigMap over
+    let rival = wait_for(Duration::from_secs(30), "rival Ready", || {
+        let bp = get_json(&plane, &["bp", "rival"])?;
+        (ready_condition(&bp)?["status"] == "True").then_some(bp)
+    })
+    .await;
+    assert_eq!(rival["status"]["observedGeneration"], 1);
+    wait_status(&c, &stack, Duration::from_secs(10), |s| {
+        s["mode"] == "ForceOpen" && s["settings"]["failureThreshold"] == 1
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn controller_and_gateway_ride_out_an_api_server_outage() {
+    let _serial = serial();
+    let mut plane = control_plane();
+    let dir = tempfile::tempdir().unwrap();
+    let _controller = start_controller(&plane, dir.path());
+    let stack = gateway_stack(&plane);
+    let c = client();
+    assert!(
+        kubectl_apply(&plane, &policy("gw", "Auto", "failureThreshold: 5"))
+            .status
+            .success()
+    );
+    wait_status(&c, &stack, Duration::from_secs(10), |s| {
+        s["settings"]["failureThreshold"] == 5
+    })
+    .await;
+
+    plane.stop_apiserver();
+    // a fresh HTTP client: the stop blocked this runtime, which awc's pool does not survive
+    let c = client();
+    let outage = Instant::now();
+    let mut answered = 0;
+    while outage.elapsed() < Duration::from_secs(10) {
+        let a = get(&c, &stack.v2.url("/product-details/2")).await;
+        assert_eq!(
+            a.status, 200,
+            "the gateway failed a request during the outage: {}",
+            a.raw
+        );
+        assert!(!a.degraded());
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = status(&c, &stack).await;
+    assert_eq!(
+        s["settings"]["failureThreshold"], 5,
+        "settings kept through the outage"
+    );
+    eprintln!("during the 10 s outage the gateway answered {answered} of {answered} requests; watch error: {}", s["config_watch_error"]);
+    plane.start_apiserver().unwrap_or_else(|e| panic!("{e}"));
+    let back = Instant::now();
+    let c = client();
+
+    // both re-watch by themselves: a change made after the outage arrives
+    assert!(
+        kubectl_apply(&plane, &policy("gw", "Auto", "failureThreshold: 6"))
+            .status
+            .success()
+    );
+    let s = wait_status(&c, &stack, Duration::from_secs(30), |s| {
+        s["settings"]["failureThreshold"] == 6
+    })
+    .await;
+    eprintln!(
+        "a change made after the restart reached the gateway {:?} after the API server was back",
+        back.elapsed()
+    );
+    assert!(s["config_watch_error"].is_null(), "{s}");
+    let bp = wait_for(Duration::from_secs(30), "observedGeneration 2", || {
+        let bp = get_json(&plane, &["bp", "gw"])?;
+        (bp["status"]["observedGeneration"] == 2).then_some(bp)
+    })
+    .await;
+    assert_eq!(ready_condition(&bp).unwrap()["status"], "True");
+}
+
+#[actix_web::test]
+async fn the_shipped_roles_grant_no_more_than_needed() {
+    let _serial = serial();
+    let plane = control_plane();
+    let can = |who: Who, args: &[&str]| -> bool {
+        let mut all = vec!["auth", "can-i", "-n", NS];
+        all.extend_from_slice(args);
+        let out = plane.kubectl(who, &all, None);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let target = format!("configmaps/{TARGET}");
+    // what each needs
+    assert!(can(
+        Who::Controller,
+        &["watch", "breakerpolicies.resilience.demo.dev"]
+    ));
+    assert!(can(
+        Who::Controller,
+        &[
+            "patch",
+            "breakerpolicies.resilience.demo.dev",
+            "--subresource=status"
+        ]
+    ));
+    assert!(can(Who::Controller, &["patch", &target]));
+    assert!(can(Who::Controller, &["create", "events.events.k8s.io"]));
+    assert!(can(Who::Gateway, &["watch", &target]));
+    // what neither may do
+    for who in [Who::Controller, Who::Gateway] {
+        assert!(
+            !can(who, &["get", "secrets"]),
+            "{} can read Secrets",
+            who.name()
+        );
+        assert!(
+            !can(who, &["list", "secrets"]),
+            "{} can list Secrets",
+            who.name()
+        );
+        assert!(
+            !can(who, &["patch", "configmaps/other"]),
+            "{} can write other ConfigMaps",
+            who.name()
+        );
+        assert!(
+            !can(who, &["create", "configmaps"]),
+            "{} can create ConfigMaps",
+            who.name()
+        );
+        assert!(!can(who, &["delete", "configmaps/other"]));
+        assert!(
+            !can(who, &["delete", &target]),
+            "{} can delete the gateway's ConfigMap",
+            who.name()
+        );
+        assert!(!can(who, &["get", "configmaps", "-n", "default"]));
+        assert!(
+            !can(who, &["list", "configmaps"]),
+            "{} can list all ConfigMaps",
+            who.name()
+        );
+    }
+    assert!(
+        !can(Who::Gateway, &["patch", &target]),
+        "the gateway may only read its ConfigMap"
+    );
+    assert!(!can(
+        Who::Gateway,
+        &["get", "breakerpolicies.resilience.demo.dev"]
+    ));
+    assert!(!can(
+        Who::Controller,
+        &["delete", "breakerpolicies.resilience.demo.dev"]
+    ));
+}
