@@ -40,7 +40,12 @@ start() { # name, then env assignments
 start product-service PORT=8081
 start recommendations-service PORT=8082 SIMULATE_FAILURE=true FAILURE_HANG="$FAILURE_HANG" ADMIN_TOKEN="$ADMIN_TOKEN"
 start api-gateway-v1 PORT=8080
-start api-gateway-v2 PORT=8090 BREAKER_CONFIG="$BREAKER_CONFIG"
+if [ -n "${BREAKER_CONFIGMAP:-}" ]; then
+  # settings from a ConfigMap through the Kubernetes API (KUBECONFIG) instead of the file
+  start api-gateway-v2 PORT=8090 BREAKER_CONFIGMAP="$BREAKER_CONFIGMAP"
+else
+  start api-gateway-v2 PORT=8090 BREAKER_CONFIG="$BREAKER_CONFIG"
+fi
 
 for port in 8081 8082 8080 8090; do
   for _ in $(seq 100); do
@@ -51,6 +56,11 @@ for port in 8081 8082 8080 8090; do
   exit 1
 done
 
+if [ -n "${BREAKER_CONFIGMAP:-}" ]; then
+  settings_hint="ConfigMap $BREAKER_CONFIGMAP (a BreakerPolicy writes it)"
+else
+  settings_hint="edit $BREAKER_CONFIG (hot-reloaded)"
+fi
 cat <<MSG
 All four services are up; recommendations-service hangs for $FAILURE_HANG per request.
   v1 (no breaker):  time curl -s http://127.0.0.1:8080/product-details/1
@@ -59,7 +69,7 @@ All four services are up; recommendations-service hangs for $FAILURE_HANG per re
   heal:             curl -s -X PUT -H 'Authorization: Bearer $ADMIN_TOKEN' \\
                       -H 'Content-Type: application/json' -d '{"mode":"none"}' \\
                       http://127.0.0.1:8082/admin/fault
-  breaker settings: edit $BREAKER_CONFIG (hot-reloaded)
+  breaker settings: $settings_hint
 Logs: $LOGS/. Ctrl-C stops everything.
 MSG
 wait -n "${pids[@]}" || true

@@ -1,4 +1,4 @@
-//! `make control-plane`: the tests' etcd + kube-apiserver for a person, until Ctrl-C.
+//! `make control-plane`: the tests' etcd + kube-apiserver for a person, until Ctrl-C or SIGTERM.
 use std::path::PathBuf;
 
 use control_plane::{ControlPlane, Who};
@@ -29,13 +29,19 @@ fn main() {
             plane.kubeconfig(who).display()
         );
     }
-    println!("Ctrl-C stops both.");
+    println!("Ctrl-C (or SIGTERM) stops both.");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
     });
+    // Dropping stops kube-apiserver, then etcd.
     drop(plane);
 }
