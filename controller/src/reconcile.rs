@@ -217,20 +217,25 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
         ),
         ..ConfigMap::default()
     };
-    // No force: another manager's fields are a conflict, not something to take over.
-    match configmaps
-        .patch(target, &manager(&policy), &Patch::Apply(&configmap))
-        .await
-    {
+    // No force at first: another policy's fields are a conflict, not something to take over.
+    // Hand edits (any other manager) are taken back: the policy is the source of truth.
+    let apply = Patch::Apply(&configmap);
+    match configmaps.patch(target, &manager(&policy), &apply).await {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            return conflict(
-                &policy,
-                ctx,
-                ns,
-                format!("ConfigMap {target}: {}", status.message),
-            )
-            .await;
+            if status.message.contains(&format!("\"{MANAGER}.")) {
+                return conflict(
+                    &policy,
+                    ctx,
+                    ns,
+                    format!("ConfigMap {target}: {}", status.message),
+                )
+                .await;
+            }
+            tracing::warn!(policy = %key(&policy), configmap = %target, conflict = %status.message, "taking back hand edits of the ConfigMap");
+            configmaps
+                .patch(target, &manager(&policy).force(), &apply)
+                .await?;
         }
         Err(err) => return Err(err.into()),
     }

@@ -332,6 +332,41 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     assert!(!a.degraded() && a.recommendation_count() == 3, "{}", a.raw);
     assert_eq!(received(&c, &stack).await, before + 1);
 
+    // a hand edit with bad content: the gateway keeps its settings and says why ...
+    let bad = r#"{"data":{"breaker.yaml":"failureTreshold: 2\n"}}"#;
+    let out = plane.kubectl(
+        Who::Admin,
+        &[
+            "patch",
+            "configmap",
+            TARGET,
+            "-n",
+            NS,
+            "--type",
+            "merge",
+            "-p",
+            bad,
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = wait_status(&c, &stack, Duration::from_secs(10), |s| {
+        s["config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failureTreshold"))
+    })
+    .await;
+    assert_eq!(s["settings"]["failureThreshold"], 29);
+    // ... and the next reconcile takes the hand edit back
+    set_mode(&plane, &c, &stack, "ForceClosed").await;
+    let s = status(&c, &stack).await;
+    assert!(s["config_error"].is_null(), "{s}");
+    set_mode(&plane, &c, &stack, "Auto").await;
+
     // a second policy for the same ConfigMap is Invalid (Conflict) and overwrites nothing
     let out = kubectl_apply(&plane, &policy("rival", "ForceOpen", "failureThreshold: 1"));
     assert!(out.status.success());
