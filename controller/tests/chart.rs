@@ -187,27 +187,9 @@ fn the_api_server_accepts_every_rendering_under_restricted_pod_security() {
         ),
         "label",
     );
-    let crd = chart()
-        .join("crds/breakerpolicies.yaml")
-        .display()
-        .to_string();
-    ok(
-        plane.kubectl(Who::Admin, &["apply", "-f", &crd], None),
-        "crd",
-    );
-    ok(
-        plane.kubectl(
-            Who::Admin,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                "crd/breakerpolicies.resilience.demo.dev",
-            ],
-            None,
-        ),
-        "crd established",
-    );
+    plane
+        .install_crds(&chart().join("crds/breakerpolicies.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let mut checked = 0;
     for (what, yaml) in renderings() {

@@ -32,30 +32,16 @@ fn control_plane() -> ControlPlane {
         plane.kubectl(Who::Admin, &["create", "namespace", NS], None),
         "namespace",
     );
-    for file in [
-        "k8s/crd.yaml",
-        "k8s/rbac.yaml",
-        "k8s/gateway-configmap.yaml",
-    ] {
+    plane
+        .install_crds(&Path::new(ROOT).join("k8s/crd.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for file in ["k8s/rbac.yaml", "k8s/gateway-configmap.yaml"] {
         let path = format!("{ROOT}/{file}");
         ok(
             plane.kubectl(Who::Admin, &["apply", "-f", &path], None),
             file,
         );
     }
-    ok(
-        plane.kubectl(
-            Who::Admin,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=30s",
-                "crd/breakerpolicies.resilience.demo.dev",
-            ],
-            None,
-        ),
-        "crd established",
-    );
     plane
 }
 

@@ -308,6 +308,32 @@ impl ControlPlane {
         kube::Client::try_from(config).map_err(|e| Error::Io(std::io::Error::other(e)))
     }
 
+    /// Applies the CustomResourceDefinitions in `file` as admin and waits until they are
+    /// Established (served), so objects of their kinds can be created at once.
+    pub fn install_crds(&self, file: &Path) -> Result<(), String> {
+        let file = file.display().to_string();
+        for args in [
+            vec!["apply", "-f", file.as_str()],
+            vec![
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                "-f",
+                file.as_str(),
+            ],
+        ] {
+            let out = self.kubectl(Who::Admin, &args, None);
+            if !out.status.success() {
+                return Err(format!(
+                    "kubectl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs kubectl (built with the API server) as `who`.
     pub fn kubectl(&self, who: Who, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         use std::io::Write;
