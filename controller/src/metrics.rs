@@ -34,7 +34,7 @@ impl Metrics {
         };
         registry.register(
             "controller_reconciles",
-            "Reconciles by result (ready, invalid, error)",
+            "Reconciles by result: done (the policy is Ready or marked Invalid) or error (retried)",
             metrics.reconciles.clone(),
         );
         registry.register(
