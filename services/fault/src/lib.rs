@@ -1,9 +1,14 @@
+//! Fault injection for the demo's backends: a [`Fault`] set from the environment
+//! ([`FaultArgs`]) or at runtime, applied to each answer.
+
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use actix_web::HttpResponse;
-use catalog::Product;
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use service_runtime::{parse_duration, ApiError};
 
@@ -22,6 +27,8 @@ pub enum FaultMode {
     Flaky,
     /// Start the response, then drop the connection.
     Reset,
+    /// Answer 200 with a body that is not the JSON promised.
+    Malformed,
 }
 
 /// The fault in force. Every field is kept whatever the mode, so switching modes at runtime
@@ -94,9 +101,9 @@ impl Fault {
     }
 
     /// Answers a request under this fault; `answer` computes the healthy answer.
-    pub async fn apply(
+    pub async fn apply<T: Serialize>(
         self,
-        answer: impl FnOnce() -> Result<Vec<Product>, ApiError>,
+        answer: impl FnOnce() -> Result<T, ApiError>,
     ) -> Result<HttpResponse, ApiError> {
         match self.mode {
             FaultMode::None => {}
@@ -112,14 +119,36 @@ impl Fault {
             }
             FaultMode::Slow => tokio::time::sleep(self.delay).await,
             FaultMode::Flaky => {
-                if rand::random::<f64>() * 100.0 < self.error_rate {
+                if draw() * 100.0 < self.error_rate {
                     return Err(ApiError::new(self.error_status(), "injected flaky error"));
                 }
             }
             FaultMode::Reset => return Ok(reset_mid_response()),
+            FaultMode::Malformed => {
+                return Ok(HttpResponse::Ok()
+                    .content_type("application/json")
+                    .body(r#"{"recommendations": [{"id": 1, "name": "#));
+            }
         }
         Ok(HttpResponse::Ok().json(answer()?))
     }
+}
+
+/// FAULT_SEED makes `flaky` repeatable (the fault matrix relies on it); otherwise entropy.
+static RNG: Mutex<Option<StdRng>> = Mutex::new(None);
+
+fn draw() -> f64 {
+    let mut rng = RNG.lock();
+    rng.get_or_insert_with(|| {
+        match std::env::var("FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+        {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        }
+    })
+    .random()
 }
 
 /// A 200 whose body breaks off after its first bytes: the server drops the connection.
@@ -143,7 +172,7 @@ pub struct FaultArgs {
     #[arg(long, env = "SIMULATE_FAILURE", default_value_t = false,
           action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     simulate_failure: bool,
-    /// none, hang, error, slow, flaky or reset (overrides SIMULATE_FAILURE).
+    /// none, hang, error, slow, flaky, reset or malformed (overrides SIMULATE_FAILURE).
     #[arg(long, env = "FAULT_MODE", value_enum)]
     fault_mode: Option<FaultMode>,
     /// How long `hang` waits before answering 408.

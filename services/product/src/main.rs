@@ -1,7 +1,10 @@
-//! product-service: the healthy dependency. `GET /products`, `GET /products/{id}`.
+//! product-service: the healthy dependency. `GET /products`, `GET /products/{id}`. It takes
+//! the same fault settings as recommendations-service (env only), so the fault matrix can
+//! break the dependency a page cannot do without.
 
 use actix_web::{web, HttpResponse};
 use clap::Parser;
+use fault::{Fault, FaultArgs};
 use service_runtime::{resource, ApiError, ServeArgs, Service};
 
 #[derive(Debug, Parser)]
@@ -13,26 +16,42 @@ use service_runtime::{resource, ApiError, ServeArgs, Service};
 struct Args {
     #[command(flatten)]
     serve: ServeArgs,
+    #[command(flatten)]
+    fault: FaultArgs,
 }
 
 async fn list() -> HttpResponse {
     HttpResponse::Ok().json(catalog::products())
 }
 
-async fn get_one(id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn get_one(fault: web::Data<Fault>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = catalog::parse_id(&id).map_err(|err| ApiError::bad_request(err.to_string()))?;
-    let product = catalog::product(id)
-        .ok_or_else(|| ApiError::not_found(format!("product {id} not found")))?;
-    Ok(HttpResponse::Ok().json(product))
+    fault
+        .apply(|| {
+            catalog::product(id)
+                .ok_or_else(|| ApiError::not_found(format!("product {id} not found")))
+        })
+        .await
 }
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     service_runtime::init_logging(args.serve.log_format);
+    let fault = match args.fault.initial() {
+        Ok(fault) => fault,
+        Err(err) => {
+            eprintln!("product-service: {err}");
+            std::process::exit(2);
+        }
+    };
+    if fault.mode != fault::FaultMode::None {
+        tracing::warn!(mode = ?fault.mode, "fault injection is on");
+    }
     Service::new("product-service")
-        .run(&args.serve, 8081, |cfg| {
-            cfg.service(resource("/products").get(list))
+        .run(&args.serve, 8081, move |cfg| {
+            cfg.app_data(web::Data::new(fault))
+                .service(resource("/products").get(list))
                 .service(resource("/products/{id}").get(get_one));
         })
         .await

@@ -4,8 +4,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use service_runtime::ApiError;
 
-use crate::fault::FaultUpdate;
 use crate::AppState;
+use fault::FaultUpdate;
 
 fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     // Without a configured token the endpoint does not exist.

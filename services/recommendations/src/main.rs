@@ -2,7 +2,6 @@
 //! environment at start and can be switched at runtime through `PUT /admin/fault`.
 
 mod admin;
-mod fault;
 
 use std::sync::RwLock;
 
@@ -12,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use service_runtime::{resource, ApiError, ServeArgs, Service};
 
-use crate::fault::{Fault, FaultArgs};
+use fault::{Fault, FaultArgs};
 
 #[derive(Debug, Parser)]
 #[command(

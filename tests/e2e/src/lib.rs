@@ -133,6 +133,7 @@ impl Drop for Proc {
 
 /// How recommendations-service should misbehave at start, and v2's settings file.
 pub struct StackConfig {
+    pub product_env: Vec<(&'static str, String)>,
     pub recommendations_env: Vec<(&'static str, String)>,
     pub v1_timeout: &'static str,
     pub breaker_yaml: String,
@@ -143,6 +144,7 @@ pub struct StackConfig {
 impl Default for StackConfig {
     fn default() -> Self {
         Self {
+            product_env: vec![],
             recommendations_env: vec![],
             v1_timeout: "3s",
             breaker_yaml: "callTimeout: 300ms\nopenDuration: 1500ms\n".into(),
@@ -164,7 +166,7 @@ pub struct Stack {
 impl Stack {
     pub fn start(config: StackConfig) -> Stack {
         let dir = tempfile::tempdir().unwrap();
-        let product = Proc::start("product-service", &[], dir.path());
+        let product = Proc::start("product-service", &config.product_env, dir.path());
         let mut rec_env = vec![("ADMIN_TOKEN", ADMIN_TOKEN.to_string())];
         rec_env.extend(config.recommendations_env.iter().cloned());
         let recommendations = Proc::start("recommendations-service", &rec_env, dir.path());
