@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo build run test test-demo fault-matrix control-plane control-plane-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
+.PHONY: help demo build run test test-demo fault-matrix bench control-plane control-plane-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -116,6 +116,10 @@ $(VENV)/.test-installed: loadtest/requirements.txt loadtest/requirements-test.tx
 fault-matrix: ## Rewrite docs/fault-matrix.md from what the gateways do under every fault
 	$(CARGO) build --workspace --bins
 	UPDATE_FAULT_MATRIX=1 $(CARGO) test -p e2e --test fault_matrix
+
+bench: build $(VENV)/.demo-installed ## v2 under 256 connections for 60 s with recommendations hanging, vs product direct and nginx
+	@scripts/require-tools.sh bench
+	cd loadtest && ../$(PY) bench.py
 
 bench-breaker: ## Criterion benchmark of the breaker's closed-state call path
 	@scripts/require-tools.sh

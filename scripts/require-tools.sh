@@ -4,6 +4,7 @@
 #   scripts/require-tools.sh python     Python 3.10+ with venv (for Locust)
 #   scripts/require-tools.sh chromium   Debian's Chromium (for the browser tests)
 #   scripts/require-tools.sh go         Go 1.24+ (builds etcd and kube-apiserver for the tests)
+#   scripts/require-tools.sh bench      wrk and nginx (make bench)
 set -euo pipefail
 
 apt_install() { # package..., after a message saying what is missing
@@ -73,10 +74,16 @@ chromium() {
   apt_install chromium
 }
 
+bench() {
+  command -v wrk >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && return
+  echo "wrk or nginx not found." >&2
+  apt_install wrk nginx-light
+}
+
 if [ $# -eq 0 ]; then set -- rust; fi
 for tool in "$@"; do
   case $tool in
-    rust | python | chromium) "$tool" ;;
+    rust | python | chromium | bench) "$tool" ;;
     go) golang ;;
     *) echo "require-tools: unknown tool $tool" >&2; exit 2 ;;
   esac

@@ -200,10 +200,15 @@ impl BreakerSettings {
 }
 
 fn unknown_field_name(message: &str) -> String {
-    message
+    match message
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
-        .map_or_else(|| "(document)".to_string(), str::to_string)
+    {
+        // `: 3` or `"": 3` (found by the settings-parser property test)
+        Some("") => "(empty key)".to_string(),
+        Some(name) => name.to_string(),
+        None => "(document)".to_string(),
+    }
 }
 
 fn int_range(key: &str, value: u32, min: u32, max: u32) -> Result<(), SettingsError> {
