@@ -6,7 +6,8 @@ descriptors before, during and after the load, and the criterion breaker benchma
 results/bench.json. Standard library only; everything listens on 127.0.0.1.
 
 Settings (environment): BENCH_DURATION (default 60s), BENCH_CONNECTIONS (256),
-BENCH_THREADS (2), BIN (target/release), RESULTS_DIR (results).
+BENCH_THREADS (2), BIN (target/release), RESULTS_DIR (results), WORKERS (each service's
+worker count; default one per core).
 """
 
 from __future__ import annotations

@@ -84,6 +84,7 @@ class Service:
         child_env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "RUST_LOG": os.environ.get("RUST_LOG", "info"),
+            **({"WORKERS": os.environ["WORKERS"]} if "WORKERS" in os.environ else {}),
             "PORT": str(port),
             "BIND_ADDR": LOOPBACK,
             "LOG_FORMAT": "json",
