@@ -19,6 +19,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
+use kube_watch::{MODE_KEY, SETTINGS_KEY};
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -26,9 +27,6 @@ use crate::crd::{BreakerPolicy, BreakerPolicyStatus, Condition};
 use crate::metrics::Metrics;
 
 pub const FINALIZER: &str = "resilience.demo.dev/configmap";
-/// The keys the gateway reads (BREAKER_CONFIGMAP).
-pub const SETTINGS_KEY: &str = "breaker.yaml";
-pub const MODE_KEY: &str = "mode";
 pub const POLICY_LABEL: &str = "resilience.demo.dev/policy";
 /// Marks a ConfigMap as one a BreakerPolicy may write.
 pub const TARGET_LABEL: &str = "resilience.demo.dev/breaker-target";

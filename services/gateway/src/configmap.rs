@@ -14,11 +14,9 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
 
-use crate::protected::Protected;
+use kube_watch::{MODE_KEY, SETTINGS_KEY};
 
-/// The keys breaker-controller writes.
-pub const SETTINGS_KEY: &str = "breaker.yaml";
-pub const MODE_KEY: &str = "mode";
+use crate::protected::Protected;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {

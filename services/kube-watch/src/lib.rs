@@ -1,4 +1,5 @@
-//! The re-watch backoff shared by breaker-controller and api-gateway-v2.
+//! What breaker-controller and api-gateway-v2 share about the settings ConfigMap: its keys,
+//! and the re-watch backoff.
 //!
 //! kube's default backoff grows to 30 s with jitter, so after a short API server outage a
 //! watch could wait half a minute to resume; changes made meanwhile would wait with it. This
@@ -7,6 +8,11 @@
 use std::time::Duration;
 
 use kube::runtime::utils::Backoff;
+
+/// The ConfigMap key holding BreakerSettings as YAML.
+pub const SETTINGS_KEY: &str = "breaker.yaml";
+/// The ConfigMap key holding the mode: Auto, ForceOpen or ForceClosed.
+pub const MODE_KEY: &str = "mode";
 
 const FIRST: Duration = Duration::from_millis(250);
 const CAP: Duration = Duration::from_secs(4);
