@@ -128,9 +128,54 @@ def criterion() -> str:
     return "\n".join(f"{name:<40} {times}" for name, times in rows)
 
 
+def measure(config: StackConfig, workdir: Path, duration: str, connections: int, threads: int) -> dict:
+    """The three wrk runs and v2's process samples; every process started here is stopped."""
+    report: dict = {"duration": duration, "connections": connections, "threads": threads}
+    nginx = None
+    try:
+        with Stack(config) as stack:
+            v2 = stack.services["api-gateway-v2"]
+            product = stack.services["product-service"]
+            nginx, nginx_port = start_nginx(product.port, workdir)
+            # Trip the circuit first: the claim is about v2 once open.
+            for _ in range(3):
+                http("GET", f"{v2.url}/product-details/1", timeout=5)
+            if stack.circuit_status()["state"] != "open":
+                raise StackError("the circuit did not open")
+            # The baseline is taken after a short warm-up and a rest, so pools and allocator
+            # arenas that any load creates are in it; "after" must come back to it.
+            wrk(f"{v2.url}/product-details/1", "5s", connections, threads)
+            time.sleep(REST)
+            samples = {"before": proc_sample(v2.process.pid)}
+            print(f"wrk -t{threads} -c{connections} -d{duration}: v2 (recommendations hanging, circuit open)...", flush=True)
+            midway = threading.Timer(seconds(duration) / 2, lambda: samples.update(during=proc_sample(v2.process.pid)))
+            midway.start()
+            report["v2"] = wrk(f"{v2.url}/product-details/1", duration, connections, threads)
+            midway.join()
+            time.sleep(REST)
+            samples["after"] = proc_sample(v2.process.pid)
+            print("... product-service directly ...", flush=True)
+            report["direct"] = wrk(f"{product.url}/products/1", duration, connections, threads)
+            print("... nginx in front of product-service ...", flush=True)
+            report["nginx"] = wrk(f"http://127.0.0.1:{nginx_port}/products/1", duration, connections, threads)
+            report["v2_process"] = samples
+            report["circuit"] = stack.circuit_status()["state"]
+    finally:
+        if nginx:
+            nginx.terminate()
+            nginx.wait()
+    report["ratio_v2_direct"] = round(report["v2"]["rps"] / report["direct"]["rps"], 3)
+    report["ratio_v2_nginx"] = round(report["v2"]["rps"] / report["nginx"]["rps"], 3)
+    return report
+
+
 def main() -> int:
     duration = os.environ.get("BENCH_DURATION", "60s")
-    seconds(duration)
+    try:
+        seconds(duration)
+    except ValueError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 2
     connections = int(os.environ.get("BENCH_CONNECTIONS", "256"))
     threads = int(os.environ.get("BENCH_THREADS", "2"))
     results = Path(os.environ.get("RESULTS_DIR", ROOT / "results"))
@@ -146,42 +191,14 @@ def main() -> int:
         failure_hang="30s",
         breaker_config=ROOT / "config/breaker.yaml",
     )
-    report: dict = {"duration": duration, "connections": connections, "threads": threads}
-    nginx = None
-    with Stack(config) as stack:
-        v2 = stack.services["api-gateway-v2"]
-        product = stack.services["product-service"]
-        nginx, nginx_port = start_nginx(product.port, workdir)
-        # Trip the circuit first: the claim is about v2 once open.
-        for _ in range(3):
-            http("GET", f"{v2.url}/product-details/1", timeout=5)
-        if stack.circuit_status()["state"] != "open":
-            raise StackError("the circuit did not open")
-        # The baseline is taken after a short warm-up and a rest, so pools and allocator
-        # arenas that any load creates are in it; "after" must come back to it.
-        wrk(f"{v2.url}/product-details/1", "5s", connections, threads)
-        time.sleep(REST)
-        samples = {"before": proc_sample(v2.process.pid)}
-        print(f"wrk -t{threads} -c{connections} -d{duration}: v2 (recommendations hanging, circuit open)...", flush=True)
-        midway = threading.Timer(seconds(duration) / 2, lambda: samples.update(during=proc_sample(v2.process.pid)))
-        midway.start()
-        report["v2"] = wrk(f"{v2.url}/product-details/1", duration, connections, threads)
-        midway.join()
-        time.sleep(REST)
-        samples["after"] = proc_sample(v2.process.pid)
-        print("... product-service directly ...", flush=True)
-        report["direct"] = wrk(f"{product.url}/products/1", duration, connections, threads)
-        print("... nginx in front of product-service ...", flush=True)
-        report["nginx"] = wrk(f"http://127.0.0.1:{nginx_port}/products/1", duration, connections, threads)
-        report["v2_process"] = samples
-        report["circuit"] = stack.circuit_status()["state"]
-    if nginx:
-        nginx.terminate()
-        nginx.wait()
-    report["ratio_v2_direct"] = round(report["v2"]["rps"] / report["direct"]["rps"], 3)
-    report["ratio_v2_nginx"] = round(report["v2"]["rps"] / report["nginx"]["rps"], 3)
-    print("criterion (breaker, closed path)...", flush=True)
-    report["criterion"] = criterion()
+    try:
+        report = measure(config, workdir, duration, connections, threads)
+        print("criterion (breaker, closed path)...", flush=True)
+        report["criterion"] = criterion()
+    except (StackError, OSError, subprocess.CalledProcessError) as err:
+        print(f"bench: {err}; logs in {workdir / 'logs'}", file=sys.stderr)
+        return 1
+    shutil.rmtree(workdir, ignore_errors=True)
     results.mkdir(parents=True, exist_ok=True)
     (results / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -192,7 +209,7 @@ def main() -> int:
         print(f"{label:<28}{r['rps']:>12,.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>9}{r['socket_errors']:>8}")
     print(f"ratios: v2/direct {report['ratio_v2_direct']:.2f}, v2/nginx {report['ratio_v2_nginx']:.2f}")
     for when in ("before", "during", "after"):
-        s = samples[when]
+        s = report["v2_process"][when]
         print(f"v2 {when:<7} RSS {s['rss_mb']:>6} MB, open fds {s['fds']}")
     print(report["criterion"])
     print(f"\n{results / 'bench.json'}")
