@@ -190,6 +190,15 @@ pub struct FaultArgs {
 }
 
 impl FaultArgs {
+    /// The fault at start, for `main`: a bad setting ends the process with status 2 and a
+    /// message naming it.
+    pub fn initial_or_exit(&self, service: &str) -> Fault {
+        self.initial().unwrap_or_else(|err| {
+            eprintln!("{service}: {err}");
+            std::process::exit(2);
+        })
+    }
+
     pub fn initial(&self) -> Result<Fault, FaultError> {
         let mode = match (self.fault_mode, self.simulate_failure) {
             (Some(mode), _) => mode,

@@ -38,13 +38,7 @@ async fn get_one(fault: web::Data<Fault>, id: web::Path<String>) -> Result<HttpR
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     service_runtime::init_logging(args.serve.log_format);
-    let fault = match args.fault.initial() {
-        Ok(fault) => fault,
-        Err(err) => {
-            eprintln!("product-service: {err}");
-            std::process::exit(2);
-        }
-    };
+    let fault = args.fault.initial_or_exit("product-service");
     if fault.mode != fault::FaultMode::None {
         tracing::warn!(mode = ?fault.mode, "fault injection is on");
     }

@@ -78,13 +78,7 @@ fn scopeguard(gauge: &Gauge) -> impl Drop + '_ {
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     service_runtime::init_logging(args.serve.log_format);
-    let fault = match args.fault.initial() {
-        Ok(fault) => fault,
-        Err(err) => {
-            eprintln!("recommendations-service: {err}");
-            std::process::exit(2);
-        }
-    };
+    let fault = args.fault.initial_or_exit("recommendations-service");
     tracing::info!(mode = ?fault.mode, admin = args.admin_token.is_some(), "fault injection set");
     let state = web::Data::new(AppState {
         fault: RwLock::new(fault),
