@@ -50,8 +50,11 @@ pub fn spawn_watch(path: PathBuf, protected: Arc<Protected>) {
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
         .to_path_buf();
-    let watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-        let _ = tx.send(());
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Our own read of the file is an access event: reacting to it would re-read forever.
+        if !matches!(&event, Ok(e) if e.kind.is_access()) {
+            let _ = tx.send(());
+        }
     })
     .and_then(|mut watcher| {
         watcher

@@ -121,3 +121,34 @@ fn a_bad_settings_file_at_start_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
 }
+
+/// Read syscalls the process has made so far (`/proc/<pid>/io`).
+fn read_syscalls(proc: &Proc) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/io", proc.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscr: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn an_idle_gateway_does_not_keep_rereading_its_settings() {
+    let stack = Stack::start(StackConfig::default());
+    let c = client();
+    status(&c, &stack).await;
+    // Reading the file is itself an inotify event on its directory; had the watch reacted
+    // to it, the gateway would re-read the file every settle period, forever.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = read_syscalls(&stack.v2);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = read_syscalls(&stack.v2) - before;
+    // Left alone, only the 5 s safety-net poll may read (a few syscalls per read).
+    assert!(reads <= 6, "{reads} read syscalls in 2 s of idleness");
+    // And the watch still works.
+    std::fs::write(stack.breaker_config_path(), "failureThreshold: 8\n").unwrap();
+    wait_status(&c, &stack, Duration::from_secs(1), |s| {
+        s["settings"]["failureThreshold"] == 8
+    })
+    .await;
+}
