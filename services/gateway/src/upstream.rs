@@ -114,9 +114,10 @@ async fn get_json<T: DeserializeOwned>(
 ) -> Result<T, UpstreamError> {
     let started = Instant::now();
     let call = async {
-        let mut response = client
-            .get(url)
-            .send()
+        // Unconstrained: awc checks each pooled connection before reuse, and once tokio's
+        // task budget runs out (busy pools hold more than 128) every check answers "alive", so
+        // a connection the upstream closed while idle would carry the request and fail it.
+        let mut response = tokio::task::unconstrained(client.get(url).send())
             .await
             .map_err(|err| UpstreamError::Connect(name, err.to_string()))?;
         if !response.status().is_success() {

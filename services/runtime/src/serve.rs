@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// How long in-flight requests may run on after SIGTERM.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// How long an idle keep-alive connection is kept open before the server closes it.
+    #[arg(long, env = "KEEP_ALIVE", default_value = "5s", value_parser = parse_duration)]
+    pub keep_alive: Duration,
     /// Worker threads (default: one per core).
     #[arg(long, env = "WORKERS")]
     pub workers: Option<usize>,
@@ -81,6 +84,7 @@ impl Service {
                 .configure(configure.clone())
                 .default_service(web::to(not_found))
         })
+        .keep_alive(args.keep_alive)
         .shutdown_timeout(args.shutdown_timeout.as_secs().max(1))
         .bind((args.bind_addr, port))?;
         if let Some(workers) = args.workers {

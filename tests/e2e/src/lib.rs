@@ -135,6 +135,8 @@ impl Drop for Proc {
 pub struct StackConfig {
     pub product_env: Vec<(&'static str, String)>,
     pub recommendations_env: Vec<(&'static str, String)>,
+    /// Added to both gateways' environments.
+    pub gateway_env: Vec<(&'static str, String)>,
     pub v1_timeout: &'static str,
     pub breaker_yaml: String,
     /// v2 watches this ConfigMap (`namespace/name`) with this kubeconfig instead of a file.
@@ -146,6 +148,7 @@ impl Default for StackConfig {
         Self {
             product_env: vec![],
             recommendations_env: vec![],
+            gateway_env: vec![],
             v1_timeout: "3s",
             breaker_yaml: "callTimeout: 300ms\nopenDuration: 1500ms\n".into(),
             v2_configmap: None,
@@ -170,10 +173,11 @@ impl Stack {
         let mut rec_env = vec![("ADMIN_TOKEN", ADMIN_TOKEN.to_string())];
         rec_env.extend(config.recommendations_env.iter().cloned());
         let recommendations = Proc::start("recommendations-service", &rec_env, dir.path());
-        let upstreams = vec![
+        let mut upstreams = vec![
             ("PRODUCT_SERVICE_URL", product.url("")),
             ("RECOMMENDATIONS_SERVICE_URL", recommendations.url("")),
         ];
+        upstreams.extend(config.gateway_env.iter().cloned());
         let mut v1_env = upstreams.clone();
         v1_env.push(("UPSTREAM_TIMEOUT", config.v1_timeout.to_string()));
         let v1 = Proc::start("api-gateway-v1", &v1_env, dir.path());
