@@ -23,6 +23,11 @@ struct RouteLabels {
     route: String,
 }
 
+/// A resource's pattern, kept in its data so the middleware can label a request with the
+/// route it was served by; asking actix (`match_pattern`) routes the request a second time.
+#[derive(Debug, Clone)]
+pub(crate) struct Route(pub String);
+
 #[derive(Clone)]
 pub(crate) struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
@@ -60,12 +65,13 @@ pub(crate) async fn record(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let metrics = req.app_data::<web::Data<HttpMetrics>>().cloned();
     let method = req.method().to_string();
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_string());
     let started = Instant::now();
     let response = next.call(req).await?;
     if let Some(metrics) = metrics {
+        let route = response
+            .request()
+            .app_data::<Route>()
+            .map_or_else(|| "unmatched".to_string(), |r| r.0.clone());
         let status = response.status().as_u16();
         metrics
             .requests

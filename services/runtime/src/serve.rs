@@ -101,7 +101,9 @@ impl Service {
 
 /// A route whose other methods get a JSON 405.
 pub fn resource(path: &str) -> Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+    web::resource(path)
+        .app_data(http_metrics::Route(path.to_string()))
+        .default_service(web::to(method_not_allowed))
 }
 
 fn json_config() -> web::JsonConfig {

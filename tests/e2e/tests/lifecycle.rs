@@ -31,10 +31,23 @@ async fn every_service_serves_health_readiness_and_metrics() {
         );
         assert!(m.raw.trim_end().ends_with("# EOF"));
     }
+    // Requests are labelled by the route that served them, never by the raw path.
+    get(&c, &stack.v2.url("/product-details/2")).await;
+    get(&c, &stack.v2.url("/no/such/path")).await;
+    request(&c, "DELETE", &stack.v2.url("/product-details/1"), &[], None).await;
     let m = get(&c, &stack.v2.url("/metrics")).await.raw;
     for series in [
+        r#"http_requests_total{method="GET",route="/product-details/{id}",status="200"} 2"#,
+        r#"http_requests_total{method="DELETE",route="/product-details/{id}",status="405"} 1"#,
+        r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        r#"http_requests_total{method="GET",route="/healthz",status="200"} 1"#,
+    ] {
+        assert!(m.contains(series), "v2 metrics lack {series}:\n{m}");
+    }
+    assert!(!m.contains("/no/such/path"), "{m}");
+    for series in [
         "breaker_state{state=\"closed\"} 1",
-        "breaker_calls_total{outcome=\"success\"} 1",
+        "breaker_calls_total{outcome=\"success\"} 2",
         "upstream_request_duration_seconds_bucket",
         "http_request_duration_seconds_bucket",
     ] {
