@@ -55,10 +55,12 @@ impl UpstreamError {
 }
 
 /// One HTTP client per worker: pooled keep-alive connections, no pool cap (a bulkhead is an
-/// explicit policy of v2, not an accident of the pool), deadlines set per call.
+/// explicit policy of v2, not an accident of the pool), deadlines set per call. A redirect
+/// from an upstream is its answer (a 502 here), never a reason to call somewhere else.
 pub fn client() -> awc::Client {
     awc::Client::builder()
         .disable_timeout()
+        .disable_redirects()
         .connector(
             awc::Connector::new()
                 .limit(0)
