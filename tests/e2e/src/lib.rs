@@ -173,17 +173,17 @@ impl Stack {
         let mut rec_env = vec![("ADMIN_TOKEN", ADMIN_TOKEN.to_string())];
         rec_env.extend(config.recommendations_env.iter().cloned());
         let recommendations = Proc::start("recommendations-service", &rec_env, dir.path());
-        let mut upstreams = vec![
+        let mut gateway_env = vec![
             ("PRODUCT_SERVICE_URL", product.url("")),
             ("RECOMMENDATIONS_SERVICE_URL", recommendations.url("")),
         ];
-        upstreams.extend(config.gateway_env.iter().cloned());
-        let mut v1_env = upstreams.clone();
+        gateway_env.extend(config.gateway_env.iter().cloned());
+        let mut v1_env = gateway_env.clone();
         v1_env.push(("UPSTREAM_TIMEOUT", config.v1_timeout.to_string()));
         let v1 = Proc::start("api-gateway-v1", &v1_env, dir.path());
         let config_path = dir.path().join("breaker.yaml");
         std::fs::write(&config_path, &config.breaker_yaml).unwrap();
-        let mut v2_env = upstreams;
+        let mut v2_env = gateway_env;
         match &config.v2_configmap {
             Some((reference, kubeconfig)) => {
                 v2_env.push(("BREAKER_CONFIGMAP", reference.clone()));
