@@ -8,7 +8,8 @@ results/bench.json. Standard library only; everything listens on 127.0.0.1.
 
 Settings (environment): BENCH_DURATION (default 60s), BENCH_CONNECTIONS (256),
 BENCH_THREADS (wrk's threads; default 1, so on a small machine the load generator takes one
-core at most and leaves the rest to what it measures: one thread drives 40,000 req/s here),
+core at most and leaves the rest to what it measures: one thread drove ~120,000 req/s at
+product-service here),
 BIN (target/release), RESULTS_DIR (results), WORKERS (each service's worker count; default
 one per core).
 """
