@@ -89,7 +89,7 @@ pub fn bin_dir() -> PathBuf {
     std::env::var_os("CONTROL_PLANE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/control-plane/bin")
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/kubernetes/bin")
         })
 }
 
