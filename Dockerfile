@@ -1,7 +1,30 @@
-# syntax=docker/dockerfile:1.7
+# syntax=docker/dockerfile:1
 # One image with all five binaries (product-service, recommendations-service, api-gateway-v1,
-# api-gateway-v2, breaker-controller); each Deployment picks its command. `make images`.
+# api-gateway-v2, breaker-controller); each Deployment picks its command. `make images` builds it.
+#
+# Two ways to fill it, one runtime stage:
+#   default target  compiles in a Rust image (cargo-chef dependency layer), distroless runtime
+#   --target prebuilt  copies release binaries built on the host from dist/ (make images does this
+#                   when no registry answers, with RUNTIME_BASE set to a local debootstrap image)
+# The stages are ordered so that the legacy builder, which builds every stage before its target,
+# needs no registry for --target prebuilt.
+ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12:nonroot
 ARG RUST_VERSION=1.89.0
+
+# glibc and libgcc, nothing else; runs as uid 65532 (nonroot).
+FROM ${RUNTIME_BASE} AS runtime
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="circuit-breaker-demo" \
+      org.opencontainers.image.description="Cascading failure and circuit breaker demo: services, gateways and breaker-controller" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="https://github.com/circuit-breaker-demo/circuit-breaker-demo"
+USER 65532:65532
+ENV BIND_ADDR=0.0.0.0 LOG_FORMAT=json
+ENTRYPOINT ["/usr/local/bin/api-gateway-v2"]
+
+FROM runtime AS prebuilt
+COPY dist/ /usr/local/bin/
 
 # Dependencies are compiled in their own layer (cargo-chef), rebuilt only when a manifest or
 # Cargo.lock changes.
@@ -20,14 +43,7 @@ RUN cargo build --release --locked \
       --bin product-service --bin recommendations-service \
       --bin api-gateway-v1 --bin api-gateway-v2 --bin breaker-controller
 
-# glibc and libgcc, nothing else; runs as uid 65532 (nonroot).
-FROM gcr.io/distroless/cc-debian12:nonroot
-ARG VERSION=0.1.0
-LABEL org.opencontainers.image.title="circuit-breaker-demo" \
-      org.opencontainers.image.description="Cascading failure and circuit breaker demo: services, gateways and breaker-controller" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.licenses="MIT" \
-      org.opencontainers.image.source="https://github.com/circuit-breaker-demo/circuit-breaker-demo"
+FROM runtime
 COPY --from=build \
      /src/target/release/product-service \
      /src/target/release/recommendations-service \
@@ -35,6 +51,3 @@ COPY --from=build \
      /src/target/release/api-gateway-v2 \
      /src/target/release/breaker-controller \
      /usr/local/bin/
-USER 65532:65532
-ENV BIND_ADDR=0.0.0.0 LOG_FORMAT=json
-ENTRYPOINT ["/usr/local/bin/api-gateway-v2"]

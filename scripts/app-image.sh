@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# make images: the one image with all five binaries, from the project's Dockerfile.
+# With a registry, the Dockerfile's default target compiles in a Rust image; without one
+# (see scripts/offline.sh), the host's release binaries go in (--target prebuilt) on the local
+# debootstrap base.
+#   scripts/app-image.sh IMAGE VERSION
+set -euo pipefail
+cd "$(dirname "$0")/.."
+image=$1 version=$2
+# shellcheck source=scripts/offline.sh
+. scripts/offline.sh
+scripts/docker-up.sh
+export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
+bins=(product-service recommendations-service api-gateway-v1 api-gateway-v2 breaker-controller)
+runtime_base=$(sed -n 's/^ARG RUNTIME_BASE=//p' Dockerfile)
+if offline "$runtime_base"; then
+  base=circuit-breaker-demo/debian:bookworm
+  scripts/base-image.sh "$base"
+  cargo build --release --locked "${bins[@]/#/--bin=}"
+  rm -rf dist && mkdir dist
+  for bin in "${bins[@]}"; do
+    strip -o "dist/$bin" "target/release/$bin"   # the symbols stay in target/ for profiling
+  done
+  docker build -t "$image" --target prebuilt --build-arg RUNTIME_BASE="$base" \
+    --build-arg VERSION="$version" .
+else
+  docker build -t "$image" --build-arg VERSION="$version" .
+fi
