@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# make kind-up: Docker (started if need be), the kind cluster $CLUSTER from kind-config.yaml
+# with pod networking, and the app image loaded into it. The node image is kind's
+# ($KIND_NODE_IMAGE) where it can be pulled, else built here (scripts/kind-node-image.sh).
+# Writes the cluster's kubeconfig where KUBECONFIG points (kind's rule: default ~/.kube/config).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${KIND:?} ${CLUSTER:?} ${IMAGE:?} ${KUBE_VERSION:?} ${KIND_VERSION:?} ${KIND_NODE_IMAGE:?} ${KUBE_BIN:?}"
+# shellcheck source=scripts/offline.sh
+. scripts/offline.sh
+scripts/docker-up.sh
+
+node_image=$KIND_NODE_IMAGE
+if offline "$node_image"; then
+  # Tagged by what it is made of, so that a change to any of it builds a new one.
+  recipe=$(cat tools/kind/node.Dockerfile tools/kind/kube-proxy.Dockerfile tools/kind/pause.c \
+    scripts/kind-node-image.sh scripts/base-image.sh | sha256sum | cut -c1-12)
+  node_image=circuit-breaker-demo/kind-node:$KUBE_VERSION-kind-$KIND_VERSION-$recipe
+  "${MAKE:-make}" --no-print-directory kind-node-bins
+  scripts/kind-node-image.sh "$node_image" "$KUBE_VERSION" "$KUBE_BIN" "$KIND_VERSION"
+fi
+"${MAKE:-make}" --no-print-directory images
+
+if ! "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+  "$KIND" create cluster --name "$CLUSTER" --config kind-config.yaml --image "$node_image"
+fi
+KIND="$KIND" scripts/kind-cni.sh "$CLUSTER"
+
+# NetworkPolicy enforcement: kube-router as a firewall (tools/kind/network-policy.yaml).
+"${MAKE:-make}" --no-print-directory "$KUBE_BIN/kube-router"
+context=$(mktemp -d "${TMPDIR:-/tmp}/kube-router.XXXXXX")
+trap 'rm -rf "$context"' EXIT
+cp "$KUBE_BIN/kube-router" "$context/"
+scripts/base-image.sh
+DOCKER_BUILDKIT=0 docker build -q -t circuit-breaker-demo/kube-router:local -f tools/kind/kube-router.Dockerfile "$context" >/dev/null
+"$KIND" load docker-image circuit-breaker-demo/kube-router:local --name "$CLUSTER"
+"$KIND" load docker-image "$IMAGE" --name "$CLUSTER"
+kubectl=${KUBECTL:-kubectl}
+"$kubectl" wait --for=condition=Ready nodes --all --timeout=180s
+# Ready nodes are not yet a working cluster: Services need kube-proxy on every node, names need
+# CoreDNS.
+"$kubectl" --namespace kube-system rollout status daemonset/kube-proxy --timeout=180s
+"$kubectl" --namespace kube-system rollout status deployment/coredns --timeout=180s
+"$kubectl" apply -f tools/kind/network-policy.yaml
+"$kubectl" --namespace kube-system rollout status daemonset/kube-router --timeout=180s
