@@ -78,6 +78,11 @@ spec:
           ports:
             - name: http
               containerPort: {{ .port }}
+          {{- with $root.Values.shutdownDelaySeconds }}
+          lifecycle:
+            preStop:
+              sleep: {seconds: {{ . }}}
+          {{- end }}
           readinessProbe:
             httpGet: {path: /readyz, port: http}
             periodSeconds: 5
