@@ -6,6 +6,10 @@ heals recommendations midway, and writes ``results/``: Locust's CSV and HTML per
 ``timeline.json`` (phases, heal time, breaker states), ``comparison_report.json`` and
 ``report.html``.
 
+With ``DEMO_TARGET=cluster`` (``make loadtest-k8s``) nothing is started: the same phases run
+against the chart's gateways in a cluster, reached through ``make port-forward`` (``V1_URL``,
+``V2_URL``, ``RECOMMENDATIONS_URL``), and the heal goes through recommendations' admin endpoint.
+
 Settings come from the environment (see ``Settings.from_env``); every process started here is
 stopped on exit, error, Ctrl-C or SIGTERM.
 """
@@ -24,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import report
-from stack import Ports, Stack, StackConfig, StackError, http
+from stack import ClusterConfig, ClusterStack, Ports, Services, Stack, StackConfig, StackError, http
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -64,6 +68,7 @@ class Settings:
     bin_dir: Path
     admin_token: str
     ports: Ports
+    cluster: ClusterConfig | None
 
     @staticmethod
     def from_env(env: dict[str, str]) -> "Settings":
@@ -90,8 +95,20 @@ class Settings:
         # Checked here so a typo fails before anything starts; the services get the text as is.
         duration("FAILURE_HANG", "30s", low=0.001)
         duration("V1_UPSTREAM_TIMEOUT", "30s", low=0.001)
+        target = env.get("DEMO_TARGET", "local")
+        if target not in ("local", "cluster"):
+            raise DemoError(f"DEMO_TARGET={target!r}: use local or cluster")
+        cluster = None
+        if target == "cluster":
+            cluster = ClusterConfig(
+                v1=env.get("V1_URL", ClusterConfig.v1),
+                v2=env.get("V2_URL", ClusterConfig.v2),
+                recommendations=env.get("RECOMMENDATIONS_URL", ClusterConfig.recommendations),
+                failure_hang=env.get("FAILURE_HANG", "30s"),
+                admin_token=env.get("ADMIN_TOKEN", "demo-admin-token"),
+            )
         config = Path(env.get("BREAKER_CONFIG", str(ROOT / "config/breaker.yaml")))
-        if not config.is_file():
+        if cluster is None and not config.is_file():
             raise DemoError(f"BREAKER_CONFIG={config} is not a file")
         return Settings(
             duration=duration("DEMO_DURATION", "2m", low=4),
@@ -109,6 +126,7 @@ class Settings:
                 recommendations=number("RECOMMENDATIONS_PORT", "8082", low=0),
                 v2=number("V2_PORT", "8090", low=0),
             ),
+            cluster=cluster,
         )
 
 
@@ -161,7 +179,19 @@ class Progress:
 class Demo:
     def __init__(self, settings: Settings):
         self.s = settings
-        self.stack = Stack(
+        self.stack: Services
+        if settings.cluster is not None:
+            self.stack = ClusterStack(settings.cluster)
+        else:
+            self.stack = self.local_stack(settings)
+        self.locust_bin = Path(sys.executable).parent / "locust"
+        self.locust: subprocess.Popen | None = None
+        self.progress = Progress()
+        self.timeline: dict = {"phases": [], "healed_at": None, "breaker_samples": []}
+
+    @staticmethod
+    def local_stack(settings: Settings) -> Stack:
+        return Stack(
             StackConfig(
                 bin_dir=settings.bin_dir,
                 log_dir=settings.results / "logs",
@@ -172,10 +202,6 @@ class Demo:
                 admin_token=settings.admin_token,
             )
         )
-        self.locust_bin = Path(sys.executable).parent / "locust"
-        self.locust: subprocess.Popen | None = None
-        self.progress = Progress()
-        self.timeline: dict = {"phases": [], "healed_at": None, "breaker_samples": []}
 
     def run(self) -> dict:
         if not os.access(self.locust_bin, os.X_OK):
@@ -183,17 +209,26 @@ class Demo:
         self.s.results.mkdir(parents=True, exist_ok=True)
         for stale in ("comparison_report.json", "report.html", "timeline.json"):
             (self.s.results / stale).unlink(missing_ok=True)
-        print(
-            f"Starting the four services (recommendations hangs {self.s.failure_hang} per request); "
-            f"logs in {self.s.results / 'logs'}",
-            flush=True,
-        )
+        (self.s.results / "logs").mkdir(exist_ok=True)
+        if self.s.cluster is not None:
+            print(
+                f"Against the cluster through the port-forwards (v1 {self.s.cluster.v1}, v2 {self.s.cluster.v2}); "
+                f"recommendations set to hang {self.s.failure_hang} per request",
+                flush=True,
+            )
+        else:
+            print(
+                f"Starting the four services (recommendations hangs {self.s.failure_hang} per request); "
+                f"logs in {self.s.results / 'logs'}",
+                flush=True,
+            )
         with self.stack:
             self.timeline["settings"] = self.stack.circuit_status()["settings"]
             for phase in PHASES:
                 self.run_phase(phase)
             self.timeline["transitions"] = self.stack.circuit_status()["transitions"]
         self.timeline["run"] = {
+            "target": "cluster" if self.s.cluster is not None else "local",
             "duration_s": self.s.duration,
             "users": self.s.users,
             "spawn_rate": self.s.spawn_rate,

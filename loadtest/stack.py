@@ -1,4 +1,6 @@
-"""The four services as local processes on 127.0.0.1, for the demo and its tests.
+"""The four services for the demo: as local processes on 127.0.0.1 (``Stack``, for the demo
+and its tests), or already running in a cluster and reached through ``make port-forward``
+(``ClusterStack``).
 
 Standard library only. Each service runs in its own session, so a Ctrl-C at the terminal
 reaches the demo alone and the demo stops its children in order.
@@ -151,11 +153,54 @@ class Service:
         self._log.close()
 
 
-class Stack:
+class Services:
+    """What the demo asks of the running services, wherever they run."""
+
+    admin_token: str
+
+    def url(self, name: str) -> str:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def circuit_status(self) -> dict:
+        status, body = http("GET", f"{self.url('api-gateway-v2')}/circuit-status", timeout=2)
+        if status != 200 or not isinstance(body, dict):
+            raise StackError(f"/circuit-status answered {status}")
+        return body
+
+    def set_fault(self, mode: str, **fields: str) -> None:
+        status, body = http(
+            "PUT",
+            f"{self.url('recommendations-service')}/admin/fault",
+            body={"mode": mode, **fields},
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+        )
+        if status != 200:
+            raise StackError(f"PUT /admin/fault answered {status}: {body}")
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Stack(Services):
     """product, recommendations (hanging), v1 and v2, started in dependency order."""
 
     def __init__(self, config: StackConfig):
         self.config = config
+        self.admin_token = config.admin_token
         self.services: dict[str, Service] = {}
 
     def start(self) -> None:
@@ -192,29 +237,60 @@ class Stack:
         for service in reversed(list(self.services.values())):
             service.stop()
 
-    def circuit_status(self) -> dict:
-        status, body = http("GET", f"{self.url('api-gateway-v2')}/circuit-status", timeout=2)
-        if status != 200 or not isinstance(body, dict):
-            raise StackError(f"/circuit-status answered {status}")
-        return body
 
-    def set_fault(self, mode: str) -> None:
-        status, body = http(
-            "PUT",
-            f"{self.url('recommendations-service')}/admin/fault",
-            body={"mode": mode},
-            headers={"Authorization": f"Bearer {self.config.admin_token}"},
-        )
-        if status != 200:
-            raise StackError(f"PUT /admin/fault answered {status}: {body}")
+@dataclass
+class ClusterConfig:
+    """Where make port-forward exposes the cluster's services."""
 
-    def __enter__(self) -> "Stack":
+    v1: str = "http://127.0.0.1:8080"
+    v2: str = "http://127.0.0.1:8090"
+    recommendations: str = "http://127.0.0.1:8082"
+    failure_hang: str = "30s"
+    admin_token: str = "demo-admin-token"
+
+
+class ClusterStack(Services):
+    """The chart's services in a cluster: nothing to start, but the fault is set to the seed's
+    hang first, so that every run starts broken whatever the last one healed."""
+
+    def __init__(self, config: ClusterConfig):
+        self.config = config
+        self.admin_token = config.admin_token
+        self.urls = {
+            "api-gateway-v1": config.v1,
+            "api-gateway-v2": config.v2,
+            "recommendations-service": config.recommendations,
+        }
+
+    def url(self, name: str) -> str:
+        return self.urls[name]
+
+    def start(self) -> None:
+        for name, url in self.urls.items():
+            self._wait_ready(name, url)
         try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
+            self.set_fault("hang", hang=self.config.failure_hang)
+        except StackError as err:
+            raise StackError(
+                f"{err}: ADMIN_TOKEN must be the chart's recommendations.adminToken (make deploy sets it)"
+            ) from None
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def stop(self) -> None:
+        pass
+
+    @staticmethod
+    def _wait_ready(name: str, url: str, timeout: float = 15.0) -> None:
+        """A forward whose pod went away fails one request, then make port-forward starts it
+        again: so a few seconds of failures are expected before giving up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status, _ = http("GET", f"{url}/readyz", timeout=5)
+                problem = None if status == 200 else f"not ready (/readyz answered {status})"
+            except OSError as err:
+                problem = f"does not answer ({err}): run 'make port-forward' in another terminal"
+            if problem is None:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"{name} at {url} {problem}")
+            time.sleep(0.5)
