@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo build run test test-demo fault-matrix bench control-plane control-plane-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
+.PHONY: help demo build run test test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -19,11 +19,15 @@ build: ## Build the release binaries
 run: build ## Start all four services locally, recommendations hanging (Ctrl-C stops them)
 	scripts/run-local.sh
 
-test: $(VENV)/.test-installed control-plane-bins tools lint-dockerfile ## Run every test: unit, property, end-to-end, Kubernetes, chart, demo, browser
+test: $(VENV)/.test-installed control-plane-bins tools lint-dockerfile ## Run every test: unit, property, end-to-end, Kubernetes (API server and a kind cluster), chart, demo, browser
 	@scripts/require-tools.sh
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	$(PY) -m pytest -c loadtest/pytest.ini
+	$(MAKE) --no-print-directory test-cluster
+
+test-cluster: $(VENV)/.test-installed control-plane-bins tools $(KIND) ## The Kubernetes path for real: a kind cluster made, tested and deleted
+	KUBECTL=$(CURDIR)/$(KUBE_BIN)/kubectl $(PY) -m pytest -c tests/cluster/pytest.ini tests/cluster
 
 test-demo: $(VENV)/.test-installed ## Only the demo's tests: a short demo run, report.html and /dashboard in Chromium
 	@scripts/require-tools.sh
@@ -32,18 +36,45 @@ test-demo: $(VENV)/.test-installed ## Only the demo's tests: a short demo run, r
 
 # Go may live outside a non-login PATH.
 export PATH := $(PATH):/usr/local/go/bin
-CONTROL_PLANE_BIN := .cache/control-plane/bin
+# Kubernetes binaries, one version for the test control plane and the kind node image, built
+# from the k8s.io/kubernetes module (tools/control-plane/kube) with the version stamped in, as
+# kubeadm needs to find matching images; static, so they also run in images FROM nothing.
+KUBE_VERSION := v1.34.4
+KUBE_BIN := .cache/kubernetes/bin
+KUBE_CMDS := kube-apiserver kubectl kubelet kubeadm kube-controller-manager kube-scheduler kube-proxy
+KUBE_LDFLAGS := -s -w $(foreach pkg,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+  -X $(pkg).gitVersion=$(KUBE_VERSION) -X $(pkg).gitMajor=1 \
+  -X $(pkg).gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION))) -X $(pkg).gitTreeState=clean)
+COREDNS_VERSION := v1.12.1
+# The kubectl for the Makefile's own commands: the one on PATH, else the one built here.
+KUBECTL ?= $(or $(shell command -v kubectl),$(CURDIR)/$(KUBE_BIN)/kubectl)
 
-control-plane-bins: $(CONTROL_PLANE_BIN)/kube-apiserver $(CONTROL_PLANE_BIN)/kubectl $(CONTROL_PLANE_BIN)/etcd ## Build etcd, kube-apiserver and kubectl from their Go modules (once, ~10 min)
+control-plane-bins: $(KUBE_BIN)/.kubernetes-$(KUBE_VERSION) $(KUBE_BIN)/etcd ## Build etcd and the Kubernetes binaries from their Go modules (once, ~15 min)
 
-$(CONTROL_PLANE_BIN)/kube-apiserver $(CONTROL_PLANE_BIN)/kubectl: tools/control-plane/kube/go.mod tools/control-plane/kube/go.sum
+$(KUBE_BIN)/.kubernetes-$(KUBE_VERSION): tools/control-plane/kube/go.mod tools/control-plane/kube/go.sum
 	@scripts/require-tools.sh go
-	cd tools/control-plane/kube && go build -o $(CURDIR)/$(CONTROL_PLANE_BIN)/ k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
-	@touch $(CONTROL_PLANE_BIN)/kube-apiserver $(CONTROL_PLANE_BIN)/kubectl
+	cd tools/control-plane/kube && CGO_ENABLED=0 go build -ldflags '$(KUBE_LDFLAGS)' -o $(CURDIR)/$(KUBE_BIN)/ $(addprefix k8s.io/kubernetes/cmd/,$(KUBE_CMDS))
+	@touch $@
 
-$(CONTROL_PLANE_BIN)/etcd: tools/control-plane/etcd/go.mod tools/control-plane/etcd/go.sum
+$(KUBE_BIN)/etcd: tools/control-plane/etcd/go.mod tools/control-plane/etcd/go.sum
 	@scripts/require-tools.sh go
-	cd tools/control-plane/etcd && go build -o $(CURDIR)/$(CONTROL_PLANE_BIN)/etcd go.etcd.io/etcd/server/v3
+	cd tools/control-plane/etcd && CGO_ENABLED=0 go build -ldflags '-s -w' -o $(CURDIR)/$(KUBE_BIN)/etcd go.etcd.io/etcd/server/v3
+
+# What the offline kind node image adds: CoreDNS from its module, and the pod sandbox's pause.
+kind-node-bins: control-plane-bins $(KUBE_BIN)/coredns $(KUBE_BIN)/pause
+
+$(KUBE_BIN)/coredns:
+	@scripts/require-tools.sh go
+	GOBIN=$(CURDIR)/$(KUBE_BIN) CGO_ENABLED=0 go install -ldflags '-s -w' github.com/coredns/coredns@$(COREDNS_VERSION)
+
+$(KUBE_BIN)/pause: tools/kind/pause.c
+	$(CC) -static -O2 -o $@ $<
+
+# The kind cluster's NetworkPolicy enforcement (tools/kind/network-policy.yaml), on every path.
+KUBE_ROUTER_VERSION := v2.1.0
+$(KUBE_BIN)/kube-router:
+	@scripts/require-tools.sh go
+	GOBIN=$(CURDIR)/$(KUBE_BIN) CGO_ENABLED=0 go install -ldflags '-s -w' github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$(KUBE_ROUTER_VERSION)
 
 control-plane: control-plane-bins ## Start the tests' etcd + kube-apiserver on 127.0.0.1 and print kubeconfigs (Ctrl-C stops)
 	@scripts/require-tools.sh
@@ -55,7 +86,7 @@ KIND := $(TOOLS)/kind
 HELM_VERSION := v3.22.0
 KIND_VERSION := v0.33.0
 IMAGE := circuit-breaker-demo:0.1.0
-CLUSTER := circuit-breaker-demo
+CLUSTER ?= circuit-breaker-demo
 
 tools: $(HELM) ## Pinned helm (and kind, for kind-up) built from their Go modules into .cache/tools
 
@@ -72,32 +103,40 @@ manifests: tools ## Regenerate k8s/ and the chart's CRD from the chart and the R
 	scripts/render-manifests.sh
 	cp k8s/crd.yaml helm/circuit-breaker-demo/crds/breakerpolicies.yaml
 
-lint-dockerfile: $(VENV)/.test-installed ## hadolint the Dockerfile
-	$(VENV)/bin/hadolint Dockerfile
+lint-dockerfile: $(VENV)/.test-installed ## hadolint the Dockerfiles
+	$(VENV)/bin/hadolint Dockerfile tools/kind/*.Dockerfile
 
-# ---- Needs Docker and kind; CI has neither (see the README). ----
+# ---- Kubernetes in kind. Docker is started (and installed, as root) when missing; with no
+# registry, the node and app images are built here (OFFLINE=auto|1|0, see scripts/offline.sh).
+KIND_NODE_IMAGE ?= kindest/node:v1.34.0
+NAMESPACE ?= demo
+# The recommendations admin token in the cluster, for the heal in make loadtest-k8s.
+ADMIN_TOKEN ?= demo-admin-token
+export KIND CLUSTER IMAGE KUBE_VERSION KIND_VERSION KIND_NODE_IMAGE KUBE_BIN KUBECTL NAMESPACE
 
-images: ## Build the image with all five binaries (Docker)
-	docker build -t $(IMAGE) --build-arg VERSION=0.1.0 .
+images: ## Build the image with all five binaries from the Dockerfile (locally when no registry answers)
+	@scripts/require-tools.sh
+	scripts/app-image.sh $(IMAGE) 0.1.0
 
-kind-up: $(KIND) images ## Create the kind cluster and load the image
-	$(KIND) get clusters | grep -qx $(CLUSTER) || $(KIND) create cluster --name $(CLUSTER) --config kind-config.yaml
-	$(KIND) load docker-image $(IMAGE) --name $(CLUSTER)
+kind-up: $(KIND) ## Create the kind cluster (Docker and node image made here when needed), load the image
+	scripts/kind-up.sh
 
-deploy: tools ## Install the chart into namespace demo of the current kube context
-	$(HELM) upgrade --install circuit-breaker-demo helm/circuit-breaker-demo --namespace demo --create-namespace --wait
+deploy: tools ## Install the chart into namespace demo (restricted Pod Security) and wait for every pod
+	$(KUBECTL) create namespace $(NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	$(KUBECTL) label --overwrite namespace $(NAMESPACE) pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted
+	$(HELM) upgrade --install circuit-breaker-demo helm/circuit-breaker-demo --namespace $(NAMESPACE) --wait --timeout 5m \
+	  --set-string recommendations.adminToken=$(ADMIN_TOKEN) $(HELM_ARGS)
 
-port-forward: ## Forward v1 to 127.0.0.1:8080 and v2 to 127.0.0.1:8090 (Ctrl-C stops)
-	kubectl port-forward -n demo svc/api-gateway-v1 8080:8080 & \
-	kubectl port-forward -n demo svc/api-gateway-v2 8090:8090 & \
-	trap 'kill $$(jobs -p)' INT TERM EXIT; wait
+port-forward: ## Forward v1 to 127.0.0.1:8080, v2 to :8090, recommendations to :8082, restarting when a pod goes (Ctrl-C stops)
+	scripts/port-forward.sh api-gateway-v1:8080 api-gateway-v2:8090 recommendations-service:8082
 
-loadtest-k8s: $(VENV)/.demo-installed ## Locust at both forwarded gateways, 1 minute each (after make port-forward)
-	$(VENV)/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8080 --headless -u 100 -r 10 -t 1m --only-summary
-	$(VENV)/bin/locust -f loadtest/locustfile.py --host http://127.0.0.1:8090 --headless -u 100 -r 10 -t 1m --only-summary
+loadtest-k8s: $(VENV)/.demo-installed ## The demo's three phases against the forwarded cluster gateways (after make port-forward), results/ as make demo
+	DEMO_TARGET=cluster ADMIN_TOKEN=$(ADMIN_TOKEN) $(PY) loadtest/demo.py
 
-kind-down: $(KIND) ## Delete the kind cluster
+kind-down: $(KIND) ## Delete the kind cluster (and kind's network when no other cluster uses it), stop the dockerd that kind-up started
 	$(KIND) delete cluster --name $(CLUSTER)
+	docker network rm kind >/dev/null 2>&1 || true
+	scripts/docker-down.sh
 
 # Locust (and, for the tests, pytest and Playwright) in a local virtualenv, reinstalled when a
 # requirements file changes.

@@ -1,0 +1,331 @@
+"""The Kubernetes path for real: the chart's pods in a kind cluster on this machine (nodes and
+images built here), reached as users reach them (port-forward, the API), under the faults that
+only a cluster has. `make test-cluster` runs this; see conftest.py for the cluster's life."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import report
+from conftest import (
+    HANG,
+    NAMESPACE,
+    ROOT,
+    Cluster,
+    figure,
+    http,
+    kubectl,
+    kubectl_json,
+    make,
+    wait_for,
+)
+
+V2 = "api-gateway-v2"
+POLICY = "api-gateway-v2"
+PROBE_IMAGE = "circuit-breaker-demo/debian:bookworm"
+BACKENDS = (("product-service", 8081), ("recommendations-service", 8082))
+
+
+def patch_policy(spec: dict) -> None:
+    kubectl("patch", "breakerpolicy", POLICY, "--type", "merge", "-p", json.dumps({"spec": spec}))
+
+
+def pod_url(cluster: Cluster, pod: str, port: int, path: str) -> str:
+    return f"{cluster.proxy}/api/v1/namespaces/{NAMESPACE}/pods/{pod}:{port}/proxy{path}"
+
+
+def replica_status(cluster: Cluster, pod: str) -> dict:
+    status, body = http("GET", pod_url(cluster, pod, 8090, "/circuit-status"), timeout=5)
+    assert status == 200, f"{pod} /circuit-status answered {status}: {body}"
+    return body
+
+
+def outcome(status: int, body: object) -> str:
+    if status != 200 or not isinstance(body, dict):
+        return "failed"
+    return "degraded" if body.get("degraded_mode") else "full"
+
+
+class Load:
+    """Users that keep asking one URL for /product-details/{n} until stopped; counts what they
+    saw. Each request has its own timeout, so nothing here can hang."""
+
+    def __init__(self, base: str, users: int = 8, timeout: float = 15.0):
+        self.base, self.users, self.timeout = base, users, timeout
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._user, args=(i,), daemon=True) for i in range(users)]
+
+    def _user(self, i: int) -> None:
+        n = 0
+        while not self._stop.is_set():
+            n += 1
+            try:
+                status, body = http("GET", f"{self.base}/product-details/{(i + n) % 24 + 1}", timeout=self.timeout)
+                seen = outcome(status, body)
+                detail = f"{status}" if seen == "failed" else None
+            except OSError as err:
+                seen, detail = "failed", type(err).__name__
+            with self._lock:
+                self.counts[seen] += 1
+                if detail:
+                    self.errors[detail] += 1
+            time.sleep(0.05)
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+
+    def summary(self) -> str:
+        sent = sum(self.counts.values())
+        return (
+            f"sent {sent}, full {self.counts['full']}, degraded {self.counts['degraded']}, "
+            f"failed {self.counts['failed']}" + (f" ({dict(self.errors)})" if self.errors else "")
+        )
+
+
+def test_every_pod_runs_under_restricted_pod_security(cluster: Cluster):
+    labels = kubectl_json("get", "namespace", NAMESPACE)["metadata"]["labels"]
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", labels
+    pods = kubectl_json("get", "pods")["items"]
+    names = {p["metadata"]["labels"].get("app.kubernetes.io/name") for p in pods}
+    assert names >= {"product-service", "recommendations-service", "api-gateway-v1", V2, "breaker-controller"}, names
+    for pod in pods:
+        ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}.get("Ready")
+        assert pod["status"]["phase"] == "Running" and ready == "True", (pod["metadata"]["name"], pod["status"])
+        context = pod["spec"]["securityContext"]
+        assert context.get("runAsNonRoot") is True and context["seccompProfile"]["type"] == "RuntimeDefault"
+    # The API server refuses what the profile forbids, in this very namespace.
+    refused = kubectl(
+        "run", "privileged-probe", "--image=circuit-breaker-demo:0.1.0", "--restart=Never",
+        "--overrides", json.dumps({"spec": {"containers": [{"name": "p", "image": "circuit-breaker-demo:0.1.0",
+                                                            "securityContext": {"privileged": True}}]}}),
+        "--dry-run=server", check=False,
+    )  # fmt: skip
+    assert "privileged-probe" not in refused
+    figure("pods:\n" + kubectl("get", "pods", "-o", "wide"))
+    figure(f"namespace {NAMESPACE} labels: {json.dumps(labels, sort_keys=True)}")
+
+
+def test_through_the_port_forwards_v1_fails_and_v2_degrades(cluster: Cluster):
+    v1, v2 = cluster.forwards["api-gateway-v1"], cluster.forwards[V2]
+    started = time.monotonic()
+    status, body = http("GET", f"{v1}/product-details/1", timeout=60)
+    v1_seconds = time.monotonic() - started
+    assert status == 500, (status, body)
+    assert v1_seconds >= 5, f"v1 failed after {v1_seconds:.1f} s, before the {HANG} hang ran out"
+
+    timings = []
+    for n in range(8):
+        started = time.monotonic()
+        status, body = http("GET", f"{v2}/product-details/{n + 1}", timeout=30)
+        timings.append(time.monotonic() - started)
+        assert status == 200 and body["product"]["id"] == n + 1 and body["degraded_mode"] is True, body
+    # The first calls each wait out callTimeout (2 s) until the circuit opens; then no wait.
+    assert max(timings[-3:]) < 1.0, timings
+    figure(
+        f"port-forward: v1 answered 500 after {v1_seconds:.2f} s; v2 degraded, "
+        f"first {timings[0]:.2f} s, last three {', '.join(f'{t * 1000:.0f} ms' for t in timings[-3:])}"
+    )
+
+
+def test_policy_changes_reach_every_v2_replica_with_state_kept(cluster: Cluster):
+    pods = cluster.pods(V2)
+    assert len(pods) == 2, pods
+    before = {pod: replica_status(cluster, pod) for pod in pods}
+    delays = []
+    for n in range(20):
+        threshold = 4 + n % 2 * 3  # 4, 7, 4, 7, ...
+        started = time.monotonic()
+        patch_policy({"settings": {"failureThreshold": threshold}})
+        for pod in pods:
+            wait_for(
+                f"failureThreshold {threshold} on {pod}",
+                lambda pod=pod: replica_status(cluster, pod)["settings"]["failureThreshold"] == threshold,
+                timeout=15,
+                every=0.02,
+            )
+        delays.append(time.monotonic() - started)
+    after = {pod: replica_status(cluster, pod) for pod in pods}
+    for pod in pods:
+        # A reload keeps the breaker: same state, and its counters did not go back to zero.
+        assert after[pod]["state"] == before[pod]["state"], (before[pod], after[pod])
+        for key, value in before[pod]["counts"].items():
+            assert after[pod]["counts"][key] >= value, (key, before[pod]["counts"], after[pod]["counts"])
+    patch_policy({"settings": {"failureThreshold": 3}})
+    delays.sort()
+    figure(
+        f"apply-to-effective on both v2 replicas over 20 updates (kubectl patch included): "
+        f"p50 {statistics.median(delays) * 1000:.0f} ms, p95 {delays[18] * 1000:.0f} ms, "
+        f"max {delays[-1] * 1000:.0f} ms"
+    )
+
+
+def test_force_open_rejects_on_every_replica(cluster: Cluster):
+    patch_policy({"mode": "ForceOpen"})
+    try:
+        for pod in cluster.pods(V2):
+            wait_for(f"{pod} forced open", lambda pod=pod: replica_status(cluster, pod)["mode"] == "ForceOpen", 15)
+            started = time.monotonic()
+            status, body = http("GET", pod_url(cluster, pod, 8090, "/product-details/3"))
+            assert status == 200 and body["degraded_mode"] is True and body["recommendations"] == [], body
+            assert time.monotonic() - started < 2, "a forced-open circuit must not call recommendations"
+            assert replica_status(cluster, pod)["counts"]["rejected_forced_open"] > 0
+        listing = kubectl("get", "breakerpolicy", POLICY)
+        assert "ForceOpen" in listing, listing
+        figure("kubectl get bp while forced open:\n" + listing)
+    finally:
+        patch_policy({"mode": "Auto"})
+
+
+def probe_pod(name: str, labels: dict[str, str]) -> dict:
+    """A pod of the Debian base (bash's /dev/tcp is the client) that passes restricted Pod
+    Security, with the given labels."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": PROBE_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["sleep", "600"],
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+        },
+    }
+
+
+def connects(pod: str, host: str, port: int) -> bool:
+    done = kubectl(
+        "exec", pod, "--", "timeout", "3", "bash", "-c", f"exec 3<>/dev/tcp/{host}/{port} && echo connected",
+        check=False,
+    )  # fmt: skip
+    return "connected" in done
+
+
+def test_network_policy_lets_only_gateways_reach_the_backends(cluster: Cluster):
+    release = "circuit-breaker-demo"
+    pods = {
+        "np-stranger": {"app": "np-probe"},
+        "np-gateway": {"app.kubernetes.io/instance": release, "app.kubernetes.io/component": "gateway"},
+    }
+    for name, labels in pods.items():
+        kubectl("apply", "-f", "-", input=json.dumps(probe_pod(name, labels)))
+    try:
+        for name in pods:
+            kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=60s")
+        # The stranger reaches what no policy guards (a gateway), so the network itself works.
+        assert connects("np-stranger", "api-gateway-v1", 8080)
+        reached = {name: {svc: connects(name, svc, port) for svc, port in BACKENDS} for name in pods}
+        figure(f"NetworkPolicy (kube-router), who reaches the backends: {reached}")
+        assert reached["np-gateway"] == {svc: True for svc, _ in BACKENDS}, reached
+        assert reached["np-stranger"] == {svc: False for svc, _ in BACKENDS}, reached
+    finally:
+        kubectl("delete", "pod", *pods, "--wait=false", check=False)
+
+
+def test_a_v2_pod_deleted_under_load(cluster: Cluster):
+    victim = cluster.pods(V2)[0]
+    with Load(cluster.service(V2, 8090)) as load:
+        time.sleep(3)
+        kubectl("delete", "pod", victim, "--wait=false")
+        time.sleep(12)
+    wait_for("two v2 replicas ready again", lambda: len(ready_pods(V2)) == 2, 120, every=1)
+    figure(f"v2 pod deleted under load (2 replicas, through the Service): {load.summary()}")
+    assert load.counts["failed"] == 0, load.summary()
+    assert load.counts["degraded"] > 0
+
+
+def test_with_the_controller_away_changes_wait_and_v2_serves_on(cluster: Cluster):
+    pods = cluster.pods(V2)
+
+    def threshold_everywhere(value: int) -> bool:
+        return all(replica_status(cluster, p)["settings"]["failureThreshold"] == value for p in pods)
+
+    # Deleted, its pod is replaced within a second or two; scaled to 0 it stays away long enough
+    # to see that a change waits for it. A terminating pod still reconciles, so wait until none
+    # is left at all.
+    kubectl("delete", "pod", cluster.pods("breaker-controller")[0], "--wait=false")
+    kubectl("scale", "deployment", "breaker-controller", "--replicas=0")
+    wait_for(
+        "no controller pod, not even a terminating one",
+        lambda: not kubectl("get", "pods", "-l", "app.kubernetes.io/name=breaker-controller", "-o", "name"),
+        60,
+        every=0.5,
+    )
+    with Load(cluster.service(V2, 8090), users=4) as load:
+        patch_policy({"settings": {"failureThreshold": 9}})
+        time.sleep(5)
+        assert threshold_everywhere(3), "the change must wait for the controller"
+        back_at = time.monotonic()
+        kubectl("scale", "deployment", "breaker-controller", "--replicas=1")
+        applied = wait_for("the change, once the controller is back", lambda: threshold_everywhere(9) and time.monotonic(), 120)
+    patch_policy({"settings": {"failureThreshold": 3}})
+    figure(
+        f"controller away: the change waited, then applied {applied - back_at:.1f} s after the controller "
+        f"was scaled back up; meanwhile v2 served {load.summary()}"
+    )
+    assert load.counts["failed"] == 0, load.summary()
+
+
+def test_recommendations_scaled_to_zero(cluster: Cluster):
+    kubectl("scale", "deployment", "recommendations-service", "--replicas=0")
+    try:
+        wait_for("no recommendations pods", lambda: not cluster.pods("recommendations-service"), 60, every=0.5)
+        with Load(cluster.service(V2, 8090), users=4) as v2, Load(cluster.service("api-gateway-v1", 8080), users=4) as v1:
+            time.sleep(10)
+        figure(f"recommendations at 0 replicas, 10 s: v2 {v2.summary()}; v1 {v1.summary()}")
+        assert v2.counts["failed"] == 0 and v2.counts["degraded"] > 0, v2.summary()
+        assert v1.counts["failed"] > 0 and v1.counts["full"] == 0, v1.summary()
+    finally:
+        kubectl("scale", "deployment", "recommendations-service", "--replicas=1")
+        wait_for("recommendations back", lambda: len(ready_pods("recommendations-service")) == 1, 120, every=1)
+
+
+def test_loadtest_k8s_tells_the_story_from_the_cluster(cluster: Cluster, tmp_path):
+    results = tmp_path / "results"
+    make(
+        "loadtest-k8s",
+        f"V1_URL={cluster.forwards['api-gateway-v1']}",
+        f"V2_URL={cluster.forwards[V2]}",
+        f"RECOMMENDATIONS_URL={cluster.forwards['recommendations-service']}",
+        "DEMO_DURATION=20s",
+        "DEMO_USERS=20",
+        f"FAILURE_HANG={HANG}",
+        f"RESULTS_DIR={results}",
+    )
+    summary = json.loads((results / "comparison_report.json").read_text())
+    assert (results / "report.html").is_file()
+    assert summary["v1"]["requests"] > 0 and summary["v1"]["failure_pct"] == 100.0, summary["v1"]
+    assert summary["v2"]["failure_pct"] == 0.0 and summary["v2"]["degraded_pct"] > 90, summary["v2"]
+    assert summary["recovery"]["closed_at"] is not None, summary["recovery"]
+    figure("make loadtest-k8s (20 s phases, 20 users):\n" + report.text_table(summary))
+
+
+def ready_pods(app: str) -> list[str]:
+    pods = kubectl_json("get", "pods", "-l", f"app.kubernetes.io/name={app}")["items"]
+    return [
+        p["metadata"]["name"]
+        for p in pods
+        if p["metadata"].get("deletionTimestamp") is None
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+    ]
