@@ -3,6 +3,7 @@
 # with pod networking, and the app image loaded into it. The node image is kind's
 # ($KIND_NODE_IMAGE) where it can be pulled, else built here (scripts/kind-node-image.sh).
 # Writes the cluster's kubeconfig where KUBECONFIG points (kind's rule: default ~/.kube/config).
+# An existing cluster of that name is kept, or made anew with KIND_RECREATE=1 (the tests do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${KIND:?} ${CLUSTER:?} ${IMAGE:?} ${KUBE_VERSION:?} ${KIND_VERSION:?} ${KIND_NODE_IMAGE:?} ${KUBE_BIN:?}"
@@ -21,6 +22,9 @@ if offline "$node_image"; then
 fi
 "${MAKE:-make}" --no-print-directory images
 
+if [ "${KIND_RECREATE:-0}" = 1 ] && "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+  "$KIND" delete cluster --name "$CLUSTER"
+fi
 if ! "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
   "$KIND" create cluster --name "$CLUSTER" --config kind-config.yaml --image "$node_image"
 fi
