@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -103,6 +104,11 @@ def wait_for(what: str, check, timeout: float, every: float = 0.2):
     raise AssertionError(f"{what}: not within {timeout:g} s (last: {last!r})")
 
 
+def drain(stream) -> None:
+    for _ in stream:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -126,7 +132,7 @@ def background(command: list[str], ready: re.Pattern, timeout: float = 30.0):
                 raise AssertionError(f"{command[0]} did not become ready: last line {line!r}")
             match = ready.search(line)
         # Keep draining, so the process never blocks on a full pipe.
-        drain = subprocess.Popen(["cat"], stdin=process.stdout, stdout=subprocess.DEVNULL)
+        threading.Thread(target=drain, args=(process.stdout,), daemon=True).start()
         yield match
     finally:
         try:
@@ -147,9 +153,15 @@ class Cluster:
     def service(self, name: str, port: int) -> str:
         return f"{self.proxy}/api/v1/namespaces/{NAMESPACE}/services/{name}:{port}/proxy"
 
-    def pods(self, app: str) -> list[str]:
+    def pods(self, app: str, ready: bool = False) -> list[str]:
+        """The app's pods that are not terminating (and are Ready, with ready=True)."""
         pods = kubectl_json("get", "pods", "-l", f"app.kubernetes.io/name={app}")["items"]
-        return sorted(p["metadata"]["name"] for p in pods if p["metadata"].get("deletionTimestamp") is None)
+        return sorted(
+            p["metadata"]["name"]
+            for p in pods
+            if p["metadata"].get("deletionTimestamp") is None
+            and (not ready or any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])))
+        )
 
 
 @pytest.fixture(scope="session")

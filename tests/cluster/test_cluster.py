@@ -9,13 +9,11 @@ import statistics
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import report
 from conftest import (
     HANG,
     NAMESPACE,
-    ROOT,
     Cluster,
     figure,
     http,
@@ -249,7 +247,7 @@ def test_a_v2_pod_deleted_under_load(cluster: Cluster):
         time.sleep(3)
         kubectl("delete", "pod", victim, "--wait=false")
         time.sleep(12)
-    wait_for("two v2 replicas ready again", lambda: len(ready_pods(V2)) == 2, 120, every=1)
+    wait_for("two v2 replicas ready again", lambda: len(cluster.pods(V2, ready=True)) == 2, 120, every=1)
     figure(f"v2 pod deleted under load (2 replicas, through the Service): {load.summary()}")
     assert load.counts["failed"] == 0, load.summary()
     assert load.counts["degraded"] > 0
@@ -298,7 +296,7 @@ def test_recommendations_scaled_to_zero(cluster: Cluster):
         assert v1.counts["failed"] > 0 and v1.counts["full"] == 0, v1.summary()
     finally:
         kubectl("scale", "deployment", "recommendations-service", "--replicas=1")
-        wait_for("recommendations back", lambda: len(ready_pods("recommendations-service")) == 1, 120, every=1)
+        wait_for("recommendations back", lambda: len(cluster.pods("recommendations-service", ready=True)) == 1, 120, every=1)
 
 
 def test_loadtest_k8s_tells_the_story_from_the_cluster(cluster: Cluster, tmp_path):
@@ -319,13 +317,3 @@ def test_loadtest_k8s_tells_the_story_from_the_cluster(cluster: Cluster, tmp_pat
     assert summary["v2"]["failure_pct"] == 0.0 and summary["v2"]["degraded_pct"] > 90, summary["v2"]
     assert summary["recovery"]["closed_at"] is not None, summary["recovery"]
     figure("make loadtest-k8s (20 s phases, 20 users):\n" + report.text_table(summary))
-
-
-def ready_pods(app: str) -> list[str]:
-    pods = kubectl_json("get", "pods", "-l", f"app.kubernetes.io/name={app}")["items"]
-    return [
-        p["metadata"]["name"]
-        for p in pods
-        if p["metadata"].get("deletionTimestamp") is None
-        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-    ]

@@ -130,7 +130,8 @@ impl BreakerSettings {
         let settings: Self = serde_path_to_error::deserialize(de).map_err(|err| {
             let message = err.inner().to_string();
             let path = err.path().to_string();
-            let key = if path == "." {
+            // ".", "" and "?" are serde_path_to_error's words for "no key could be read here".
+            let key = if matches!(path.as_str(), "." | "" | "?") {
                 unknown_field_name(&message)
             } else {
                 path
@@ -305,6 +306,10 @@ mod tests {
         assert_eq!(key_of("failureTreshold: 3"), "failureTreshold");
         assert_eq!(key_of(""), "(document)");
         assert_eq!(key_of("- 1\n- 2"), "(document)");
+        // an explicit key with nothing in it (found by the settings-parser property test)
+        assert_eq!(key_of("?"), "(empty key)");
+        assert_eq!(key_of("? : 1"), "(document)");
+        assert_eq!(key_of(": 3"), "(document)");
         let err = BreakerSettings::from_yaml("openDuration: 5").unwrap_err();
         assert!(err.to_string().starts_with("openDuration: "), "{err}");
     }
