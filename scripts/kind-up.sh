@@ -35,8 +35,13 @@ KIND="$KIND" scripts/kind-cni.sh "$CLUSTER"
 context=$(mktemp -d "${TMPDIR:-/tmp}/kube-router.XXXXXX")
 trap 'rm -rf "$context"' EXIT
 cp "$KUBE_BIN/kube-router" "$context/"
-scripts/base-image.sh
-DOCKER_BUILDKIT=0 docker build -q -t circuit-breaker-demo/kube-router:local -f tools/kind/kube-router.Dockerfile "$context" >/dev/null
+router_base=debian:bookworm-slim
+if offline "$router_base"; then
+  router_base=circuit-breaker-demo/debian:bookworm
+  scripts/base-image.sh "$router_base"
+fi
+DOCKER_BUILDKIT=0 docker build -q -t circuit-breaker-demo/kube-router:local --build-arg BASE_IMAGE="$router_base" \
+  -f tools/kind/kube-router.Dockerfile "$context" >/dev/null
 "$KIND" load docker-image circuit-breaker-demo/kube-router:local --name "$CLUSTER"
 "$KIND" load docker-image "$IMAGE" --name "$CLUSTER"
 kubectl=${KUBECTL:-kubectl}

@@ -1,8 +1,9 @@
 # kube-router for the kind cluster's NetworkPolicy (tools/kind/network-policy.yaml): it programs
-# iptables and ipsets, so both tools go beside it. scripts/kind-up.sh builds it.
-ARG BASE_IMAGE=circuit-breaker-demo/debian:bookworm
+# iptables and ipsets, so both tools go beside it. scripts/kind-up.sh builds it, on the local
+# debootstrap base when this one cannot be pulled.
+ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
-# The versions are bookworm's current ones, as in the base debootstrapped with them.
+# The versions are bookworm's current ones.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iptables ipset conntrack \
