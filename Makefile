@@ -23,7 +23,7 @@ test: $(VENV)/.test-installed control-plane-bins tools lint-dockerfile ## Run ev
 	@scripts/require-tools.sh
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
-	$(PY) -m pytest -c loadtest/pytest.ini
+	$(PY) -m pytest -c loadtest/pytest.ini loadtest/tests
 	$(MAKE) --no-print-directory test-cluster
 
 test-cluster: $(VENV)/.test-installed control-plane-bins tools $(KIND) ## The Kubernetes path for real: a kind cluster made, tested and deleted
@@ -32,7 +32,7 @@ test-cluster: $(VENV)/.test-installed control-plane-bins tools $(KIND) ## The Ku
 test-demo: $(VENV)/.test-installed ## Only the demo's tests: a short demo run, report.html and /dashboard in Chromium
 	@scripts/require-tools.sh
 	$(CARGO) build --workspace --bins
-	$(PY) -m pytest -c loadtest/pytest.ini
+	$(PY) -m pytest -c loadtest/pytest.ini loadtest/tests
 
 # Go may live outside a non-login PATH.
 export PATH := $(PATH):/usr/local/go/bin

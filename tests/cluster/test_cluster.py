@@ -68,7 +68,7 @@ class Load:
             try:
                 status, body = http("GET", f"{self.base}/product-details/{(i + n) % 24 + 1}", timeout=self.timeout)
                 seen = outcome(status, body)
-                detail = f"{status}" if seen == "failed" else None
+                detail = f"{status} {str(body)[:160]}" if seen == "failed" else None
             except OSError as err:
                 seen, detail = "failed", type(err).__name__
             with self._lock:
