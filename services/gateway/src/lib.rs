@@ -78,7 +78,7 @@ fn fail(name: &str, err: &dyn std::fmt::Display) -> ExitCode {
 }
 
 fn serve<F>(
-    service: Service,
+    mut service: Service,
     gateway: Arc<Gateway>,
     args: &service_runtime::ServeArgs,
     default_port: u16,
@@ -87,10 +87,16 @@ fn serve<F>(
 where
     F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
 {
+    let readiness = service.readiness_gate();
     let result = actix_web::rt::System::new().block_on(async move {
         if let Policy::Protected(protected) = &gateway.policy {
             protected.start_background_tasks();
         }
+        let upstreams = gateway.clone();
+        actix_web::rt::spawn(async move {
+            upstreams.upstreams.product_reachable().await;
+            readiness.set_ready();
+        });
         service
             .run(args, default_port, move |cfg| {
                 cfg.app_data(web::Data::new(upstream::client()))

@@ -54,6 +54,38 @@ impl UpstreamError {
     }
 }
 
+impl Upstreams {
+    /// Resolves once product-service accepts a TCP connection, trying every 200 ms. A gateway
+    /// is ready only after that: a new pod that a NetworkPolicy has not admitted yet has its
+    /// connections refused, and would otherwise take pages it cannot serve. Only once, at
+    /// start: readiness that followed the dependency would take every gateway out of the
+    /// Service in an outage, and their fast 503s would become connection errors.
+    pub async fn product_reachable(&self) {
+        let uri: actix_web::http::Uri = self.product.parse().expect("validated at start");
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let attempt = tokio::net::TcpStream::connect((host.as_str(), port));
+            match tokio::time::timeout(Duration::from_secs(1), attempt).await {
+                Ok(Ok(_)) => {
+                    tracing::info!(upstream = %self.product, attempts, "product-service reachable; ready");
+                    return;
+                }
+                Ok(Err(err)) if attempts == 1 => {
+                    tracing::info!(upstream = %self.product, error = %err, "product-service not reachable yet; not ready")
+                }
+                Err(_) if attempts == 1 => {
+                    tracing::info!(upstream = %self.product, "product-service not reachable yet (connect timed out); not ready")
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// One HTTP client per worker: pooled keep-alive connections, no pool cap (a bulkhead is an
 /// explicit policy of v2, not an accident of the pool), deadlines set per call. A redirect
 /// from an upstream is its answer (a 502 here), never a reason to call somewhere else.

@@ -8,7 +8,7 @@ mod telemetry;
 
 pub use error::ApiError;
 pub use http_metrics::latency_buckets;
-pub use serve::{parse_duration, resource, ServeArgs, Service};
+pub use serve::{parse_duration, resource, Readiness, ServeArgs, Service};
 pub use telemetry::{init_logging, LogFormat};
 
 // Every service allocates on each request. Under `make bench` glibc's malloc took ~10% of the

@@ -1,4 +1,5 @@
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,10 +38,26 @@ pub struct ServeArgs {
     pub workers: Option<usize>,
 }
 
+/// What `/readyz` answers: ready once listening, unless the service holds the gate until it
+/// has done what it needs first ([`Service::readiness_gate`]).
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// A service being assembled: its name and metrics registry, then [`Service::run`].
 pub struct Service {
     name: &'static str,
     registry: Registry,
+    readiness: Readiness,
 }
 
 impl Service {
@@ -48,7 +65,14 @@ impl Service {
         Self {
             name,
             registry: Registry::default(),
+            readiness: Readiness(Arc::new(AtomicBool::new(true))),
         }
+    }
+
+    /// `/readyz` answers 503 until the returned handle says ready.
+    pub fn readiness_gate(&mut self) -> Readiness {
+        self.readiness.0.store(false, Ordering::Release);
+        self.readiness.clone()
     }
 
     /// The registry `/metrics` serves; register service metrics before `run`.
@@ -69,12 +93,14 @@ impl Service {
     {
         let http_metrics = web::Data::new(HttpMetrics::register(&mut self.registry));
         let registry = web::Data::new(Arc::new(self.registry));
+        let readiness = web::Data::new(self.readiness);
         let port = args.port.unwrap_or(default_port);
         let name = self.name;
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(http_metrics.clone())
                 .app_data(registry.clone())
+                .app_data(readiness.clone())
                 .app_data(json_config())
                 .app_data(path_config())
                 .wrap(from_fn(http_metrics::record))
@@ -120,8 +146,12 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
+    if readiness.is_ready() {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "starting"}))
+    }
 }
 
 async fn metrics(registry: web::Data<Arc<Registry>>) -> Result<HttpResponse, ApiError> {

@@ -136,3 +136,48 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let status = stack.v1.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+#[actix_web::test]
+async fn a_gateway_is_ready_once_product_service_accepts_and_stays_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on yet: a NetworkPolicy that has not admitted a new pod refuses
+    // its connections just like this.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env = [
+        ("PRODUCT_SERVICE_URL", format!("http://127.0.0.1:{port}")),
+        (
+            "RECOMMENDATIONS_SERVICE_URL",
+            "http://127.0.0.1:9".to_string(),
+        ),
+        ("UPSTREAM_TIMEOUT", "1s".to_string()),
+    ];
+    let gateway = Proc::start("api-gateway-v1", &env, dir.path());
+    let c = client();
+    for _ in 0..3 {
+        let answer = get(&c, &gateway.url("/readyz")).await;
+        assert_eq!(answer.status, 503, "{}", answer.raw);
+        assert!(answer.raw.contains("starting"), "{}", answer.raw);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut ready_after = None;
+    for attempt in 0..50 {
+        if get(&c, &gateway.url("/readyz")).await.status == 200 {
+            ready_after = Some(attempt);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ready_after.is_some(),
+        "not ready within 5 s of product-service listening"
+    );
+    // Readiness does not follow the dependency afterwards.
+    drop(listener);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(&c, &gateway.url("/readyz")).await.status, 200);
+}
