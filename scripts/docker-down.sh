@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stops the dockerd that scripts/docker-up.sh started, and nothing else.
+# Stops the dockerd that scripts/docker-up.sh started, and nothing else; removes the docker0
+# bridge it made (dockerd leaves it behind). Images stay, as a cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 state=.cache/docker
@@ -12,4 +13,5 @@ if [ -f "$state/dockerd.pid" ]; then
     sleep 1
   done
 fi
+ip link delete docker0 2>/dev/null || true
 rm -f "$state/started-here"
