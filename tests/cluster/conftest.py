@@ -18,8 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "loadtest"))
+from stack import http  # noqa: E402  (the demo's own client: JSON or text, OSError when nothing answers)
 
 CLUSTER = os.environ.get("TEST_CLUSTER", "cbd-test")
 NAMESPACE = "demo"
@@ -72,20 +71,6 @@ def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
 
 def kubectl_json(*args: str) -> dict:
     return json.loads(kubectl(*args, "-o", "json"))
-
-
-def http(method: str, url: str, body: object = None, timeout: float = 10.0) -> tuple[int, object]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
 
 
 def wait_for(what: str, check, timeout: float, every: float = 0.2):
@@ -189,7 +174,7 @@ def cluster():
         ):
             forwards = {name: f"http://127.0.0.1:{local}" for name, (_, local) in ports.items()}
             for name, url in forwards.items():
-                wait_for(f"{name} through its port-forward", lambda url=url: http("GET", f"{url}/readyz")[0] == 200, 30)
+                wait_for(f"{name} through its port-forward", lambda url=url: http("GET", f"{url}/readyz", timeout=10)[0] == 200, 30)
             # Ready pods are not yet a working path (names, Services, product-service): wait for
             # one page before the tests judge anything.
             started = time.monotonic()

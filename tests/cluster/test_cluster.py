@@ -178,7 +178,7 @@ def test_force_open_rejects_on_every_replica(cluster: Cluster):
         for pod in cluster.pods(V2):
             wait_for(f"{pod} forced open", lambda pod=pod: replica_status(cluster, pod)["mode"] == "ForceOpen", 15)
             started = time.monotonic()
-            status, body = http("GET", pod_url(cluster, pod, 8090, "/product-details/3"))
+            status, body = http("GET", pod_url(cluster, pod, 8090, "/product-details/3"), timeout=10)
             assert status == 200 and body["degraded_mode"] is True and body["recommendations"] == [], body
             assert time.monotonic() - started < 2, "a forced-open circuit must not call recommendations"
             assert replica_status(cluster, pod)["counts"]["rejected_forced_open"] > 0
