@@ -1,10 +1,9 @@
 //! breaker-controller: watches BreakerPolicy objects and writes the v2 gateway's breaker
-//! ConfigMap, which the gateway hot-reloads. The Kubernetes glue lives here; the breaker's
-//! logic and its settings type stay in the `breaker` crate.
+//! ConfigMap, which the gateway hot-reloads. The Kubernetes glue lives here; the resource's
+//! types and the ConfigMap's format are in `breaker-api`, the breaker itself in `breaker`.
 
-pub mod crd;
 mod metrics;
 pub mod reconcile;
+pub mod startup;
 
-pub use crd::{BreakerPolicy, BreakerPolicySpec, BreakerPolicyStatus, Condition, Target};
 pub use metrics::Metrics;

@@ -1,13 +1,19 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use breaker_api::BreakerPolicy;
 use clap::{Parser, Subcommand};
 use controller::reconcile::{error_policy, reconcile, Context};
-use controller::{BreakerPolicy, Metrics};
+use controller::Metrics;
 use futures::StreamExt;
+use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::{watcher, Controller};
 use kube::Api;
 use service_runtime::{ServeArgs, Service};
+
+// mimalloc, as in every binary of this project (why: services/gateway/src/bin/api-gateway-v2.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,7 +42,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Crd) = cli.command {
-        print!("{}", controller::crd::crd_yaml());
+        print!("{}", breaker_api::policy::crd_yaml());
         return ExitCode::SUCCESS;
     }
     service_runtime::init_logging(cli.serve.log_format);
@@ -55,22 +61,39 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let client = kube::Client::try_default().await?;
     let mut service = Service::new("breaker-controller");
     let metrics = Metrics::register(service.registry());
+    let synced = service.readiness_gate();
     let policies: Api<BreakerPolicy> = match &cli.watch_namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    controller::startup::check_crd(&policies).await?;
     let ctx = Arc::new(Context::new(client, metrics));
     tracing::info!(
         namespace = cli.watch_namespace.as_deref().unwrap_or("(all)"),
         "watching BreakerPolicies"
     );
     let controller = Controller::new(policies, watcher::Config::default().any_semantic())
-        .trigger_backoff(kube_watch::RewatchBackoff::default())
+        .trigger_backoff(breaker_api::RewatchBackoff::default());
+    // Ready once the first list has been seen: before that, the controller cannot act.
+    let store = controller.store();
+    actix_web::rt::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            tracing::info!("BreakerPolicies synced");
+            synced.set_ready();
+        }
+    });
+    let controller = controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "reconcile loop");
+            match result {
+                Ok(_) => {}
+                // Logged with its backoff by error_policy.
+                Err(ControllerError::ReconcilerFailed(..)) => {}
+                // A policy deleted while queued: nothing to do.
+                Err(ControllerError::ObjectNotFound(..)) => {}
+                // Watch failures: a missing CRD, an RBAC denial, an API outage.
+                Err(err) => tracing::warn!(error = %err, "BreakerPolicy watch failed; retrying"),
             }
         });
     let server = service.run(&cli.serve, 8083, |_| {});

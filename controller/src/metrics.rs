@@ -1,4 +1,5 @@
-//! Reconcile metrics: counts by result, errors by variant, duration.
+//! Reconcile metrics: counts by result, errors by variant, and the duration of every run,
+//! failed ones included.
 
 use std::time::Duration;
 
@@ -8,6 +9,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::reconcile::Error;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
@@ -15,14 +18,14 @@ struct ResultLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
-    error: &'static str,
+    error: String,
 }
 
 #[derive(Clone)]
 pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
-    duration: Histogram,
+    duration: Family<ResultLabels, Histogram>,
 }
 
 impl Metrics {
@@ -30,11 +33,13 @@ impl Metrics {
         let metrics = Self {
             reconciles: Family::default(),
             errors: Family::default(),
-            duration: Histogram::new(service_runtime::latency_buckets()),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(service_runtime::latency_buckets())
+            }),
         };
         registry.register(
             "controller_reconciles",
-            "Reconciles by result: done (the policy is Ready or marked Invalid) or error (retried)",
+            "Reconciles by result: done (the policy is Ready or says why not) or error (retried)",
             metrics.reconciles.clone(),
         );
         registry.register(
@@ -44,23 +49,26 @@ impl Metrics {
         );
         registry.register(
             "controller_reconcile_duration_seconds",
-            "Time one reconcile took",
+            "Time one reconcile took, by result",
             metrics.duration.clone(),
         );
         metrics
     }
 
-    pub fn reconciled(&self, result: &'static str, took: Duration) {
-        self.reconciles
-            .get_or_create(&ResultLabels { result })
-            .inc();
-        self.duration.observe(took.as_secs_f64());
-    }
-
-    pub fn failed(&self, error: &'static str) {
-        self.reconciles
-            .get_or_create(&ResultLabels { result: "error" })
-            .inc();
-        self.errors.get_or_create(&ErrorLabels { error }).inc();
+    pub fn reconciled<T>(&self, result: &Result<T, Error>, took: Duration) {
+        let labels = ResultLabels {
+            result: if result.is_ok() { "done" } else { "error" },
+        };
+        if let Err(err) = result {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    error: err.metric_label(),
+                })
+                .inc();
+        }
+        self.reconciles.get_or_create(&labels).inc();
+        self.duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
     }
 }

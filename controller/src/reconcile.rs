@@ -1,99 +1,145 @@
-//! BreakerPolicy → the gateway's ConfigMap, with status conditions, Events and backoff.
+//! BreakerPolicy → the gateway's ConfigMap, with a `Ready` condition, Events and backoff.
 //!
 //! The target ConfigMap is created by the installer (labelled [`TARGET_LABEL`]), never by the
 //! controller: RBAC cannot limit `create` to one name, but it can limit `patch`, so the
 //! controller's Role may touch that one ConfigMap and no other. It is written with server-side
 //! apply under a field manager named after the policy and without force, so a second policy
 //! aiming at the same ConfigMap gets a conflict from the API server itself and is marked
-//! Invalid (Conflict); nothing is overwritten. Deleting a policy re-applies an empty
+//! `Ready=False` (Conflict); nothing is overwritten. Deleting a policy re-applies an empty
 //! configuration under its manager, which removes exactly the fields it wrote.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use breaker_api::configmap;
+use breaker_api::policy::{Reason, READY};
+use breaker_api::{BreakerPolicy, BreakerPolicyStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
+use kube::runtime::finalizer::{self, finalizer, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
-use kube_watch::{MODE_KEY, SETTINGS_KEY};
 use parking_lot::Mutex;
 use serde_json::json;
 
-use crate::crd::{BreakerPolicy, BreakerPolicyStatus, Condition};
 use crate::metrics::Metrics;
 
 pub const FINALIZER: &str = "resilience.demo.dev/configmap";
 pub const POLICY_LABEL: &str = "resilience.demo.dev/policy";
 /// Marks a ConfigMap as one a BreakerPolicy may write.
 pub const TARGET_LABEL: &str = "resilience.demo.dev/breaker-target";
-const MANAGER: &str = "breaker-controller";
+pub const MANAGER: &str = "breaker-controller";
 /// Re-applied this often even without changes, which repairs hand edits of the ConfigMap.
 const RESYNC: Duration = Duration::from_secs(300);
 /// A conflicting or missing target is looked at again this often, so a freed ConfigMap
 /// finds its next policy.
 const CONFLICT_RETRY: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Objects whose failures are remembered for backoff; past this the oldest memory is dropped
+/// (a policy deleted while failing never reconciles again to clear its entry).
+const MAX_TRACKED_FAILURES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("cannot render the settings: {0}")]
-    Render(#[from] serde_yaml::Error),
-    #[error("the BreakerPolicy has no namespace")]
-    NoNamespace,
+    Kube(#[source] kube::Error),
+    #[error("cannot add or remove the finalizer: {0}")]
+    Finalizer(#[source] kube::Error),
+    #[error("the BreakerPolicy has no name or no namespace")]
+    Unnamed,
 }
 
-impl Error {
-    /// One metric label per variant.
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "kube",
-            Error::Finalizer(_) => "finalizer",
-            Error::Render(_) => "render",
-            Error::NoNamespace => "no_namespace",
+impl From<kube::Error> for Error {
+    fn from(err: kube::Error) -> Self {
+        Error::Kube(err)
+    }
+}
+
+impl From<finalizer::Error<Error>> for Error {
+    /// The finalizer helper wraps our own errors; unwrap them so their variant shows.
+    fn from(err: finalizer::Error<Error>) -> Self {
+        match err {
+            finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
+            finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
+                Error::Finalizer(e)
+            }
+            finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer => Error::Unnamed,
         }
     }
 }
 
+impl Error {
+    /// The variant, and for API errors the reason the API server gave (a bounded set:
+    /// `Conflict`, `Forbidden`, `NotFound`…), as a metric label.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if !status.reason.is_empty() => {
+                format!("kube_{}", status.reason)
+            }
+            Error::Kube(_) => "kube".into(),
+            Error::Finalizer(_) => "finalizer".into(),
+            Error::Unnamed => "unnamed".into(),
+        }
+    }
+}
+
+/// What every reconcile shares: the client, the metrics, the one Event recorder.
 pub struct Context {
     pub client: kube::Client,
     pub metrics: Metrics,
-    reporter: Reporter,
+    recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
     pub fn new(client: kube::Client, metrics: Metrics) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Self {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            reporter: Reporter {
-                controller: MANAGER.into(),
-                instance: std::env::var("POD_NAME").ok(),
-            },
             failures: Mutex::new(HashMap::new()),
         }
     }
 
-    async fn event(&self, policy: &BreakerPolicy, type_: EventType, reason: &str, note: String) {
-        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+    async fn event(&self, policy: &BreakerPolicy, type_: EventType, reason: Reason, note: String) {
         let event = Event {
             type_,
-            reason: reason.into(),
+            reason: reason.as_str().into(),
             note: Some(note),
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(err) = recorder.publish(&event, &policy.object_ref(&())).await {
+        if let Err(err) = self.recorder.publish(&event, &policy.object_ref(&())).await {
             tracing::warn!(error = %err, "cannot record an Event");
         }
+    }
+
+    fn forget_failures(&self, key: &str) {
+        self.failures.lock().remove(key);
+    }
+
+    /// Failures in a row for this object, this one included.
+    fn count_failure(&self, key: String) -> u32 {
+        let mut failures = self.failures.lock();
+        if failures.len() >= MAX_TRACKED_FAILURES && !failures.contains_key(&key) {
+            failures.clear();
+        }
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    #[cfg(test)]
+    pub(crate) fn tracked_failures(&self) -> usize {
+        self.failures.lock().len()
     }
 }
 
@@ -105,31 +151,34 @@ fn key(policy: &BreakerPolicy) -> String {
     )
 }
 
+/// One reconcile, timed and counted whatever its result.
 pub async fn reconcile(policy: Arc<BreakerPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
-    let policies: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), &ns);
     let k = key(&policy);
-    let action = finalizer(&policies, FINALIZER, policy, |event| async {
+    let result = reconcile_policy(policy, &ctx).await;
+    ctx.metrics.reconciled(&result, started.elapsed());
+    if result.is_ok() {
+        ctx.forget_failures(&k);
+    }
+    result
+}
+
+async fn reconcile_policy(policy: Arc<BreakerPolicy>, ctx: &Context) -> Result<Action, Error> {
+    let ns = policy.namespace().ok_or(Error::Unnamed)?;
+    let policies: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(finalizer(&policies, FINALIZER, policy, |event| async {
         match event {
-            FinalizerEvent::Apply(policy) => apply(policy, &ctx, &ns).await,
-            FinalizerEvent::Cleanup(policy) => cleanup(policy, &ctx, &ns).await,
+            FinalizerEvent::Apply(policy) => apply(policy, ctx, &ns).await,
+            FinalizerEvent::Cleanup(policy) => cleanup(policy, ctx, &ns).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
-    ctx.failures.lock().remove(&k);
-    ctx.metrics.reconciled("done", started.elapsed());
-    Ok(action)
+    .await?)
 }
 
 /// Exponential backoff per object: 1 s, 2 s, 4 s … up to 5 minutes.
 pub fn error_policy(policy: Arc<BreakerPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.failed(err.metric_label());
-    let mut failures = ctx.failures.lock();
-    let n = failures.entry(key(&policy)).or_insert(0);
-    *n = n.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*n - 1).min(9)).min(MAX_BACKOFF);
+    let n = ctx.count_failure(key(&policy));
+    let delay = Duration::from_secs(1u64 << (n - 1).min(9)).min(MAX_BACKOFF);
     tracing::warn!(policy = %key(&policy), error = %err, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -142,21 +191,34 @@ fn controller_owner(cm: &ConfigMap) -> Option<&OwnerReference> {
         .find(|o| o.controller == Some(true))
 }
 
+fn manager_name(policy: &BreakerPolicy) -> String {
+    format!("{MANAGER}.{}", policy.name_any())
+}
+
+/// Another policy's field manager on the ConfigMap, if one applied fields there.
+fn other_policy_manager(cm: &ConfigMap, ours: &str) -> Option<String> {
+    cm.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|entry| entry.manager.as_deref())
+        .find(|manager| manager.starts_with(&format!("{MANAGER}.")) && *manager != ours)
+        .map(str::to_string)
+}
+
 async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Action, Error> {
     let target = &policy.spec.target.config_map;
     if let Err(err) = policy.spec.settings.validate() {
         // The schema rejects nearly everything this would; this is the last word.
         let message = format!("spec.settings.{err}");
-        set_status(
+        set_ready(&policy, ctx, ns, Reason::InvalidSettings, &message, None).await?;
+        ctx.event(
             &policy,
-            ctx,
-            ns,
-            invalid("InvalidSettings", &message, &policy),
-            None,
+            EventType::Warning,
+            Reason::InvalidSettings,
+            message,
         )
-        .await?;
-        ctx.event(&policy, EventType::Warning, "InvalidSettings", message)
-            .await;
+        .await;
         return Ok(Action::await_change());
     }
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
@@ -165,14 +227,7 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
         let message = format!(
             "ConfigMap {target} not found: it is created with the gateway (label {TARGET_LABEL}=true); the controller only writes it"
         );
-        set_status(
-            &policy,
-            ctx,
-            ns,
-            invalid("TargetMissing", &message, &policy),
-            None,
-        )
-        .await?;
+        set_ready(&policy, ctx, ns, Reason::TargetMissing, &message, None).await?;
         return Ok(Action::requeue(CONFLICT_RETRY));
     };
     let owner = controller_owner(&existing);
@@ -203,36 +258,26 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
             labels: Some([(POLICY_LABEL.to_string(), policy.name_any())].into()),
             ..ObjectMeta::default()
         },
-        data: Some(
-            [
-                (
-                    SETTINGS_KEY.to_string(),
-                    serde_yaml::to_string(&policy.spec.settings)?,
-                ),
-                (MODE_KEY.to_string(), policy.spec.mode.as_str().to_string()),
-            ]
-            .into(),
-        ),
+        data: Some(configmap::data(&policy.spec.settings, policy.spec.mode)),
         ..ConfigMap::default()
     };
     // No force at first: another policy's fields are a conflict, not something to take over.
     // Hand edits (any other manager) are taken back: the policy is the source of truth.
+    let manager = manager_name(&policy);
     let apply = Patch::Apply(&configmap);
-    match configmaps.patch(target, &manager(&policy), &apply).await {
+    match configmaps
+        .patch(target, &PatchParams::apply(&manager), &apply)
+        .await
+    {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            if status.message.contains(&format!("\"{MANAGER}.")) {
-                return conflict(
-                    &policy,
-                    ctx,
-                    ns,
-                    format!("ConfigMap {target}: {}", status.message),
-                )
-                .await;
+            if let Some(other) = other_policy_manager(&existing, &manager) {
+                let message = format!("ConfigMap {target}: its fields are managed by {other}");
+                return conflict(&policy, ctx, ns, message).await;
             }
             tracing::warn!(policy = %key(&policy), configmap = %target, conflict = %status.message, "taking back hand edits of the ConfigMap");
             configmaps
-                .patch(target, &manager(&policy).force(), &apply)
+                .patch(target, &PatchParams::apply(&manager).force(), &apply)
                 .await?;
         }
         Err(err) => return Err(err.into()),
@@ -240,16 +285,16 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
     let generation = policy.meta().generation;
     let first_for_generation = policy.status.as_ref().and_then(|s| s.observed_generation)
         != generation
-        || !is_ready(&policy);
+        || !has_reason(&policy, Reason::Applied);
     let message = format!(
         "ConfigMap {ns}/{target} holds these settings (mode {})",
         policy.spec.mode.as_str()
     );
-    let ready = condition("Ready", "True", "Applied", &message, &policy);
-    set_status(&policy, ctx, ns, ready, Some(format!("{ns}/{target}"))).await?;
+    let written = Some(format!("{ns}/{target}"));
+    set_ready(&policy, ctx, ns, Reason::Applied, &message, written).await?;
     if first_for_generation {
         tracing::info!(policy = %key(&policy), configmap = %target, generation = ?generation, mode = policy.spec.mode.as_str(), "applied");
-        ctx.event(&policy, EventType::Normal, "Applied", message)
+        ctx.event(&policy, EventType::Normal, Reason::Applied, message)
             .await;
     }
     Ok(Action::requeue(RESYNC))
@@ -262,16 +307,12 @@ async fn conflict(
     message: String,
 ) -> Result<Action, Error> {
     tracing::warn!(policy = %key(policy), %message, "conflict");
-    set_status(policy, ctx, ns, invalid("Conflict", &message, policy), None).await?;
-    if !has_condition(policy, "Invalid", "Conflict") {
-        ctx.event(policy, EventType::Warning, "Conflict", message)
+    set_ready(policy, ctx, ns, Reason::Conflict, &message, None).await?;
+    if !has_reason(policy, Reason::Conflict) {
+        ctx.event(policy, EventType::Warning, Reason::Conflict, message)
             .await;
     }
     Ok(Action::requeue(CONFLICT_RETRY))
-}
-
-fn manager(policy: &BreakerPolicy) -> PatchParams {
-    PatchParams::apply(&format!("{MANAGER}.{}", policy.name_any()))
 }
 
 /// Deleting a policy takes back what it wrote to the ConfigMap (settings, mode, owner
@@ -287,7 +328,11 @@ async fn cleanup(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<
     if ours {
         let empty = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": target, "namespace": ns}});
         match configmaps
-            .patch(target, &manager(&policy), &Patch::Apply(&empty))
+            .patch(
+                target,
+                &PatchParams::apply(&manager_name(&policy)),
+                &Patch::Apply(&empty),
+            )
             .await
         {
             Ok(_) => {}
@@ -296,66 +341,45 @@ async fn cleanup(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<
         }
         tracing::info!(policy = %key(&policy), configmap = %target, "released its ConfigMap");
     }
+    ctx.forget_failures(&key(&policy));
     Ok(Action::await_change())
 }
 
-fn is_ready(policy: &BreakerPolicy) -> bool {
-    has_condition(policy, "Ready", "Applied")
-}
-
-fn has_condition(policy: &BreakerPolicy, type_: &str, reason: &str) -> bool {
+/// Whether the policy's `Ready` condition already says this.
+fn has_reason(policy: &BreakerPolicy, reason: Reason) -> bool {
     policy
-        .status
-        .iter()
-        .flat_map(|s| &s.conditions)
-        .any(|c| c.type_ == type_ && c.status == "True" && c.reason == reason)
+        .ready_condition()
+        .is_some_and(|c| c.reason == reason.as_str())
 }
 
-fn invalid(reason: &str, message: &str, policy: &BreakerPolicy) -> Condition {
-    condition("Invalid", "True", reason, message, policy)
-}
-
-fn condition(
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: &str,
-    policy: &BreakerPolicy,
-) -> Condition {
-    // Keep the transition time while the status stays the same.
+/// The `Ready` condition for this reason; the transition time stays while the status does.
+fn ready_condition(policy: &BreakerPolicy, reason: Reason, message: &str) -> Condition {
+    let status = if reason.ready() { "True" } else { "False" };
     let since = policy
-        .status
-        .iter()
-        .flat_map(|s| &s.conditions)
-        .find(|c| c.type_ == type_ && c.status == status)
+        .ready_condition()
+        .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        .unwrap_or_else(|| Time(Timestamp::now()));
     Condition {
-        type_: type_.into(),
+        type_: READY.into(),
         status: status.into(),
-        reason: reason.into(),
+        reason: reason.as_str().into(),
         message: message.into(),
         observed_generation: policy.meta().generation,
         last_transition_time: since,
     }
 }
 
-/// Ready and Invalid are each other's opposite: one True means the other False.
-async fn set_status(
+async fn set_ready(
     policy: &BreakerPolicy,
     ctx: &Context,
     ns: &str,
-    main: Condition,
+    reason: Reason,
+    message: &str,
     config_map: Option<String>,
 ) -> Result<(), Error> {
-    let other_type = if main.type_ == "Ready" {
-        "Invalid"
-    } else {
-        "Ready"
-    };
-    let other = condition(other_type, "False", &main.reason, &main.message, policy);
     let status = BreakerPolicyStatus {
-        conditions: vec![main, other],
+        conditions: vec![ready_condition(policy, reason, message)],
         observed_generation: policy.meta().generation,
         config_map: config_map
             .or_else(|| policy.status.as_ref().and_then(|s| s.config_map.clone())),
@@ -375,3 +399,6 @@ async fn set_status(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

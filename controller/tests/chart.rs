@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use control_plane::{ControlPlane, Who};
+use e2e::figure;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -70,6 +71,7 @@ fn documents(yaml: &str) -> Vec<Value> {
 }
 
 #[test]
+#[ignore = "chart tier: needs helm (make tools), and kube-apiserver for server dry-run; run by `make test`"]
 fn chart_lints_clean_with_defaults_and_every_value() {
     let chart = chart().display().to_string();
     let every = format!("{chart}/ci/every-value.yaml");
@@ -115,12 +117,13 @@ fn chart_lints_clean_with_defaults_and_every_value() {
 fn the_chart_carries_the_generated_crd() {
     let chart_crd = std::fs::read_to_string(chart().join("crds/breakerpolicies.yaml")).unwrap();
     assert!(
-        chart_crd == controller::crd::crd_yaml(),
+        chart_crd == breaker_api::policy::crd_yaml(),
         "helm/circuit-breaker-demo/crds/ is stale: run `make manifests`"
     );
 }
 
 #[test]
+#[ignore = "chart tier: needs helm (make tools), and kube-apiserver for server dry-run; run by `make test`"]
 fn k8s_manifests_are_rendered_from_the_chart_not_kept_by_hand() {
     let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new(Path::new(ROOT).join("scripts/render-manifests.sh"))
@@ -166,6 +169,7 @@ fn kubectl_dry_run(plane: &ControlPlane, yaml: &str) -> Output {
 }
 
 #[test]
+#[ignore = "chart tier: needs helm (make tools), and kube-apiserver for server dry-run; run by `make test`"]
 fn the_api_server_accepts_every_rendering_under_restricted_pod_security() {
     let plane = ControlPlane::start().unwrap_or_else(|e| panic!("{e}"));
     let ok = |out: Output, what: &str| assert!(out.status.success(), "{what}: {}", text(&out));
@@ -221,7 +225,7 @@ fn the_api_server_accepts_every_rendering_under_restricted_pod_security() {
             checked += 1;
         }
     }
-    eprintln!("{checked} pod templates admitted under restricted Pod Security");
+    figure!("{checked} pod templates admitted under restricted Pod Security");
     // the namespace really enforces: a pod without the restricted settings is refused
     let loose = json!({
         "apiVersion": "v1", "kind": "Pod",

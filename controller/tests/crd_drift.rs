@@ -6,7 +6,7 @@ fn committed_crd_matches_the_generated_one() {
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../k8s/crd.yaml"))
             .expect("k8s/crd.yaml");
     assert!(
-        committed == controller::crd::crd_yaml(),
+        committed == breaker_api::policy::crd_yaml(),
         "k8s/crd.yaml is stale: run `cargo run -p controller --bin breaker-controller -- crd > k8s/crd.yaml`"
     );
 }

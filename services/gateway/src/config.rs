@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use breaker::{BreakerSettings, SettingsError};
+use breaker::Settings;
 use service_runtime::{parse_duration, ServeArgs};
 
-use crate::reload;
+use crate::sources::file::{self, FileError};
+use crate::sources::Origin;
 use crate::upstream::Upstreams;
 
 /// What both gateways read from the environment.
@@ -66,16 +67,8 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
-    #[error("BREAKER_CONFIG {path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("BREAKER_CONFIG {path}: {source}")]
-    Settings {
-        path: PathBuf,
-        source: SettingsError,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("BREAKER_CONFIGMAP: {0:?} is not namespace/name")]
     BadConfigMap(String),
 }
@@ -110,30 +103,12 @@ fn base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     Ok(value.trim_end_matches('/').to_string())
 }
 
-/// Where v2's settings come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    Defaults,
-    File(PathBuf),
-    ConfigMap { namespace: String, name: String },
-}
-
 /// Where v2's settings come from and what they are at start.
 #[derive(Debug, Clone)]
 pub struct SettingsSource {
     pub origin: Origin,
-    pub initial: BreakerSettings,
+    pub initial: Settings,
     pub version: String,
-}
-
-impl SettingsSource {
-    pub fn describe(&self) -> String {
-        match &self.origin {
-            Origin::File(path) => format!("file:{}", path.display()),
-            Origin::ConfigMap { namespace, name } => format!("configmap:{namespace}/{name}"),
-            Origin::Defaults => "defaults".to_string(),
-        }
-    }
 }
 
 impl V2Args {
@@ -142,7 +117,7 @@ impl V2Args {
     pub fn settings_source(&self) -> Result<SettingsSource, ConfigError> {
         let defaults = |origin| SettingsSource {
             origin,
-            initial: BreakerSettings::default(),
+            initial: Settings::default(),
             version: "defaults".into(),
         };
         if let Some(reference) = &self.breaker_configmap {
@@ -151,7 +126,7 @@ impl V2Args {
         match &self.breaker_config {
             None => Ok(defaults(Origin::Defaults)),
             Some(path) => {
-                let (initial, version) = reload::load(path)?;
+                let (initial, version) = file::load(path)?;
                 Ok(SettingsSource {
                     origin: Origin::File(path.clone()),
                     initial,

@@ -11,8 +11,8 @@ use serde::Serialize;
 use service_runtime::ApiError;
 
 use crate::metrics::UpstreamMetrics;
-use crate::policy::{Policy, Recommendations};
-use crate::upstream::{UpstreamError, Upstreams};
+use crate::policy::Policy;
+use crate::upstream::{Recommendations, UpstreamError, Upstreams};
 
 pub struct Gateway {
     pub upstreams: Upstreams,

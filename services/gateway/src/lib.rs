@@ -1,15 +1,19 @@
 //! The two API gateways share everything but their policy for the recommendations call:
 //! v1 waits as long as its timeout and fails the whole page; v2 goes through a circuit
 //! breaker and answers with a fallback (`degraded_mode`) instead.
+//!
+//! Data flows one way: settings sources → applier → breaker (in `protected`) ← handler.
 
+mod applier;
 mod config;
-mod configmap;
 mod dashboard;
 mod handler;
+mod journal;
 mod metrics;
 mod policy;
 mod protected;
-mod reload;
+mod sources;
+mod status;
 mod upstream;
 
 use std::process::ExitCode;
@@ -19,11 +23,11 @@ use actix_web::web;
 use clap::Parser;
 use service_runtime::{resource, Service};
 
-pub use config::{ConfigError, V1Args, V2Args};
+pub use config::{ConfigError, SettingsSource, V1Args, V2Args};
 
 use crate::handler::Gateway;
 use crate::metrics::UpstreamMetrics;
-use crate::policy::Policy;
+use crate::policy::{Policy, V2};
 use crate::protected::Protected;
 
 pub fn run_v1() -> ExitCode {
@@ -35,14 +39,14 @@ pub fn run_v1() -> ExitCode {
     };
     let mut service = Service::new("api-gateway-v1");
     let metrics = UpstreamMetrics::register(service.registry());
-    let gateway = Arc::new(Gateway {
+    let gateway = Gateway {
         upstreams,
         metrics,
         policy: Policy::AllOrNothing {
             timeout: args.upstream_timeout,
         },
-    });
-    serve(service, gateway, &args.common.serve, 8080, |_| {})
+    };
+    serve(service, gateway, &args.common.serve, 8080)
 }
 
 pub fn run_v2() -> ExitCode {
@@ -56,20 +60,16 @@ pub fn run_v2() -> ExitCode {
         Ok(pair) => pair,
         Err(err) => return fail("api-gateway-v2", &err),
     };
-    tracing::info!(source = %source.describe(), version = %source.version, "breaker settings loaded");
+    tracing::info!(source = %source.origin.describe(), version = %source.version, "breaker settings loaded");
     let mut service = Service::new("api-gateway-v2");
     let metrics = UpstreamMetrics::register(service.registry());
-    let protected = Arc::new(Protected::new(source, service.registry()));
-    let gateway = Arc::new(Gateway {
+    let protected = Protected::new(source.initial.clone(), service.registry());
+    let gateway = Gateway {
         upstreams,
         metrics,
-        policy: Policy::Protected(protected.clone()),
-    });
-    serve(service, gateway, &args.common.serve, 8090, move |cfg| {
-        cfg.app_data(web::Data::from(protected.clone()))
-            .service(resource("/circuit-status").get(protected::circuit_status))
-            .service(resource("/dashboard").get(dashboard::dashboard));
-    })
+        policy: Policy::Protected(V2::new(source, protected)),
+    };
+    serve(service, gateway, &args.common.serve, 8090)
 }
 
 fn fail(name: &str, err: &dyn std::fmt::Display) -> ExitCode {
@@ -77,32 +77,29 @@ fn fail(name: &str, err: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn serve<F>(
+/// Ready once product-service has accepted a connection and the policy knows its settings.
+fn serve(
     mut service: Service,
-    gateway: Arc<Gateway>,
+    gateway: Gateway,
     args: &service_runtime::ServeArgs,
     default_port: u16,
-    extra: F,
-) -> ExitCode
-where
-    F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
-{
-    let readiness = service.readiness_gate();
+) -> ExitCode {
+    let product_reachable = service.readiness_gate();
+    let settings_loaded = service.readiness_gate();
+    let gateway = Arc::new(gateway);
     let result = actix_web::rt::System::new().block_on(async move {
-        if let Policy::Protected(protected) = &gateway.policy {
-            protected.start_background_tasks();
-        }
+        gateway.policy.start(settings_loaded);
         let upstreams = gateway.clone();
         actix_web::rt::spawn(async move {
             upstreams.upstreams.product_reachable().await;
-            readiness.set_ready();
+            product_reachable.set_ready();
         });
         service
             .run(args, default_port, move |cfg| {
                 cfg.app_data(web::Data::new(upstream::client()))
                     .app_data(web::Data::from(gateway.clone()))
                     .service(resource("/product-details/{id}").get(handler::product_details));
-                extra(cfg);
+                gateway.policy.routes(cfg);
             })
             .await
     });

@@ -1,23 +1,47 @@
+//! The one thing the gateways differ in: how they call recommendations-service. Each policy
+//! brings its own routes and background work, so serving knows nothing of either.
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog::Product;
+use actix_web::web;
+use parking_lot::Mutex;
+use service_runtime::{resource, ReadinessGate};
 
+use crate::applier::{self, ConfigState};
 use crate::metrics::UpstreamMetrics;
 use crate::protected::Protected;
-use crate::upstream::{UpstreamError, Upstreams};
+use crate::sources::{Origin, Update};
+use crate::status::{self, StatusSources};
+use crate::upstream::{Recommendations, UpstreamError, Upstreams};
+use crate::{dashboard, SettingsSource};
 
-/// The one thing the gateways differ in: how they call recommendations-service.
 pub enum Policy {
     /// v1: wait up to `timeout`; a failure fails the whole page.
     AllOrNothing { timeout: Duration },
     /// v2: circuit breaker, bulkhead and call timeout; a failure serves the fallback.
-    Protected(Arc<Protected>),
+    Protected(V2),
 }
 
-pub struct Recommendations {
-    pub products: Vec<Product>,
-    pub degraded: bool,
+pub struct V2 {
+    protected: Arc<Protected>,
+    config: Arc<Mutex<ConfigState>>,
+    origin: Origin,
+}
+
+impl V2 {
+    pub fn new(source: SettingsSource, protected: Protected) -> Self {
+        let config = ConfigState::new(
+            source.origin.describe(),
+            source.version,
+            source.origin.loaded_at_start(),
+        );
+        Self {
+            protected: Arc::new(protected),
+            config: Arc::new(Mutex::new(config)),
+            origin: source.origin,
+        }
+    }
 }
 
 impl Policy {
@@ -25,7 +49,7 @@ impl Policy {
     pub fn product_timeout(&self) -> Duration {
         match self {
             Policy::AllOrNothing { timeout } => *timeout,
-            Policy::Protected(protected) => protected.call_timeout(),
+            Policy::Protected(v2) => v2.protected.call_timeout(),
         }
     }
 
@@ -46,9 +70,36 @@ impl Policy {
                     degraded: false,
                 })
             }
-            Policy::Protected(protected) => Ok(protected
+            Policy::Protected(v2) => Ok(v2
+                .protected
                 .call(|timeout| upstreams.recommendations(client, metrics, id, timeout))
                 .await),
+        }
+    }
+
+    /// Background work, started once inside the runtime. `settings_loaded` opens once the
+    /// policy knows its settings.
+    pub fn start(&self, settings_loaded: ReadinessGate) {
+        match self {
+            Policy::AllOrNothing { .. } => settings_loaded.set_ready(),
+            Policy::Protected(v2) => {
+                v2.protected.spawn_ticker();
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Update>();
+                applier::spawn(v2.config.clone(), rx, v2.protected.clone(), settings_loaded);
+                v2.origin.spawn_watch(tx);
+            }
+        }
+    }
+
+    /// The policy's own routes.
+    pub fn routes(&self, cfg: &mut web::ServiceConfig) {
+        if let Policy::Protected(v2) = self {
+            cfg.app_data(web::Data::new(StatusSources {
+                protected: v2.protected.clone(),
+                config: v2.config.clone(),
+            }))
+            .service(resource("/circuit-status").get(status::circuit_status))
+            .service(resource("/dashboard").get(dashboard::dashboard));
         }
     }
 }

@@ -11,6 +11,12 @@ use crate::metrics::{UpstreamMetrics, UpstreamName};
 /// Largest upstream body we read; a catalogue answer is a few KiB.
 const BODY_LIMIT: usize = 256 * 1024;
 
+/// Recommendations for a page, and whether they are the fallback.
+pub struct Recommendations {
+    pub products: Vec<Product>,
+    pub degraded: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Upstreams {
     product: String,

@@ -7,6 +7,10 @@ use clap::Parser;
 use fault::{Fault, FaultArgs};
 use service_runtime::{resource, ApiError, ServeArgs, Service};
 
+// mimalloc, as in every binary of this project (why: services/gateway/src/bin/api-gateway-v2.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "product-service",

@@ -1,6 +1,10 @@
 //! recommendations-service: related products, with fault injection. The fault comes from the
 //! environment at start and can be switched at runtime through `PUT /admin/fault`.
 
+// mimalloc, as in every binary of this project (why: services/gateway/src/bin/api-gateway-v2.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin;
 
 use std::sync::RwLock;

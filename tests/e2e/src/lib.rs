@@ -278,10 +278,33 @@ pub async fn get(client: &awc::Client, url: &str) -> Answer {
     request(client, "GET", url, &[], None).await
 }
 
-/// Held by tests that assert tight latencies, so two of them never share the CPU.
-pub fn exclusive_timing() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Held by tests that assert tight latencies, so two of them never share the CPU: a lock on
+/// a file, so it holds across test binaries and processes (cargo test runs test binaries one
+/// after the other, nextest runs every test in its own process).
+pub struct ExclusiveTiming(#[allow(dead_code)] std::fs::File);
+
+pub fn exclusive_timing() -> ExclusiveTiming {
+    let path = std::env::temp_dir().join("circuit-breaker-demo-exclusive-timing.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // Released when the file is closed, also if the test panics.
+    file.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", path.display()));
+    ExclusiveTiming(file)
+}
+
+/// A figure a test measured: printed with a `figure:` prefix, which `make test` collects
+/// into its summary (cargo shows a passing test's output only with --nocapture, which
+/// `make test` passes).
+#[macro_export]
+macro_rules! figure {
+    ($($arg:tt)*) => {
+        eprintln!("figure: {}", format_args!($($arg)*))
+    };
 }
 
 /// Opens `n` pooled connections to `proc`, so later timings are the service's, not TCP setup's.

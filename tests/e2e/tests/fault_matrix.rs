@@ -240,6 +240,7 @@ fn bound(d: Duration) -> String {
 }
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn fault_matrix() {
     let _timing = exclusive_timing();
     let mut table = String::from(

@@ -19,6 +19,7 @@ const BAD_IDS: &[&str] = &[
 ];
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn malformed_ids_unknown_paths_and_methods_get_json_4xx() {
     let stack = Stack::start(StackConfig::default());
     let c = client();
@@ -87,6 +88,7 @@ async fn malformed_ids_unknown_paths_and_methods_get_json_4xx() {
 }
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn admin_endpoint_refuses_missing_or_wrong_tokens_and_bad_bodies() {
     let stack = Stack::start(StackConfig::default());
     let c = client();
@@ -153,6 +155,7 @@ async fn admin_endpoint_refuses_missing_or_wrong_tokens_and_bad_bodies() {
 }
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn admin_endpoint_is_disabled_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let rec = Proc::start("recommendations-service", &[], dir.path());

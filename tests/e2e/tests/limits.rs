@@ -7,6 +7,7 @@ use std::time::Duration;
 use e2e::*;
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn half_open_lets_exactly_max_probes_through_64_concurrent_requests() {
     let _exclusive = exclusive_timing();
     for max in [1u64, 2] {
@@ -46,6 +47,7 @@ async fn half_open_lets_exactly_max_probes_through_64_concurrent_requests() {
 }
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn bulkhead_caps_calls_in_flight_and_turns_the_rest_away_fast() {
     let _exclusive = exclusive_timing();
     let n = 4u64;
@@ -76,14 +78,16 @@ async fn bulkhead_caps_calls_in_flight_and_turns_the_rest_away_fast() {
     let (answers, peak) = tokio::join!(load, sample);
     assert!(peak <= n as f64, "peak in flight {peak} > {n}");
     assert!(answers.iter().all(|a| a.status == 200 && a.degraded()));
-    let fast: Vec<_> = answers
+    // The exact counts are the breaker's (below); time only bounds them: at least the rest
+    // were answered at once, whatever else shares the machine.
+    let fast = answers
         .iter()
-        .filter(|a| a.elapsed < Duration::from_millis(50))
-        .collect();
-    assert_eq!(
-        fast.len() as u64,
-        40 - n,
-        "the rest get the fallback in under 50 ms"
+        .filter(|a| a.elapsed < Duration::from_millis(250))
+        .count() as u64;
+    assert!(
+        fast >= 40 - n,
+        "only {fast} of the {} turned away got the fallback in under 250 ms",
+        40 - n
     );
     assert_eq!(received(&c, &stack).await, n);
     let s = status(&c, &stack).await;

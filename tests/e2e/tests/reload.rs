@@ -4,6 +4,7 @@ use std::time::Duration;
 use e2e::*;
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn edits_apply_within_a_second_and_bad_ones_keep_the_last_good_settings() {
     let stack = Stack::start(StackConfig::default());
     let c = client();
@@ -74,6 +75,7 @@ async fn edits_apply_within_a_second_and_bad_ones_keep_the_last_good_settings() 
 }
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn settings_change_keeps_breaker_state() {
     let stack = Stack::start(StackConfig {
         recommendations_env: hang("30s"),
@@ -98,6 +100,7 @@ async fn settings_change_keeps_breaker_state() {
 }
 
 #[test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 fn a_bad_settings_file_at_start_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("breaker.yaml");
@@ -133,6 +136,7 @@ fn read_syscalls(proc: &Proc) -> u64 {
 }
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn an_idle_gateway_does_not_keep_rereading_its_settings() {
     let stack = Stack::start(StackConfig::default());
     let c = client();

@@ -64,13 +64,14 @@ async fn onset(breaker_yaml: &str) -> (usize, usize) {
 }
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn failure_onset_is_bounded_by_the_bulkhead() {
     let _timing = exclusive_timing();
     let settings = "failureThreshold: 3\ncallTimeout: 500ms\nopenDuration: 10s\n";
     let (without, total_without) = onset(settings).await;
     let bulkhead = 8;
     let (with, total_with) = onset(&format!("{settings}maxConcurrentCalls: {bulkhead}\n")).await;
-    eprintln!(
+    figure!(
         "failure onset, {USERS} users: {without} requests waited > 100 ms without the bulkhead \
          (of {total_without}), {with} with maxConcurrentCalls {bulkhead} (of {total_with})"
     );
@@ -85,6 +86,7 @@ async fn failure_onset_is_bounded_by_the_bulkhead() {
 }
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn sigterm_under_load_loses_no_request_in_flight() {
     let _timing = exclusive_timing();
     let mut stack = Stack::start(StackConfig {
@@ -156,7 +158,7 @@ async fn sigterm_under_load_loses_no_request_in_flight() {
         refused.load(Ordering::Relaxed),
         lost.load(Ordering::Relaxed),
     );
-    eprintln!(
+    figure!(
         "SIGTERM under load: {before} answered before the signal, {ok} in all, \
          {} finished after it, {refused} workers refused afterwards, {lost} lost",
         ok - before

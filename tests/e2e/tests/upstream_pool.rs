@@ -11,6 +11,7 @@ use e2e::*;
 const CONCURRENT: usize = 300;
 
 #[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn connections_the_upstream_closed_while_idle_are_never_reused() {
     let _exclusive = exclusive_timing();
     let stack = Stack::start(StackConfig {

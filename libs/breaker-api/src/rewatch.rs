@@ -1,5 +1,5 @@
-//! What breaker-controller and api-gateway-v2 share about the settings ConfigMap: its keys,
-//! and the re-watch backoff.
+//! The re-watch backoff of every watch on the breaker's objects (the controller's on
+//! BreakerPolicies, v2's on its ConfigMap).
 //!
 //! kube's default backoff grows to 30 s with jitter, so after a short API server outage a
 //! watch could wait half a minute to resume; changes made meanwhile would wait with it. This
@@ -8,11 +8,6 @@
 use std::time::Duration;
 
 use kube::runtime::utils::Backoff;
-
-/// The ConfigMap key holding BreakerSettings as YAML.
-pub const SETTINGS_KEY: &str = "breaker.yaml";
-/// The ConfigMap key holding the mode: Auto, ForceOpen or ForceClosed.
-pub const MODE_KEY: &str = "mode";
 
 const FIRST: Duration = Duration::from_millis(250);
 const CAP: Duration = Duration::from_secs(4);

@@ -15,4 +15,4 @@ pub use circuit::{
     Transition, TransitionReason,
 };
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use settings::{BreakerSettings, SettingsError};
+pub use settings::{limits, Settings, SettingsError, SettingsSpec};

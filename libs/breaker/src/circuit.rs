@@ -3,10 +3,10 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::clock::Clock;
-use crate::settings::BreakerSettings;
+use crate::settings::Settings;
 use crate::window::Window;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -28,9 +28,7 @@ impl State {
 }
 
 /// An operator's override of the state machine (a BreakerPolicy's `spec.mode`).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 pub enum Mode {
     /// The state machine decides.
     #[default]
@@ -48,22 +46,6 @@ impl Mode {
             Mode::Auto => "Auto",
             Mode::ForceOpen => "ForceOpen",
             Mode::ForceClosed => "ForceClosed",
-        }
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = crate::SettingsError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.trim() {
-            "Auto" => Ok(Mode::Auto),
-            "ForceOpen" => Ok(Mode::ForceOpen),
-            "ForceClosed" => Ok(Mode::ForceClosed),
-            other => Err(crate::SettingsError::new(
-                "mode",
-                format!("{other:?} is not one of Auto, ForceOpen, ForceClosed"),
-            )),
         }
     }
 }
@@ -148,22 +130,21 @@ pub struct Counts {
     pub transitions: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub state: State,
     pub mode: Mode,
-    pub settings: BreakerSettings,
+    pub settings: Settings,
     pub counts: Counts,
     pub last_transition: Option<Transition>,
     /// Clock time until which the circuit stays open, while it is open.
-    #[serde(skip)]
     pub opened_until: Option<Duration>,
     /// Failed probes in a row; drives the open-duration backoff.
     pub failed_probes: u32,
 }
 
 struct Core {
-    settings: BreakerSettings,
+    settings: Settings,
     mode: Mode,
     state: State,
     /// Bumped on every transition; outcomes of calls admitted in an earlier epoch do not
@@ -200,13 +181,13 @@ pub struct Permit<'a> {
 }
 
 impl CircuitBreaker {
-    /// Settings are expected to be valid ([`BreakerSettings::validate`]); the edge checks them.
-    pub fn new(settings: BreakerSettings, clock: Arc<dyn Clock>) -> Self {
+    /// Settings are expected to be valid ([`Settings::validate`]); the edge checks them.
+    pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> Self {
         Self::with_observer(settings, clock, None)
     }
 
     pub fn with_observer(
-        settings: BreakerSettings,
+        settings: Settings,
         clock: Arc<dyn Clock>,
         observer: Option<Arc<dyn BreakerObserver>>,
     ) -> Self {
@@ -295,7 +276,7 @@ impl CircuitBreaker {
         self.lock().settings.call_timeout
     }
 
-    pub fn settings(&self) -> BreakerSettings {
+    pub fn settings(&self) -> Settings {
         self.lock().settings.clone()
     }
 
@@ -319,7 +300,7 @@ impl CircuitBreaker {
 
     /// Swaps the settings in place: state, window contents and counters are kept. An open
     /// circuit keeps the deadline it was given.
-    pub fn update_settings(&self, settings: BreakerSettings) {
+    pub fn update_settings(&self, settings: Settings) {
         let mut core = self.lock();
         core.window.resize(settings.sliding_window_size);
         core.settings = settings;

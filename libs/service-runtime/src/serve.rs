@@ -1,5 +1,5 @@
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,18 +38,31 @@ pub struct ServeArgs {
     pub workers: Option<usize>,
 }
 
-/// What `/readyz` answers: ready once listening, unless the service holds the gate until it
-/// has done what it needs first ([`Service::readiness_gate`]).
-#[derive(Debug, Clone)]
-pub struct Readiness(Arc<AtomicBool>);
+/// What `/readyz` answers: ready once listening and every gate the service took
+/// ([`Service::readiness_gate`]) is open.
+#[derive(Debug, Clone, Default)]
+struct Readiness {
+    closed_gates: Arc<AtomicUsize>,
+}
 
 impl Readiness {
-    pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Release);
+    fn is_ready(&self) -> bool {
+        self.closed_gates.load(Ordering::Acquire) == 0
     }
+}
 
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+/// One thing a service must have done before it is ready; opening it twice is harmless.
+#[derive(Debug)]
+pub struct ReadinessGate {
+    closed_gates: Arc<AtomicUsize>,
+    open: AtomicBool,
+}
+
+impl ReadinessGate {
+    pub fn set_ready(&self) {
+        if !self.open.swap(true, Ordering::AcqRel) {
+            self.closed_gates.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -65,14 +78,17 @@ impl Service {
         Self {
             name,
             registry: Registry::default(),
-            readiness: Readiness(Arc::new(AtomicBool::new(true))),
+            readiness: Readiness::default(),
         }
     }
 
-    /// `/readyz` answers 503 until the returned handle says ready.
-    pub fn readiness_gate(&mut self) -> Readiness {
-        self.readiness.0.store(false, Ordering::Release);
-        self.readiness.clone()
+    /// `/readyz` answers 503 until the returned gate, and every other one taken, is open.
+    pub fn readiness_gate(&mut self) -> ReadinessGate {
+        self.readiness.closed_gates.fetch_add(1, Ordering::AcqRel);
+        ReadinessGate {
+            closed_gates: self.readiness.closed_gates.clone(),
+            open: AtomicBool::new(false),
+        }
     }
 
     /// The registry `/metrics` serves; register service metrics before `run`.

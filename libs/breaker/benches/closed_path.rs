@@ -2,10 +2,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use breaker::{BreakerSettings, CircuitBreaker, MonotonicClock};
+use breaker::{CircuitBreaker, MonotonicClock, Settings, SettingsSpec};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-fn breaker(settings: BreakerSettings) -> CircuitBreaker {
+fn breaker(settings: Settings) -> CircuitBreaker {
     CircuitBreaker::new(settings, Arc::new(MonotonicClock::new()))
 }
 
@@ -15,21 +15,21 @@ fn call(b: &CircuitBreaker) {
 
 fn closed_path(c: &mut Criterion) {
     let mut group = c.benchmark_group("closed_path");
-    let plain = breaker(BreakerSettings::default());
+    let plain = breaker(valid(SettingsSpec::default()));
     group.bench_function("uncontended", |bench| bench.iter(|| call(&plain)));
 
-    let full = breaker(BreakerSettings {
+    let full = breaker(valid(SettingsSpec {
         failure_rate_threshold: Some(50.0),
         slow_call_duration: Some(Duration::from_secs(1)),
         max_concurrent_calls: Some(1000),
         ..Default::default()
-    });
+    }));
     group.bench_function("uncontended_all_features", |bench| {
         bench.iter(|| call(&full))
     });
 
     // Two threads share one breaker; the time reported is per call on each thread.
-    let shared = breaker(BreakerSettings::default());
+    let shared = breaker(valid(SettingsSpec::default()));
     group.bench_function("two_threads", |bench| {
         bench.iter_custom(|iters| {
             let start = Instant::now();
@@ -46,3 +46,7 @@ fn closed_path(c: &mut Criterion) {
 
 criterion_group!(benches, closed_path);
 criterion_main!(benches);
+
+fn valid(spec: SettingsSpec) -> Settings {
+    Settings::new(spec).expect("valid settings")
+}

@@ -2,19 +2,18 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use breaker::{
-    BreakerObserver, BreakerSettings, CircuitBreaker, ManualClock, Mode, Outcome, Rejection, State,
-    Transition, TransitionReason,
+    BreakerObserver, CircuitBreaker, ManualClock, Mode, Outcome, Rejection, Settings, SettingsSpec,
+    State, Transition, TransitionReason,
 };
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn setup(settings: BreakerSettings) -> (CircuitBreaker, ManualClock) {
-    settings.validate().unwrap();
+fn setup(settings: SettingsSpec) -> (CircuitBreaker, ManualClock) {
     let clock = ManualClock::new();
     (
-        CircuitBreaker::new(settings, Arc::new(clock.clone())),
+        CircuitBreaker::new(valid(settings), Arc::new(clock.clone())),
         clock,
     )
 }
@@ -27,7 +26,7 @@ fn fail(b: &CircuitBreaker, n: u32) {
 
 #[test]
 fn trips_after_consecutive_failures_and_fails_fast() {
-    let (b, _) = setup(BreakerSettings::default());
+    let (b, _) = setup(SettingsSpec::default());
     fail(&b, 2);
     b.try_acquire().unwrap().success(); // a success resets the streak
     fail(&b, 2);
@@ -45,7 +44,7 @@ fn trips_after_consecutive_failures_and_fails_fast() {
 
 #[test]
 fn half_open_admits_one_probe_and_success_closes() {
-    let (b, clock) = setup(BreakerSettings::default());
+    let (b, clock) = setup(SettingsSpec::default());
     fail(&b, 3);
     clock.advance(ms(4999));
     assert_eq!(b.try_acquire().unwrap_err(), Rejection::Open);
@@ -61,7 +60,7 @@ fn half_open_admits_one_probe_and_success_closes() {
 
 #[test]
 fn backoff_doubles_each_failed_probe_and_resets_on_close() {
-    let (b, clock) = setup(BreakerSettings {
+    let (b, clock) = setup(SettingsSpec {
         open_duration: ms(1000),
         call_timeout: ms(100),
         max_open_duration: Some(ms(3000)),
@@ -94,7 +93,7 @@ fn backoff_doubles_each_failed_probe_and_resets_on_close() {
 
 #[test]
 fn dropped_probe_releases_its_permit() {
-    let (b, clock) = setup(BreakerSettings::default());
+    let (b, clock) = setup(SettingsSpec::default());
     fail(&b, 3);
     clock.advance(ms(5000));
     let probe = b.try_acquire().unwrap();
@@ -110,7 +109,7 @@ fn dropped_probe_releases_its_permit() {
 
 #[test]
 fn outcomes_from_before_a_transition_do_not_move_the_new_state() {
-    let (b, clock) = setup(BreakerSettings::default());
+    let (b, clock) = setup(SettingsSpec::default());
     let slow_old = b.try_acquire().unwrap();
     fail(&b, 3);
     clock.advance(ms(5000));
@@ -124,8 +123,8 @@ fn outcomes_from_before_a_transition_do_not_move_the_new_state() {
 }
 
 /// Only the failure rate can open: 50% over the last 10 calls, from 4 calls on.
-fn rate_settings() -> BreakerSettings {
-    BreakerSettings {
+fn rate_settings() -> SettingsSpec {
+    SettingsSpec {
         failure_threshold: 1000,
         failure_rate_threshold: Some(50.0),
         sliding_window_size: 10,
@@ -175,7 +174,7 @@ fn failure_rate_needs_minimum_calls() {
 
 #[test]
 fn slow_calls_trip_on_slow_call_rate() {
-    let (b, clock) = setup(BreakerSettings {
+    let (b, clock) = setup(SettingsSpec {
         slow_call_duration: Some(ms(500)),
         slow_call_rate_threshold: 60.0,
         minimum_calls: 5,
@@ -200,7 +199,7 @@ fn slow_calls_trip_on_slow_call_rate() {
 
 #[test]
 fn bulkhead_caps_calls_in_flight() {
-    let (b, _) = setup(BreakerSettings {
+    let (b, _) = setup(SettingsSpec {
         max_concurrent_calls: Some(2),
         ..Default::default()
     });
@@ -218,12 +217,12 @@ fn bulkhead_caps_calls_in_flight() {
 
 #[test]
 fn settings_swap_keeps_state_and_counters() {
-    let (b, clock) = setup(BreakerSettings::default());
+    let (b, clock) = setup(SettingsSpec::default());
     fail(&b, 2);
-    b.update_settings(BreakerSettings {
+    b.update_settings(valid(SettingsSpec {
         failure_threshold: 5,
         ..Default::default()
-    });
+    }));
     let snap = b.snapshot();
     assert_eq!(snap.counts.consecutive_failures, 2);
     assert_eq!(snap.counts.failures, 2);
@@ -233,11 +232,11 @@ fn settings_swap_keeps_state_and_counters() {
     fail(&b, 1);
     assert_eq!(b.state(), State::Open);
     // An open circuit keeps its deadline; later openings use the new duration.
-    b.update_settings(BreakerSettings {
+    b.update_settings(valid(SettingsSpec {
         failure_threshold: 5,
         open_duration: ms(60_000),
         ..Default::default()
-    });
+    }));
     clock.advance(ms(5000));
     assert_eq!(b.state(), State::HalfOpen);
     b.try_acquire().unwrap().failure();
@@ -259,7 +258,7 @@ fn observer_sees_every_transition_in_order() {
     let clock = ManualClock::new();
     let recorder = Arc::new(Recorder::default());
     let b = CircuitBreaker::with_observer(
-        BreakerSettings::default(),
+        valid(SettingsSpec::default()),
         Arc::new(clock.clone()),
         Some(recorder.clone()),
     );
@@ -285,7 +284,7 @@ fn observer_sees_every_transition_in_order() {
 #[test]
 fn half_open_admits_exactly_max_probes_under_contention() {
     for max in [1u32, 3] {
-        let (b, clock) = setup(BreakerSettings {
+        let (b, clock) = setup(SettingsSpec {
             half_open_max_calls: max,
             ..Default::default()
         });
@@ -323,7 +322,7 @@ fn half_open_admits_exactly_max_probes_under_contention() {
 
 #[test]
 fn force_open_rejects_everything_and_auto_resumes_the_state_machine() {
-    let (b, _) = setup(BreakerSettings::default());
+    let (b, _) = setup(SettingsSpec::default());
     fail(&b, 1);
     b.set_mode(Mode::ForceOpen);
     for _ in 0..5 {
@@ -340,7 +339,7 @@ fn force_open_rejects_everything_and_auto_resumes_the_state_machine() {
 
 #[test]
 fn force_closed_lets_calls_through_an_open_circuit_without_moving_it() {
-    let (b, clock) = setup(BreakerSettings::default());
+    let (b, clock) = setup(SettingsSpec::default());
     fail(&b, 3);
     assert_eq!(b.state(), State::Open);
     b.set_mode(Mode::ForceClosed);
@@ -363,9 +362,9 @@ fn force_closed_lets_calls_through_an_open_circuit_without_moving_it() {
 
 #[test]
 fn force_closed_keeps_the_bulkhead() {
-    let (b, _) = setup(BreakerSettings {
+    let (b, _) = setup(SettingsSpec {
         max_concurrent_calls: Some(1),
-        ..BreakerSettings::default()
+        ..SettingsSpec::default()
     });
     b.set_mode(Mode::ForceClosed);
     let held = b.try_acquire().unwrap();
@@ -374,11 +373,6 @@ fn force_closed_keeps_the_bulkhead() {
     assert!(b.try_acquire().is_ok());
 }
 
-#[test]
-fn mode_parses_the_configmap_spelling_and_names_bad_values() {
-    assert_eq!("ForceOpen".parse::<Mode>().unwrap(), Mode::ForceOpen);
-    assert_eq!(" Auto\n".parse::<Mode>().unwrap(), Mode::Auto);
-    let err = "forceopen".parse::<Mode>().unwrap_err();
-    assert_eq!(err.key, "mode");
-    assert!(err.message.contains("Auto, ForceOpen, ForceClosed"));
+fn valid(spec: SettingsSpec) -> Settings {
+    Settings::new(spec).expect("valid settings")
 }

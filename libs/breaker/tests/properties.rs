@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use breaker::{
-    BreakerSettings, CircuitBreaker, ManualClock, Mode, Outcome, Permit, Rejection, State,
+    CircuitBreaker, ManualClock, Mode, Outcome, Permit, Rejection, Settings, SettingsSpec, State,
 };
 use proptest::prelude::*;
 
@@ -30,8 +30,8 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn settings(half_open: u32, bulkhead: Option<u32>, rate: bool) -> BreakerSettings {
-    BreakerSettings {
+fn settings(half_open: u32, bulkhead: Option<u32>, rate: bool) -> SettingsSpec {
+    SettingsSpec {
         failure_threshold: 3,
         failure_rate_threshold: rate.then_some(50.0),
         sliding_window_size: 6,
@@ -57,7 +57,7 @@ proptest! {
         rate in any::<bool>(),
     ) {
         let clock = ManualClock::new();
-        let b = CircuitBreaker::new(settings(half_open, bulkhead, rate), Arc::new(clock.clone()));
+        let b = CircuitBreaker::new(valid(settings(half_open, bulkhead, rate)), Arc::new(clock.clone()));
         let mut held: Vec<Permit<'_>> = Vec::new();
         let mut probes_this_half_open = 0u32;
         let mut last_transitions = 0u64;
@@ -89,7 +89,7 @@ proptest! {
                     drop(held.swap_remove(i % held.len()));
                 }
                 Op::Advance(ms) => clock.advance(Duration::from_millis(ms)),
-                Op::Swap(h, m) => b.update_settings(settings(h, m, rate)),
+                Op::Swap(h, m) => b.update_settings(valid(settings(h, m, rate))),
                 Op::SetMode(mode) => b.set_mode(mode),
                 _ => {}
             }
@@ -136,7 +136,7 @@ proptest! {
         attempts in 1usize..50,
     ) {
         let clock = ManualClock::new();
-        let b = CircuitBreaker::new(settings(max, None, false), Arc::new(clock.clone()));
+        let b = CircuitBreaker::new(valid(settings(max, None, false)), Arc::new(clock.clone()));
         for _ in 0..3 { b.try_acquire().unwrap().failure(); }
         clock.advance(Duration::from_millis(1000));
         let permits: Vec<_> = (0..attempts).filter_map(|_| b.try_acquire().ok()).collect();
@@ -148,4 +148,8 @@ proptest! {
 fn clock_now(clock: &ManualClock) -> Duration {
     use breaker::Clock;
     clock.now()
+}
+
+fn valid(spec: SettingsSpec) -> Settings {
+    Settings::new(spec).expect("valid settings")
 }

@@ -2,39 +2,67 @@
 //! editors and Kubernetes replace files by renaming, which a watch on the file itself misses.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use breaker::BreakerSettings;
+use breaker::{Mode, Settings, SettingsError};
+use breaker_api::BreakerSettings;
 use notify::{RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
-use crate::config::ConfigError;
-use crate::protected::Protected;
+use super::{Update, UpdateSender};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("BREAKER_CONFIG {path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("BREAKER_CONFIG {path}: {source}")]
+    Settings {
+        path: PathBuf,
+        source: SettingsError,
+    },
+}
 
 /// Content version: the start of the SHA-256 of the file, so equal content is one version.
-pub fn version_of(text: &str) -> String {
+fn version_of(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+fn read(path: &Path) -> Result<String, FileError> {
+    std::fs::read_to_string(path).map_err(|source| FileError::Read {
         path: path.into(),
         source,
     })
 }
 
-pub fn parse(path: &Path, text: &str) -> Result<BreakerSettings, ConfigError> {
-    BreakerSettings::from_yaml(text).map_err(|source| ConfigError::Settings {
+fn parse(path: &Path, text: &str) -> Result<Settings, FileError> {
+    BreakerSettings::parse_yaml(text).map_err(|source| FileError::Settings {
         path: path.into(),
         source,
     })
 }
 
-pub fn load(path: &Path) -> Result<(BreakerSettings, String), ConfigError> {
+/// The settings and their version, read once (at start).
+pub fn load(path: &Path) -> Result<(Settings, String), FileError> {
     let text = read(path)?;
     Ok((parse(path, &text)?, version_of(&text)))
+}
+
+/// What the file holds now, as an update; a file always means mode Auto.
+fn look(path: &Path) -> Update {
+    let read = read(path);
+    let version = match &read {
+        Ok(text) => version_of(text),
+        Err(_) => "unreadable".to_string(),
+    };
+    let parsed = read
+        .and_then(|text| parse(path, &text))
+        .map(|settings| (settings, Mode::Auto))
+        .map_err(|e| e.to_string());
+    Update::Content { version, parsed }
 }
 
 /// A safety net beside the watch: a missed event is caught within this time.
@@ -43,7 +71,7 @@ const POLL_EVERY: Duration = Duration::from_secs(5);
 const SETTLE: Duration = Duration::from_millis(50);
 
 /// Re-reads `path` whenever its directory changes, and every [`POLL_EVERY`].
-pub fn spawn_watch(path: PathBuf, protected: Arc<Protected>) {
+pub fn spawn_watch(path: PathBuf, updates: UpdateSender) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let dir = path
         .parent()
@@ -83,7 +111,9 @@ pub fn spawn_watch(path: PathBuf, protected: Arc<Protected>) {
                 }
                 _ = tokio::time::sleep(POLL_EVERY) => {}
             }
-            protected.reload_file(&path);
+            if updates.send(look(&path)).is_err() {
+                return;
+            }
         }
     });
 }

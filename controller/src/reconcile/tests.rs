@@ -1,0 +1,376 @@
+//! Reconcile against a scripted mock API server (kube-rs/controller-rs's pattern): each test
+//! lists the requests the controller must make, in order, and what the API server answers.
+
+use std::time::Duration;
+
+use breaker_api::{BreakerPolicy, BreakerPolicySpec, BreakerSettings, Mode, Target};
+use http::{Method, Request, Response};
+use kube::client::Body;
+use kube::Resource;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use tower_test::mock::{self, Handle};
+
+use super::*;
+
+const NS: &str = "demo";
+const TARGET: &str = "gw-breaker";
+
+fn policy(settings: BreakerSettings) -> BreakerPolicy {
+    let mut policy = BreakerPolicy::new(
+        "gw",
+        BreakerPolicySpec {
+            target: Target {
+                config_map: TARGET.into(),
+            },
+            mode: Mode::Auto,
+            settings,
+        },
+    );
+    let meta = policy.meta_mut();
+    meta.namespace = Some(NS.into());
+    meta.uid = Some("uid-gw".into());
+    meta.generation = Some(1);
+    meta.finalizers = Some(vec![FINALIZER.into()]);
+    policy
+}
+
+fn invalid_settings() -> BreakerSettings {
+    // Past the schema (a hand-made object); only the engine's validation stands in the way.
+    BreakerSettings {
+        failure_threshold: 0,
+        ..BreakerSettings::default()
+    }
+}
+
+fn test_context() -> (Arc<Context>, ApiHandle, Registry) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, "default");
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    (Arc::new(Context::new(client, metrics)), handle, registry)
+}
+
+/// One expected request and the answer to it.
+struct Step {
+    method: Method,
+    path: String,
+    status: u16,
+    answer: Value,
+}
+
+fn step(method: Method, path: &str, status: u16, answer: Value) -> Step {
+    Step {
+        method,
+        path: path.into(),
+        status,
+        answer,
+    }
+}
+
+fn not_found() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
+}
+
+fn status_path() -> String {
+    format!("/apis/resilience.demo.dev/v1alpha1/namespaces/{NS}/breakerpolicies/gw/status")
+}
+
+fn configmap_path() -> String {
+    format!("/api/v1/namespaces/{NS}/configmaps/{TARGET}")
+}
+
+fn events_path() -> String {
+    format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")
+}
+
+type ApiHandle = Handle<Request<Body>, Response<Body>>;
+
+/// Serves the script; returns the request bodies in order, and the handle for more.
+async fn serve(mut handle: ApiHandle, script: Vec<Step>) -> (Vec<Value>, ApiHandle) {
+    let mut bodies = Vec::new();
+    for step in script {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request; expected {} {}", step.method, step.path))
+            .expect("the client is alive");
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&step.method, step.path.as_str()),
+            "unexpected request"
+        );
+        let body = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        // An event is answered with itself, as the API server would.
+        let answer = if step.answer.is_null() {
+            body.clone()
+        } else {
+            step.answer
+        };
+        bodies.push(body);
+        send.send_response(
+            Response::builder()
+                .status(step.status)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+    }
+    (bodies, handle)
+}
+
+/// One reconcile against the script; a request the script does not expect fails the test.
+async fn run(
+    policy: BreakerPolicy,
+    ctx: Arc<Context>,
+    handle: ApiHandle,
+    script: Vec<Step>,
+) -> (Result<Action, Error>, Vec<Value>, ApiHandle) {
+    let server = tokio::spawn(serve(handle, script));
+    let result = tokio::time::timeout(Duration::from_secs(5), reconcile(Arc::new(policy), ctx))
+        .await
+        .expect("reconcile finishes");
+    let (bodies, handle) = server.await.unwrap();
+    (result, bodies, handle)
+}
+
+fn ready(status_patch: &Value) -> &Value {
+    &status_patch["status"]["conditions"][0]
+}
+
+fn metrics_text(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
+}
+
+#[tokio::test]
+async fn invalid_settings_are_not_ready_with_the_key_and_a_warning_event_series() {
+    let (ctx, handle, registry) = test_context();
+    let p = policy(invalid_settings());
+    let stored = serde_json::to_value(&p).unwrap();
+    let script = vec![
+        step(Method::PATCH, &status_path(), 200, stored.clone()),
+        step(Method::POST, &events_path(), 201, Value::Null),
+    ];
+    let (result, bodies, handle) = run(p.clone(), ctx.clone(), handle, script).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    let condition = ready(&bodies[0]);
+    assert_eq!(condition["type"], "Ready");
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "InvalidSettings");
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.settings.failureThreshold: "),
+        "{condition}"
+    );
+    assert_eq!(
+        bodies[0]["status"]["conditions"].as_array().unwrap().len(),
+        1,
+        "one condition"
+    );
+    assert_eq!(bodies[1]["reason"], "InvalidSettings");
+    assert_eq!(bodies[1]["type"], "Warning");
+    let text = metrics_text(&registry);
+    assert!(
+        text.contains("controller_reconciles_total{result=\"done\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("controller_reconcile_duration_seconds_count{result=\"done\"} 1"),
+        "{text}"
+    );
+    let first_event = bodies[1]["metadata"]["name"].as_str().unwrap().to_string();
+
+    // The same Event again extends the first one's series (one Recorder for the controller).
+    let script = vec![
+        step(Method::PATCH, &status_path(), 200, stored),
+        step(
+            Method::PATCH,
+            &format!("{}/{first_event}", events_path()),
+            200,
+            Value::Null,
+        ),
+    ];
+    let (result, bodies, _) = run(p, ctx, handle, script).await;
+    assert!(result.is_ok());
+    assert_eq!(bodies[1]["series"]["count"], 2, "{}", bodies[1]);
+}
+
+#[tokio::test]
+async fn a_missing_target_is_not_ready_and_retried_without_an_event() {
+    let (ctx, handle, _) = test_context();
+    let p = policy(BreakerSettings::default());
+    let script = vec![
+        step(Method::GET, &configmap_path(), 404, not_found()),
+        step(
+            Method::PATCH,
+            &status_path(),
+            200,
+            serde_json::to_value(&p).unwrap(),
+        ),
+    ];
+    let (result, bodies, _) = run(p, ctx, handle, script).await;
+    assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
+    assert_eq!(ready(&bodies[1])["reason"], "TargetMissing");
+    assert_eq!(ready(&bodies[1])["status"], "False");
+}
+
+#[tokio::test]
+async fn a_configmap_without_the_target_label_is_a_conflict_with_an_event() {
+    let (ctx, handle, _) = test_context();
+    let p = policy(BreakerSettings::default());
+    let unlabelled = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": TARGET, "namespace": NS}});
+    let script = vec![
+        step(Method::GET, &configmap_path(), 200, unlabelled),
+        step(
+            Method::PATCH,
+            &status_path(),
+            200,
+            serde_json::to_value(&p).unwrap(),
+        ),
+        step(Method::POST, &events_path(), 201, Value::Null),
+    ];
+    let (result, bodies, _) = run(p, ctx, handle, script).await;
+    assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
+    assert_eq!(ready(&bodies[1])["reason"], "Conflict");
+    assert!(ready(&bodies[1])["message"]
+        .as_str()
+        .unwrap()
+        .contains("label resilience.demo.dev/breaker-target=true is missing"));
+    assert_eq!(bodies[2]["reason"], "Conflict");
+}
+
+fn prepared_configmap(managers: &[&str]) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": TARGET, "namespace": NS,
+            "labels": {TARGET_LABEL: "true"},
+            "managedFields": managers.iter().map(|m| json!({"manager": m, "operation": "Apply", "apiVersion": "v1"})).collect::<Vec<_>>(),
+        }
+    })
+}
+
+fn conflict_status() -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "Apply failed with 1 conflict: conflict with \"someone\""})
+}
+
+#[tokio::test]
+async fn another_policys_fields_are_a_conflict_told_by_managed_fields() {
+    let (ctx, handle, _) = test_context();
+    let p = policy(BreakerSettings::default());
+    let script = vec![
+        step(
+            Method::GET,
+            &configmap_path(),
+            200,
+            prepared_configmap(&["helm", "breaker-controller.rival"]),
+        ),
+        step(Method::PATCH, &configmap_path(), 409, conflict_status()),
+        step(
+            Method::PATCH,
+            &status_path(),
+            200,
+            serde_json::to_value(&p).unwrap(),
+        ),
+        step(Method::POST, &events_path(), 201, Value::Null),
+    ];
+    let (result, bodies, _) = run(p, ctx, handle, script).await;
+    assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
+    let message = ready(&bodies[2])["message"].as_str().unwrap().to_string();
+    assert_eq!(ready(&bodies[2])["reason"], "Conflict");
+    assert!(
+        message.contains("managed by breaker-controller.rival"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn hand_edits_are_taken_back_with_force_and_the_policy_is_ready() {
+    let (ctx, handle, _) = test_context();
+    let p = policy(BreakerSettings::default());
+    let script = vec![
+        step(
+            Method::GET,
+            &configmap_path(),
+            200,
+            prepared_configmap(&["helm", "kubectl-edit"]),
+        ),
+        step(Method::PATCH, &configmap_path(), 409, conflict_status()),
+        step(
+            Method::PATCH,
+            &configmap_path(),
+            200,
+            prepared_configmap(&[]),
+        ),
+        step(
+            Method::PATCH,
+            &status_path(),
+            200,
+            serde_json::to_value(&p).unwrap(),
+        ),
+        step(Method::POST, &events_path(), 201, Value::Null),
+    ];
+    let (result, bodies, _) = run(p, ctx, handle, script).await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    let written = &bodies[2]["data"];
+    assert_eq!(written["mode"], "Auto");
+    assert!(written["breaker.yaml"]
+        .as_str()
+        .unwrap()
+        .contains("failureThreshold: 3"));
+    assert_eq!(ready(&bodies[3])["status"], "True");
+    assert_eq!(ready(&bodies[3])["reason"], "Applied");
+    assert_eq!(bodies[4]["reason"], "Applied");
+}
+
+#[tokio::test]
+async fn an_api_error_keeps_its_variant_and_reason_in_the_metrics_and_is_timed() {
+    let (ctx, handle, registry) = test_context();
+    let p = policy(BreakerSettings::default());
+    let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "configmaps is forbidden"});
+    let script = vec![step(Method::GET, &configmap_path(), 403, forbidden)];
+    let (result, _, _) = run(p, ctx, handle, script).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, Error::Kube(_)),
+        "the finalizer wrapper is gone: {err:?}"
+    );
+    assert_eq!(err.metric_label(), "kube_Forbidden");
+    let text = metrics_text(&registry);
+    assert!(
+        text.contains("controller_reconcile_errors_total{error=\"kube_Forbidden\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("controller_reconciles_total{result=\"error\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("controller_reconcile_duration_seconds_count{result=\"error\"} 1"),
+        "failed runs are timed too: {text}"
+    );
+}
+
+#[tokio::test]
+async fn backoff_grows_per_object_and_its_memory_is_bounded() {
+    let (ctx, _handle, _) = test_context();
+    let p = Arc::new(policy(BreakerSettings::default()));
+    let err = Error::Unnamed;
+    let delays: Vec<Action> = (0..3)
+        .map(|_| error_policy(p.clone(), &err, ctx.clone()))
+        .collect();
+    assert_eq!(
+        delays,
+        [1, 2, 4].map(|s| Action::requeue(Duration::from_secs(s)))
+    );
+    for i in 0..(MAX_TRACKED_FAILURES + 10) {
+        let mut other = policy(BreakerSettings::default());
+        other.meta_mut().name = Some(format!("p{i}"));
+        error_policy(Arc::new(other), &err, ctx.clone());
+    }
+    assert!(ctx.tracked_failures() <= MAX_TRACKED_FAILURES);
+    ctx.forget_failures("demo/p1");
+}

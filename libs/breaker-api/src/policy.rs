@@ -1,0 +1,175 @@
+//! The BreakerPolicy custom resource. `spec.settings` is the wire [`BreakerSettings`], so the
+//! API server, the controller and the gateway read one definition.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::settings::DURATION_PATTERN;
+use crate::{BreakerSettings, Mode};
+
+pub const GROUP: &str = "resilience.demo.dev";
+/// The one condition a BreakerPolicy carries.
+pub const READY: &str = "Ready";
+
+/// A circuit breaker policy for the v2 gateway: its settings and an operator override.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "resilience.demo.dev",
+    version = "v1alpha1",
+    kind = "BreakerPolicy",
+    plural = "breakerpolicies",
+    shortname = "bp",
+    namespaced,
+    status = "BreakerPolicyStatus",
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target.configMap"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode","description":"Auto, ForceOpen or ForceClosed"}"#,
+    printcolumn = r#"{"name":"Threshold","type":"integer","jsonPath":".spec.settings.failureThreshold"}"#,
+    printcolumn = r#"{"name":"Timeout","type":"string","jsonPath":".spec.settings.callTimeout"}"#,
+    printcolumn = r#"{"name":"Open","type":"string","jsonPath":".spec.settings.openDuration"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = add_order_rules)]
+pub struct BreakerPolicySpec {
+    /// The gateway ConfigMap (in this namespace) that carries the settings.
+    pub target: Target,
+    /// Auto lets the breaker decide; ForceOpen trips it by hand; ForceClosed pins it closed.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The breaker's settings; every key is optional and defaults as documented.
+    #[serde(default)]
+    pub settings: BreakerSettings,
+}
+
+/// The rules between two durations that the engine checks (`breaker::Settings::new`), as the
+/// API server's CEL: (shorter, longer, may they be equal).
+pub const ORDER_RULES: &[(&str, &str, bool)] = &[
+    ("callTimeout", "openDuration", false),
+    ("openDuration", "maxOpenDuration", true),
+];
+
+fn add_order_rules(schema: &mut schemars::Schema) {
+    let rules: Vec<serde_json::Value> = ORDER_RULES
+        .iter()
+        .map(|(short, long, equal)| {
+            let op = if *equal { "<=" } else { "<" };
+            let well_formed = |key: &str| {
+                format!("has(self.settings.{key}) && self.settings.{key}.matches('{DURATION_PATTERN}')")
+            };
+            serde_json::json!({
+                "rule": format!(
+                    "!has(self.settings) || !({} && {}) || duration(self.settings.{short}) {op} duration(self.settings.{long})",
+                    well_formed(short), well_formed(long)
+                ),
+                "message": if *equal {
+                    format!("settings.{long} must not be shorter than settings.{short}")
+                } else {
+                    format!("settings.{short} must be shorter than settings.{long}, or the circuit re-opens before a probe can answer")
+                },
+            })
+        })
+        .collect();
+    schema.insert("x-kubernetes-validations".into(), rules.into());
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// Name of the ConfigMap the v2 gateway watches (its BREAKER_CONFIGMAP).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub config_map: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerPolicyStatus {
+    /// `Ready`: True once the ConfigMap holds these settings; False with the reason otherwise.
+    #[serde(default)]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The generation the conditions describe.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The ConfigMap last written, as namespace/name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<String>,
+}
+
+/// Why `Ready` is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The ConfigMap holds the policy's settings and mode.
+    Applied,
+    /// The settings break a rule the schema could not check.
+    InvalidSettings,
+    /// The target ConfigMap does not exist (it is created with the gateway).
+    TargetMissing,
+    /// Another policy, or something else, manages the target ConfigMap.
+    Conflict,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Applied => "Applied",
+            Reason::InvalidSettings => "InvalidSettings",
+            Reason::TargetMissing => "TargetMissing",
+            Reason::Conflict => "Conflict",
+        }
+    }
+
+    /// `Ready`'s status for this reason.
+    pub fn ready(self) -> bool {
+        self == Reason::Applied
+    }
+}
+
+impl BreakerPolicy {
+    /// The `Ready` condition, if the status has one.
+    pub fn ready_condition(&self) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+    }
+}
+
+/// The schema of `metav1.Condition` (k8s-openapi's type has no JsonSchema), as a list keyed
+/// by type.
+fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+            "properties": {
+                "type": {"type": "string", "maxLength": 316},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
+                "lastTransitionTime": {"type": "string", "format": "date-time"},
+                "reason": {"type": "string", "maxLength": 1024, "minLength": 1},
+                "message": {"type": "string", "maxLength": 32768}
+            }
+        }
+    })
+}
+
+/// The CRD as YAML, as `breaker-controller crd` prints it and `k8s/` holds it.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = BreakerPolicy::crd();
+    format!(
+        "# Generated by `breaker-controller crd`; do not edit (a test fails when this drifts).\n{}",
+        serde_yaml::to_string(&crd).expect("the CRD serializes")
+    )
+}

@@ -1,0 +1,310 @@
+//! BreakerSettings on the wire: the v2 gateway's YAML file, the ConfigMap payload and the
+//! BreakerPolicy's `spec.settings`. Every key is optional; the defaults are the engine's.
+
+use std::time::Duration;
+
+use breaker::{limits, Settings, SettingsError, SettingsSpec};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Settings as written by people: camelCase keys, durations such as `250ms` or `1m30s`.
+/// Turn them into the engine's [`Settings`] with [`BreakerSettings::validate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open the circuit.
+    #[schemars(range(min = *limits::FAILURE_THRESHOLD.start(), max = *limits::FAILURE_THRESHOLD.end()))]
+    pub failure_threshold: u32,
+    /// Failure percentage over the sliding window that opens the circuit; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = *limits::PERCENT.start(), max = *limits::PERCENT.end()))]
+    pub failure_rate_threshold: Option<f64>,
+    /// Number of most recent calls the rates are computed over.
+    #[schemars(range(min = *limits::SLIDING_WINDOW_SIZE.start(), max = *limits::SLIDING_WINDOW_SIZE.end()))]
+    pub sliding_window_size: u32,
+    /// Calls the window must hold before a rate can open the circuit (capped at the window size).
+    #[schemars(range(min = *limits::MINIMUM_CALLS.start(), max = *limits::MINIMUM_CALLS.end()))]
+    pub minimum_calls: u32,
+    /// Calls slower than this count as slow; off when absent.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<DurationText>")]
+    pub slow_call_duration: Option<Duration>,
+    /// Slow-call percentage over the window that opens the circuit (needs `slowCallDuration`).
+    #[schemars(range(min = *limits::PERCENT.start(), max = *limits::PERCENT.end()))]
+    pub slow_call_rate_threshold: f64,
+    /// How long one call to the dependency may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "DurationText")]
+    pub call_timeout: Duration,
+    /// How long the circuit stays open before it lets probes through.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "DurationText")]
+    pub open_duration: Duration,
+    /// Cap of the open duration, doubled after each failed probe; equal to `openDuration`
+    /// (no backoff) when absent.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<DurationText>")]
+    pub max_open_duration: Option<Duration>,
+    /// Probes admitted while half-open; that many successes close the circuit.
+    #[schemars(range(min = *limits::HALF_OPEN_MAX_CALLS.start(), max = *limits::HALF_OPEN_MAX_CALLS.end()))]
+    pub half_open_max_calls: u32,
+    /// Bulkhead: calls to the dependency in flight at once; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = *limits::MAX_CONCURRENT_CALLS.start(), max = *limits::MAX_CONCURRENT_CALLS.end()))]
+    pub max_concurrent_calls: Option<u32>,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self::from(&SettingsSpec::default())
+    }
+}
+
+impl From<&SettingsSpec> for BreakerSettings {
+    fn from(s: &SettingsSpec) -> Self {
+        Self {
+            failure_threshold: s.failure_threshold,
+            failure_rate_threshold: s.failure_rate_threshold,
+            sliding_window_size: s.sliding_window_size,
+            minimum_calls: s.minimum_calls,
+            slow_call_duration: s.slow_call_duration,
+            slow_call_rate_threshold: s.slow_call_rate_threshold,
+            call_timeout: s.call_timeout,
+            open_duration: s.open_duration,
+            max_open_duration: s.max_open_duration,
+            half_open_max_calls: s.half_open_max_calls,
+            max_concurrent_calls: s.max_concurrent_calls,
+        }
+    }
+}
+
+impl From<&BreakerSettings> for SettingsSpec {
+    fn from(s: &BreakerSettings) -> Self {
+        Self {
+            failure_threshold: s.failure_threshold,
+            failure_rate_threshold: s.failure_rate_threshold,
+            sliding_window_size: s.sliding_window_size,
+            minimum_calls: s.minimum_calls,
+            slow_call_duration: s.slow_call_duration,
+            slow_call_rate_threshold: s.slow_call_rate_threshold,
+            call_timeout: s.call_timeout,
+            open_duration: s.open_duration,
+            max_open_duration: s.max_open_duration,
+            half_open_max_calls: s.half_open_max_calls,
+            max_concurrent_calls: s.max_concurrent_calls,
+        }
+    }
+}
+
+impl BreakerSettings {
+    /// Parses and validates a YAML (or JSON, a YAML subset) settings document.
+    pub fn parse_yaml(text: &str) -> Result<Settings, SettingsError> {
+        Self::from_yaml(text)?.validate()
+    }
+
+    /// Reads a YAML document without checking the rules; errors name the key.
+    pub fn from_yaml(text: &str) -> Result<Self, SettingsError> {
+        if text.trim().is_empty() {
+            return Err(SettingsError::new("(document)", "is empty"));
+        }
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|err| {
+            let message = err.inner().to_string();
+            let path = err.path().to_string();
+            // ".", "" and "?" are serde_path_to_error's words for "no key could be read here".
+            let key = if matches!(path.as_str(), "." | "" | "?") {
+                unknown_field_name(&message)
+            } else {
+                path
+            };
+            SettingsError::new(key, message)
+        })
+    }
+
+    /// The engine's settings, if every rule holds.
+    pub fn validate(&self) -> Result<Settings, SettingsError> {
+        Settings::new(self.into())
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml::to_string(self).expect("BreakerSettings serialize")
+    }
+}
+
+fn unknown_field_name(message: &str) -> String {
+    match message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        // `: 3` or `"": 3` (found by the settings-parser property test)
+        Some("") => "(empty key)".to_string(),
+        Some(name) => name.to_string(),
+        None => "(document)".to_string(),
+    }
+}
+
+/// Durations as whole numbers with units: a form both humantime (here) and Go's
+/// `time.ParseDuration` (the API server's CEL `duration()`) read the same way.
+pub const DURATION_PATTERN: &str = "^([0-9]+(ns|us|ms|s|m|h))+$";
+
+/// A duration in Go's syntax, for CEL (humantime would write `1day`, which Go cannot read).
+pub(crate) fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// How durations look in the schema.
+struct DurationText;
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "DurationText".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let (min, max) = (*limits::DURATION.start(), *limits::DURATION.end());
+        // The rule is a Kubernetes extension (other JSON Schema readers ignore it): it lets the
+        // API server check the range the engine checks.
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": DURATION_PATTERN,
+            "maxLength": 32,
+            "description": "A duration such as 250ms, 2s, 1m30s",
+            "x-kubernetes-validations": [{
+                "rule": format!(
+                    "!self.matches('{DURATION_PATTERN}') || (duration(self) >= duration('{}') && duration(self) <= duration('{}'))",
+                    go_duration(min), go_duration(max)
+                ),
+                "message": format!("must be between {}", limits::duration_range_text()),
+            }]
+        })
+    }
+}
+
+/// An operator's override of the state machine (a BreakerPolicy's `spec.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum Mode {
+    /// The state machine decides.
+    #[default]
+    Auto,
+    /// Every call is rejected, as if open, whatever the state machine says.
+    ForceOpen,
+    /// Every call is let through (the bulkhead still applies); outcomes are counted but
+    /// move no state.
+    ForceClosed,
+}
+
+impl From<Mode> for breaker::Mode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Auto => breaker::Mode::Auto,
+            Mode::ForceOpen => breaker::Mode::ForceOpen,
+            Mode::ForceClosed => breaker::Mode::ForceClosed,
+        }
+    }
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        breaker::Mode::from(self).as_str()
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = SettingsError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "Auto" => Ok(Mode::Auto),
+            "ForceOpen" => Ok(Mode::ForceOpen),
+            "ForceClosed" => Ok(Mode::ForceClosed),
+            other => Err(SettingsError::new(
+                "mode",
+                format!("{other:?} is not one of Auto, ForceOpen, ForceClosed"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_engine_defaults() {
+        let s = BreakerSettings::parse_yaml("{}").unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(BreakerSettings::default(), BreakerSettings::from(s.spec()));
+    }
+
+    #[test]
+    fn parses_camel_case_and_human_durations() {
+        let s = BreakerSettings::parse_yaml(
+            "failureThreshold: 5\ncallTimeout: 250ms\nopenDuration: 1m\nmaxOpenDuration: 5m\nmaxConcurrentCalls: 8\nfailureRateThreshold: 50\n",
+        )
+        .unwrap();
+        assert_eq!(s.failure_threshold, 5);
+        assert_eq!(s.call_timeout, Duration::from_millis(250));
+        assert_eq!(s.open_duration, Duration::from_secs(60));
+        assert_eq!(s.max_open_duration, Some(Duration::from_secs(300)));
+        assert_eq!(s.max_concurrent_calls, Some(8));
+        assert_eq!(s.failure_rate_threshold, Some(50.0));
+    }
+
+    #[test]
+    fn round_trips_through_yaml() {
+        let s = BreakerSettings {
+            slow_call_duration: Some(Duration::from_millis(1500)),
+            max_concurrent_calls: Some(4),
+            ..Default::default()
+        };
+        let text = s.to_yaml();
+        assert!(text.contains("callTimeout: 2s"), "{text}");
+        assert_eq!(BreakerSettings::from_yaml(&text).unwrap(), s);
+    }
+
+    fn key_of(doc: &str) -> String {
+        BreakerSettings::parse_yaml(doc).unwrap_err().key
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert_eq!(key_of("failureThreshold: 0"), "failureThreshold");
+        assert_eq!(key_of("failureThreshold: -1"), "failureThreshold");
+        assert_eq!(key_of("failureThreshold: lots"), "failureThreshold");
+        assert_eq!(key_of("callTimeout: soon"), "callTimeout");
+        assert_eq!(key_of("callTimeout: 0s"), "callTimeout");
+        assert_eq!(key_of("callTimeout: 10s\nopenDuration: 5s"), "callTimeout");
+        assert_eq!(key_of("maxOpenDuration: 1s"), "maxOpenDuration");
+        assert_eq!(key_of("failureRateThreshold: 101"), "failureRateThreshold");
+        assert_eq!(key_of("halfOpenMaxCalls: 0"), "halfOpenMaxCalls");
+        assert_eq!(key_of("maxConcurrentCalls: 0"), "maxConcurrentCalls");
+        assert_eq!(key_of("failureTreshold: 3"), "failureTreshold");
+        assert_eq!(key_of(""), "(document)");
+        assert_eq!(key_of("- 1\n- 2"), "(document)");
+        // an explicit key with nothing in it (found by the settings-parser property test)
+        assert_eq!(key_of("?"), "(empty key)");
+        assert_eq!(key_of("? : 1"), "(document)");
+        assert_eq!(key_of(": 3"), "(document)");
+        let err = BreakerSettings::parse_yaml("openDuration: 5").unwrap_err();
+        assert!(err.to_string().starts_with("openDuration: "), "{err}");
+    }
+
+    #[test]
+    fn mode_parses_the_configmap_spelling_and_names_bad_values() {
+        assert_eq!("ForceOpen".parse::<Mode>().unwrap(), Mode::ForceOpen);
+        assert_eq!(" Auto\n".parse::<Mode>().unwrap(), Mode::Auto);
+        let err = "forceopen".parse::<Mode>().unwrap_err();
+        assert_eq!(err.key, "mode");
+        assert!(err.message.contains("Auto, ForceOpen, ForceClosed"));
+    }
+
+    #[test]
+    fn go_durations_are_whole_milliseconds() {
+        assert_eq!(go_duration(Duration::from_secs(24 * 3600)), "86400000ms");
+        assert_eq!(go_duration(Duration::from_millis(1)), "1ms");
+    }
+}

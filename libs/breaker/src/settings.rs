@@ -1,0 +1,328 @@
+//! The breaker's settings: a plain [`SettingsSpec`] anyone can fill in, and [`Settings`], which
+//! only [`Settings::new`] can make, so the breaker never runs on settings nobody checked.
+//!
+//! Every rule is written here once: the ranges in [`limits`], the rules between keys in
+//! [`Settings::new`]. The API crate derives its schema and CEL rules from these, and a test
+//! there fails when the two disagree.
+
+use std::ops::{Deref, RangeInclusive};
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// The bounds of each setting, by its camelCase name.
+pub mod limits {
+    use std::ops::RangeInclusive;
+    use std::time::Duration;
+
+    pub const FAILURE_THRESHOLD: RangeInclusive<u32> = 1..=1000;
+    pub const SLIDING_WINDOW_SIZE: RangeInclusive<u32> = 1..=10_000;
+    pub const MINIMUM_CALLS: RangeInclusive<u32> = 1..=10_000;
+    pub const HALF_OPEN_MAX_CALLS: RangeInclusive<u32> = 1..=1000;
+    pub const MAX_CONCURRENT_CALLS: RangeInclusive<u32> = 1..=100_000;
+    /// Every percentage: failureRateThreshold, slowCallRateThreshold.
+    pub const PERCENT: RangeInclusive<f64> = 1.0..=100.0;
+    /// Every duration.
+    pub const DURATION: RangeInclusive<Duration> =
+        Duration::from_millis(1)..=Duration::from_secs(24 * 3600);
+
+    /// "1ms and 24h": the duration range in words, for messages.
+    pub fn duration_range_text() -> String {
+        let hours = |d: Duration| {
+            (d.as_secs() >= 3600 && d.as_secs() % 3600 == 0 && d.subsec_nanos() == 0)
+                .then(|| format!("{}h", d.as_secs() / 3600))
+        };
+        let text =
+            |d: Duration| hours(d).unwrap_or_else(|| humantime::format_duration(d).to_string());
+        format!("{} and {}", text(*DURATION.start()), text(*DURATION.end()))
+    }
+}
+
+/// Settings as given, unchecked; [`Default`] holds the documented defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsSpec {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// Failure percentage over the sliding window that opens the circuit; off when `None`.
+    pub failure_rate_threshold: Option<f64>,
+    /// Number of most recent calls the rates are computed over.
+    pub sliding_window_size: u32,
+    /// Calls the window must hold before a rate can open the circuit (capped at the window size).
+    pub minimum_calls: u32,
+    /// Calls slower than this count as slow; off when `None`.
+    pub slow_call_duration: Option<Duration>,
+    /// Slow-call percentage over the window that opens the circuit (needs `slow_call_duration`).
+    pub slow_call_rate_threshold: f64,
+    /// How long one call to the dependency may take before it counts as failed.
+    pub call_timeout: Duration,
+    /// How long the circuit stays open before it lets probes through.
+    pub open_duration: Duration,
+    /// Cap of the open duration, doubled after each failed probe; `open_duration` when `None`.
+    pub max_open_duration: Option<Duration>,
+    /// Probes admitted while half-open; that many successes close the circuit.
+    pub half_open_max_calls: u32,
+    /// Bulkhead: calls to the dependency in flight at once; off when `None`.
+    pub max_concurrent_calls: Option<u32>,
+}
+
+impl Default for SettingsSpec {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 3,
+            failure_rate_threshold: None,
+            sliding_window_size: 20,
+            minimum_calls: 10,
+            slow_call_duration: None,
+            slow_call_rate_threshold: 100.0,
+            call_timeout: Duration::from_secs(2),
+            open_duration: Duration::from_secs(5),
+            max_open_duration: None,
+            half_open_max_calls: 1,
+            max_concurrent_calls: None,
+        }
+    }
+}
+
+/// Settings that passed every rule. Read them through [`Deref`] to [`SettingsSpec`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Settings(SettingsSpec);
+
+impl Deref for Settings {
+    type Target = SettingsSpec;
+
+    fn deref(&self) -> &SettingsSpec {
+        &self.0
+    }
+}
+
+impl TryFrom<SettingsSpec> for Settings {
+    type Error = SettingsError;
+
+    fn try_from(spec: SettingsSpec) -> Result<Self, SettingsError> {
+        Settings::new(spec)
+    }
+}
+
+/// A setting that cannot be used, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{key}: {message}")]
+pub struct SettingsError {
+    /// The camelCase key (or path) at fault; `(document)` when the whole document is.
+    pub key: String,
+    pub message: String,
+}
+
+impl SettingsError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Checks ranges and the rules between keys.
+    pub fn new(spec: SettingsSpec) -> Result<Self, SettingsError> {
+        use limits::*;
+        let s = &spec;
+        in_range("failureThreshold", s.failure_threshold, &FAILURE_THRESHOLD)?;
+        if let Some(rate) = s.failure_rate_threshold {
+            percent("failureRateThreshold", rate)?;
+        }
+        in_range(
+            "slidingWindowSize",
+            s.sliding_window_size,
+            &SLIDING_WINDOW_SIZE,
+        )?;
+        in_range("minimumCalls", s.minimum_calls, &MINIMUM_CALLS)?;
+        if let Some(slow) = s.slow_call_duration {
+            duration("slowCallDuration", slow)?;
+        }
+        percent("slowCallRateThreshold", s.slow_call_rate_threshold)?;
+        duration("callTimeout", s.call_timeout)?;
+        duration("openDuration", s.open_duration)?;
+        if s.call_timeout >= s.open_duration {
+            return Err(SettingsError::new(
+                "callTimeout",
+                format!(
+                    "must be shorter than openDuration ({}), or the circuit re-opens before a probe can answer",
+                    humantime::format_duration(s.open_duration)
+                ),
+            ));
+        }
+        if let Some(max) = s.max_open_duration {
+            duration("maxOpenDuration", max)?;
+            if max < s.open_duration {
+                return Err(SettingsError::new(
+                    "maxOpenDuration",
+                    format!(
+                        "must not be shorter than openDuration ({})",
+                        humantime::format_duration(s.open_duration)
+                    ),
+                ));
+            }
+        }
+        in_range(
+            "halfOpenMaxCalls",
+            s.half_open_max_calls,
+            &HALF_OPEN_MAX_CALLS,
+        )?;
+        if let Some(max) = s.max_concurrent_calls {
+            in_range("maxConcurrentCalls", max, &MAX_CONCURRENT_CALLS)?;
+        }
+        Ok(Self(spec))
+    }
+
+    /// The settings as given, for showing them.
+    pub fn spec(&self) -> &SettingsSpec {
+        &self.0
+    }
+
+    /// Calls a rate needs before it may open the circuit.
+    pub(crate) fn effective_minimum_calls(&self) -> u32 {
+        self.minimum_calls.min(self.sliding_window_size)
+    }
+
+    /// Open duration after `failed_probes` consecutive failed probes: doubled each time, capped.
+    pub(crate) fn open_duration_after(&self, failed_probes: u32) -> Duration {
+        let cap = self
+            .max_open_duration
+            .unwrap_or(self.open_duration)
+            .max(self.open_duration);
+        let factor = 1u32.checked_shl(failed_probes.min(31)).unwrap_or(u32::MAX);
+        self.open_duration.saturating_mul(factor).min(cap)
+    }
+}
+
+fn in_range(key: &str, value: u32, range: &RangeInclusive<u32>) -> Result<(), SettingsError> {
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(SettingsError::new(
+            key,
+            format!(
+                "{value} is out of range {}..={}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+fn percent(key: &str, value: f64) -> Result<(), SettingsError> {
+    let range = limits::PERCENT;
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(SettingsError::new(
+            key,
+            format!(
+                "{value} must be a percentage from {} to {}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+fn duration(key: &str, value: Duration) -> Result<(), SettingsError> {
+    if limits::DURATION.contains(&value) {
+        Ok(())
+    } else {
+        Err(SettingsError::new(
+            key,
+            format!(
+                "{} must be between {}",
+                humantime::format_duration(value),
+                limits::duration_range_text()
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(spec: SettingsSpec) -> String {
+        Settings::new(spec).unwrap_err().key
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_design() {
+        let s = Settings::new(SettingsSpec::default()).unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.failure_threshold, 3);
+        assert_eq!(s.call_timeout, Duration::from_secs(2));
+        assert_eq!(s.open_duration, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let spec = SettingsSpec::default;
+        assert_eq!(
+            key_of(SettingsSpec {
+                failure_threshold: 0,
+                ..spec()
+            }),
+            "failureThreshold"
+        );
+        assert_eq!(
+            key_of(SettingsSpec {
+                call_timeout: Duration::from_secs(10),
+                ..spec()
+            }),
+            "callTimeout"
+        );
+        assert_eq!(
+            key_of(SettingsSpec {
+                max_open_duration: Some(Duration::from_secs(1)),
+                ..spec()
+            }),
+            "maxOpenDuration"
+        );
+        assert_eq!(
+            key_of(SettingsSpec {
+                failure_rate_threshold: Some(f64::NAN),
+                ..spec()
+            }),
+            "failureRateThreshold"
+        );
+        assert_eq!(
+            key_of(SettingsSpec {
+                slow_call_rate_threshold: 0.5,
+                ..spec()
+            }),
+            "slowCallRateThreshold"
+        );
+        assert_eq!(
+            key_of(SettingsSpec {
+                call_timeout: Duration::ZERO,
+                ..spec()
+            }),
+            "callTimeout"
+        );
+    }
+
+    #[test]
+    fn the_duration_range_reads_as_people_write_it() {
+        assert_eq!(limits::duration_range_text(), "1ms and 24h");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let s = Settings::new(SettingsSpec {
+            open_duration: Duration::from_secs(5),
+            max_open_duration: Some(Duration::from_secs(30)),
+            ..Default::default()
+        })
+        .unwrap();
+        let got: Vec<u64> = (0..6).map(|n| s.open_duration_after(n).as_secs()).collect();
+        assert_eq!(got, [5, 10, 20, 30, 30, 30]);
+        assert_eq!(
+            Settings::default().open_duration_after(40),
+            Duration::from_secs(5)
+        );
+    }
+}
