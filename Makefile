@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo build run test test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
+.PHONY: help demo build run test test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -19,10 +19,17 @@ build: ## Build the release binaries
 run: build ## Start all four services locally, recommendations hanging (Ctrl-C stops them)
 	scripts/run-local.sh
 
-test: $(VENV)/.test-installed control-plane-bins tools lint-dockerfile ## Run every test: unit, property, end-to-end, Kubernetes (API server and a kind cluster), chart, demo, browser
+test: $(VENV)/.test-installed control-plane-bins tools lint-dockerfile ## Run every test tier: unit, property, processes, API server, chart, demo, browser, kind cluster; then the figures and totals
 	@scripts/require-tools.sh
+	@mkdir -p .cache
+	@set -o pipefail; $(MAKE) --no-print-directory test-tiers 2>&1 | tee .cache/test.log; \
+	  status=$$?; scripts/test-summary.sh .cache/test.log; exit $$status
+
+# The tiers past `cargo test`'s own (which needs nothing built) are #[ignore]d with their tier
+# as the reason; --include-ignored is the one switch that runs them.
+test-tiers:
 	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace -- --include-ignored --nocapture
 	$(PY) -m pytest -c loadtest/pytest.ini loadtest/tests
 	$(MAKE) --no-print-directory test-cluster
 
@@ -164,9 +171,12 @@ bench-breaker: ## Criterion benchmark of the breaker's closed-state call path
 	@scripts/require-tools.sh
 	$(CARGO) bench -p breaker --bench closed_path
 
-fmt: ## Format the code
+fmt: $(VENV)/.test-installed ## Format the code
 	$(CARGO) fmt --all
+	$(VENV)/bin/ruff format loadtest tests/cluster
 
-lint: ## Formatting and clippy checks
+lint: $(VENV)/.test-installed ## Formatting and lint checks: Rust (rustfmt, clippy) and Python (ruff)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff format --check loadtest tests/cluster
+	$(VENV)/bin/ruff check loadtest tests/cluster

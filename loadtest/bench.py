@@ -54,7 +54,7 @@ def free_port() -> int:
 
 def proc_sample(pid: int) -> dict:
     status = Path(f"/proc/{pid}/status").read_text()
-    rss_kb = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+    rss_kb = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1))
     return {"rss_mb": round(rss_kb / 1024, 1), "fds": len(os.listdir(f"/proc/{pid}/fd"))}
 
 
@@ -62,7 +62,7 @@ def parse_wrk(text: str) -> dict:
     def ms(value: str, unit: str) -> float:
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
-    lat = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", text, re.M)}
+    lat = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", text, re.MULTILINE)}
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     return {
@@ -86,7 +86,9 @@ def wrk(url: str, duration: str, connections: int, threads: int) -> dict:
     out = subprocess.run(
         # --timeout: a half-open probe waits callTimeout (2 s); count it as slow, not lost
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}", "--timeout", "10s", "--latency", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     result = parse_wrk(out)
     # On a shared virtual machine the hypervisor takes CPU time: it shows in the tail.
@@ -137,12 +139,27 @@ def start_nginx(upstream: int, workdir: Path) -> tuple[subprocess.Popen, int]:
 
 def criterion() -> str:
     out = subprocess.run(
-        ["cargo", "bench", "-q", "-p", "breaker", "--bench", "closed_path", "--",
-         "--warm-up-time", "1", "--measurement-time", "3"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
+        [
+            "cargo",
+            "bench",
+            "-q",
+            "-p",
+            "breaker",
+            "--bench",
+            "closed_path",
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
     ).stdout
     # criterion puts long benchmark names on a line of their own
-    rows = re.findall(r"^(closed_path/\S+)\s+time:\s+(\[[^\]]+\])", out, re.M | re.S)
+    rows = re.findall(r"^(closed_path/\S+)\s+time:\s+(\[[^\]]+\])", out, re.MULTILINE | re.DOTALL)
     return "\n".join(f"{name:<40} {times}" for name, times in rows)
 
 
@@ -165,7 +182,10 @@ def measure(config: StackConfig, workdir: Path, duration: str, connections: int,
             wrk(f"{v2.url}/product-details/1", WARM_UP, connections, threads)
             time.sleep(REST)
             samples = {"before": proc_sample(v2.process.pid)}
-            print(f"wrk -t{threads} -c{connections} -d{duration}: v2 (recommendations hanging, circuit open)...", flush=True)
+            print(
+                f"wrk -t{threads} -c{connections} -d{duration}: v2 (recommendations hanging, circuit open)...",
+                flush=True,
+            )
             midway = threading.Timer(seconds(duration) / 2, lambda: samples.update(during=proc_sample(v2.process.pid)))
             midway.start()
             report["v2"] = wrk(f"{v2.url}/product-details/1", duration, connections, threads)
@@ -239,9 +259,15 @@ def main() -> int:
 
     print()
     print(f"{'target':<28}{'req/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>9}{'errors':>8}{'steal %':>9}")
-    for key, label in (("v2", "v2 (hanging dep, open)"), ("direct", "product-service direct"), ("nginx", "nginx -> product-service")):
+    for key, label in (
+        ("v2", "v2 (hanging dep, open)"),
+        ("direct", "product-service direct"),
+        ("nginx", "nginx -> product-service"),
+    ):
         r = report[key]
-        print(f"{label:<28}{r['rps']:>12,.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>9}{r['socket_errors']:>8}{r['cpu_steal_pct']:>9}")
+        print(
+            f"{label:<28}{r['rps']:>12,.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['non_2xx']:>9}{r['socket_errors']:>8}{r['cpu_steal_pct']:>9}"
+        )
     print(f"ratios: v2/direct {report['ratio_v2_direct']:.2f}, v2/nginx {report['ratio_v2_nginx']:.2f}")
     for when in ("before", "during", "after"):
         s = report["v2_process"][when]
@@ -250,6 +276,10 @@ def main() -> int:
         print(f"{'held' if held else 'MISSED'}: {claim}")
     print(report["criterion"])
     print(f"\n{results / 'bench.json'}")
+    missed = [claim for claim, held in report["checks"].items() if not held]
+    if missed:
+        print(f"bench: {len(missed)} claim(s) MISSED; the README's figures do not hold on this run", file=sys.stderr)
+        return 1
     return 0
 
 

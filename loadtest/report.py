@@ -33,7 +33,7 @@ class ReportError(Exception):
 
 
 def parse_time(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(text).timestamp()
 
 
 def number(text: str) -> float | None:
@@ -157,7 +157,13 @@ def table_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
     v1, v2 = summary["v1"], summary["v2"]
     seed1, seed2 = SEED["v1"], SEED["v2"]
     return [
-        ("Avg response time", fmt_ms(seed1["avg_ms"]), fmt_ms(v1["avg_ms"]), fmt_ms(seed2["avg_ms"]), fmt_ms(v2["avg_ms"])),
+        (
+            "Avg response time",
+            fmt_ms(seed1["avg_ms"]),
+            fmt_ms(v1["avg_ms"]),
+            fmt_ms(seed2["avg_ms"]),
+            fmt_ms(v2["avg_ms"]),
+        ),
         ("Median", "", fmt_ms(v1["median_ms"]), "", fmt_ms(v2["median_ms"])),
         ("p95", "", fmt_ms(v1["p95_ms"]), "", fmt_ms(v2["p95_ms"])),
         ("p99", "", fmt_ms(v1["p99_ms"]), "", fmt_ms(v2["p99_ms"])),
@@ -172,7 +178,10 @@ def text_table(summary: dict) -> str:
     head = ("", "seed v1", "this run v1", "seed v2", "this run v2")
     rows = [head, *table_rows(summary)]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     rec = summary["recovery"]
     if rec["closed_at"]:
@@ -200,8 +209,10 @@ def nice_step(span: float, ticks: int = 8) -> float:
 
 def svg_open(title: str, height: int, test_id: str) -> list[str]:
     return [
-        f'<svg class="chart" data-chart="{test_id}" viewBox="0 0 {W} {height}" width="{W}" height="{height}" '
-        f'role="img" aria-label="{html.escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+        (
+            f'<svg class="chart" data-chart="{test_id}" viewBox="0 0 {W} {height}" width="{W}" height="{height}" '
+            f'role="img" aria-label="{html.escape(title)}" xmlns="http://www.w3.org/2000/svg">'
+        ),
         f'<rect width="{W}" height="{height}" fill="#fff"/>',
         f'<text x="{LEFT}" y="20" class="title">{html.escape(title)}</text>',
     ]
@@ -413,9 +424,9 @@ def render_html(summary: dict, series: dict[str, list[dict]], timeline: dict) ->
 <style>{CSS}</style></head>
 <body>
 <h1>One hanging dependency: without and with a circuit breaker</h1>
-<p>recommendations-service hung for <code>{html.escape(str(run.get('failure_hang')))}</code> per request.
-Locust ran {run.get('users')} users (spawn rate {run.get('spawn_rate'):g}/s) for {run.get('duration_s'):g} s
-against each gateway: v1 waits up to <code>{html.escape(str(run.get('v1_timeout')))}</code> and fails the
+<p>recommendations-service hung for <code>{html.escape(str(run.get("failure_hang")))}</code> per request.
+Locust ran {run.get("users")} users (spawn rate {run.get("spawn_rate"):g}/s) for {run.get("duration_s"):g} s
+against each gateway: v1 waits up to <code>{html.escape(str(run.get("v1_timeout")))}</code> and fails the
 whole page; v2 calls through a circuit breaker (<code>{settings}</code>) and answers with
 <code>degraded_mode: true</code> instead.</p>
 
@@ -435,9 +446,9 @@ timeouts and bad bodies.</p>
 {throughput}
 
 <h2>Recovery</h2>
-<p>Recommendations were healed through <code>PUT /admin/fault</code> at <b>{rec['healed_at']}</b>;
-the circuit {closed}. In the recovery phase {load['requests']:,} requests were answered:
-{load['full_pct']:g}% full, {load['degraded_pct']:g}% degraded, {load['failure_pct']:g}% failed.</p>
+<p>Recommendations were healed through <code>PUT /admin/fault</code> at <b>{rec["healed_at"]}</b>;
+the circuit {closed}. In the recovery phase {load["requests"]:,} requests were answered:
+{load["full_pct"]:g}% full, {load["degraded_pct"]:g}% degraded, {load["failure_pct"]:g}% failed.</p>
 {state_timeline(timeline, summary)}
 <table><thead><tr><th>at</th><th>transition</th><th>reason</th></tr></thead>
 <tbody>

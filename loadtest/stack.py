@@ -94,7 +94,8 @@ class Service:
             "SHUTDOWN_TIMEOUT": "2s",
             **env,
         }
-        self._log = open(self.log_path, "wb")
+        # Open for the process's whole life; closed in stop().
+        self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [str(binary)],
             env=child_env,

@@ -1,7 +1,6 @@
 """How Locust rows are chosen: full, degraded or failed."""
 
 import requests
-
 from answers import DEGRADED, FAILED, FULL, classify
 
 PRODUCT = {"id": "1", "name": "Laptop"}

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
-import re
 import urllib.request
 
 import pytest
 from conftest import BIN, RESULTS, ROOT
 from playwright.sync_api import expect
-
 from stack import Ports, Stack, StackConfig
 
 SHOTS = RESULTS / "screenshots"

@@ -26,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "loadtest"))
-from stack import http  # noqa: E402  (the demo's own client: JSON or text, OSError when nothing answers)
+from stack import http
 
 CLUSTER = os.environ.get("TEST_CLUSTER", "cbd-test")
 NAMESPACE = "demo"
@@ -50,7 +50,7 @@ def pytest_terminal_summary(terminalreporter):
     if FIGURES:
         terminalreporter.section("cluster figures")
         for line in FIGURES:
-            terminalreporter.write_line(line)
+            terminalreporter.write_line(f"figure: {line}")
 
 
 def make(*args: str) -> float:
@@ -62,7 +62,7 @@ def make(*args: str) -> float:
 def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
     done = subprocess.run(
         [KUBECTL, "--namespace", NAMESPACE, *args],
-        env=ENV, input=input, capture_output=True, text=True, timeout=120,
+        env=ENV, input=input, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     if check and done.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
@@ -145,7 +145,10 @@ class Cluster:
             p["metadata"]["name"]
             for p in pods
             if p["metadata"].get("deletionTimestamp") is None
-            and (not ready or any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", [])))
+            and (
+                not ready
+                or any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+            )
         )
 
 
@@ -174,13 +177,21 @@ def cluster():
         ):
             forwards = {name: f"http://127.0.0.1:{local}" for name, (_, local) in ports.items()}
             for name, url in forwards.items():
-                wait_for(f"{name} through its port-forward", lambda url=url: http("GET", f"{url}/readyz", timeout=10)[0] == 200, 30)
+                wait_for(
+                    f"{name} through its port-forward",
+                    lambda url=url: http("GET", f"{url}/readyz", timeout=10)[0] == 200,
+                    30,
+                )
             # Ready pods are not yet a working path (names, Services, product-service): wait for
             # one page before the tests judge anything.
             started = time.monotonic()
             v2 = forwards["api-gateway-v2"]
-            wait_for("a first page from v2", lambda: http("GET", f"{v2}/product-details/1", timeout=10)[0] == 200, 180, 1)
+            wait_for(
+                "a first page from v2", lambda: http("GET", f"{v2}/product-details/1", timeout=10)[0] == 200, 180, 1
+            )
             figure(f"first page from v2 after deploy: {time.monotonic() - started:.1f} s")
             yield Cluster(proxy=f"http://{proxy.group(1)}", forwards=forwards)
     finally:
-        subprocess.run(["make", "--no-print-directory", "kind-down", f"CLUSTER={CLUSTER}"], cwd=ROOT, env=ENV)
+        subprocess.run(
+            ["make", "--no-print-directory", "kind-down", f"CLUSTER={CLUSTER}"], check=False, cwd=ROOT, env=ENV
+        )

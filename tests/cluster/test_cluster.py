@@ -9,6 +9,7 @@ import statistics
 import threading
 import time
 from collections import Counter
+from typing import Self
 
 import report
 from conftest import (
@@ -77,7 +78,7 @@ class Load:
                     self.errors[detail] += 1
             time.sleep(0.05)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self
@@ -152,7 +153,9 @@ def test_policy_changes_reach_every_v2_replica_with_state_kept(cluster: Cluster)
         for pod in pods:
             wait_for(
                 f"failureThreshold {threshold} on {pod}",
-                lambda pod=pod: replica_status(cluster, pod)["settings"]["failureThreshold"] == threshold,
+                lambda pod=pod, threshold=threshold: (
+                    replica_status(cluster, pod)["settings"]["failureThreshold"] == threshold
+                ),
                 timeout=15,
                 every=0.02,
             )
@@ -276,7 +279,9 @@ def test_with_the_controller_away_changes_wait_and_v2_serves_on(cluster: Cluster
         assert threshold_everywhere(3), "the change must wait for the controller"
         back_at = time.monotonic()
         kubectl("scale", "deployment", "breaker-controller", "--replicas=1")
-        applied = wait_for("the change, once the controller is back", lambda: threshold_everywhere(9) and time.monotonic(), 120)
+        applied = wait_for(
+            "the change, once the controller is back", lambda: threshold_everywhere(9) and time.monotonic(), 120
+        )
     patch_policy({"settings": {"failureThreshold": 3}})
     figure(
         f"controller away: the change waited, then applied {applied - back_at:.1f} s after the controller "
@@ -289,14 +294,19 @@ def test_recommendations_scaled_to_zero(cluster: Cluster):
     kubectl("scale", "deployment", "recommendations-service", "--replicas=0")
     try:
         wait_for("no recommendations pods", lambda: not cluster.pods("recommendations-service"), 60, every=0.5)
-        with Load(cluster.service(V2, 8090), users=4) as v2, Load(cluster.service("api-gateway-v1", 8080), users=4) as v1:
+        with (
+            Load(cluster.service(V2, 8090), users=4) as v2,
+            Load(cluster.service("api-gateway-v1", 8080), users=4) as v1,
+        ):
             time.sleep(10)
         figure(f"recommendations at 0 replicas, 10 s: v2 {v2.summary()}; v1 {v1.summary()}")
         assert v2.counts["failed"] == 0 and v2.counts["degraded"] > 0, v2.summary()
         assert v1.counts["failed"] > 0 and v1.counts["full"] == 0, v1.summary()
     finally:
         kubectl("scale", "deployment", "recommendations-service", "--replicas=1")
-        wait_for("recommendations back", lambda: len(cluster.pods("recommendations-service", ready=True)) == 1, 120, every=1)
+        wait_for(
+            "recommendations back", lambda: len(cluster.pods("recommendations-service", ready=True)) == 1, 120, every=1
+        )
 
 
 def test_loadtest_k8s_tells_the_story_from_the_cluster(cluster: Cluster, tmp_path):

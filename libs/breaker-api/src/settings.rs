@@ -26,23 +26,29 @@ pub struct BreakerSettings {
     #[schemars(range(min = *limits::MINIMUM_CALLS.start(), max = *limits::MINIMUM_CALLS.end()))]
     pub minimum_calls: u32,
     /// Calls slower than this count as slow; off when absent.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "duration_text::serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(with = "Option<DurationText>")]
     pub slow_call_duration: Option<Duration>,
     /// Slow-call percentage over the window that opens the circuit (needs `slowCallDuration`).
     #[schemars(range(min = *limits::PERCENT.start(), max = *limits::PERCENT.end()))]
     pub slow_call_rate_threshold: f64,
     /// How long one call to the dependency may take before it counts as failed.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text::serde")]
     #[schemars(with = "DurationText")]
     pub call_timeout: Duration,
     /// How long the circuit stays open before it lets probes through.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text::serde")]
     #[schemars(with = "DurationText")]
     pub open_duration: Duration,
     /// Cap of the open duration, doubled after each failed probe; equal to `openDuration`
     /// (no backoff) when absent.
-    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "duration_text::serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(with = "Option<DurationText>")]
     pub max_open_duration: Option<Duration>,
     /// Probes admitted while half-open; that many successes close the circuit.
@@ -143,14 +149,9 @@ fn unknown_field_name(message: &str) -> String {
     }
 }
 
-/// Durations as whole numbers with units: a form both humantime (here) and Go's
-/// `time.ParseDuration` (the API server's CEL `duration()`) read the same way.
-pub const DURATION_PATTERN: &str = "^([0-9]+(ns|us|ms|s|m|h))+$";
-
-/// A duration in Go's syntax, for CEL (humantime would write `1day`, which Go cannot read).
-pub(crate) fn go_duration(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
-}
+/// Durations as whole numbers with units, which Go's `time.ParseDuration` (the API server's
+/// CEL `duration()`) reads as we do.
+pub const DURATION_PATTERN: &str = duration_text::PATTERN;
 
 /// How durations look in the schema.
 struct DurationText;
@@ -176,7 +177,7 @@ impl JsonSchema for DurationText {
             "x-kubernetes-validations": [{
                 "rule": format!(
                     "!self.matches('{DURATION_PATTERN}') || (duration(self) >= duration('{}') && duration(self) <= duration('{}'))",
-                    go_duration(min), go_duration(max)
+                    duration_text::format(min), duration_text::format(max)
                 ),
                 "message": format!("must be between {}", limits::duration_range_text()),
             }]
@@ -300,11 +301,5 @@ mod tests {
         let err = "forceopen".parse::<Mode>().unwrap_err();
         assert_eq!(err.key, "mode");
         assert!(err.message.contains("Auto, ForceOpen, ForceClosed"));
-    }
-
-    #[test]
-    fn go_durations_are_whole_milliseconds() {
-        assert_eq!(go_duration(Duration::from_secs(24 * 3600)), "86400000ms");
-        assert_eq!(go_duration(Duration::from_millis(1)), "1ms");
     }
 }

@@ -41,7 +41,10 @@ fn cel_bounds_ms(rule: &str) -> (u64, u64) {
     let bounds: Vec<u64> = rule
         .split("duration('")
         .skip(1)
-        .map(|rest| rest.split("ms')").next().unwrap().parse().unwrap())
+        .map(|rest| {
+            let text = rest.split("')").next().unwrap();
+            duration_text::parse(text).unwrap().as_millis() as u64
+        })
         .collect();
     assert_eq!(bounds.len(), 2, "{rule}");
     (bounds[0], bounds[1])

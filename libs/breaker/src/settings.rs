@@ -28,13 +28,11 @@ pub mod limits {
 
     /// "1ms and 24h": the duration range in words, for messages.
     pub fn duration_range_text() -> String {
-        let hours = |d: Duration| {
-            (d.as_secs() >= 3600 && d.as_secs() % 3600 == 0 && d.subsec_nanos() == 0)
-                .then(|| format!("{}h", d.as_secs() / 3600))
-        };
-        let text =
-            |d: Duration| hours(d).unwrap_or_else(|| humantime::format_duration(d).to_string());
-        format!("{} and {}", text(*DURATION.start()), text(*DURATION.end()))
+        format!(
+            "{} and {}",
+            duration_text::format(*DURATION.start()),
+            duration_text::format(*DURATION.end())
+        )
     }
 }
 
@@ -147,7 +145,7 @@ impl Settings {
                 "callTimeout",
                 format!(
                     "must be shorter than openDuration ({}), or the circuit re-opens before a probe can answer",
-                    humantime::format_duration(s.open_duration)
+                    duration_text::format(s.open_duration)
                 ),
             ));
         }
@@ -158,7 +156,7 @@ impl Settings {
                     "maxOpenDuration",
                     format!(
                         "must not be shorter than openDuration ({})",
-                        humantime::format_duration(s.open_duration)
+                        duration_text::format(s.open_duration)
                     ),
                 ));
             }
@@ -234,7 +232,7 @@ fn duration(key: &str, value: Duration) -> Result<(), SettingsError> {
             key,
             format!(
                 "{} must be between {}",
-                humantime::format_duration(value),
+                duration_text::format(value),
                 limits::duration_range_text()
             ),
         ))

@@ -37,9 +37,9 @@ pub enum FaultMode {
 #[serde(rename_all = "camelCase")]
 pub struct Fault {
     pub mode: FaultMode,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text::serde")]
     pub hang: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "duration_text::serde")]
     pub delay: Duration,
     pub status: u16,
     pub error_rate: f64,
@@ -50,9 +50,9 @@ pub struct Fault {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FaultUpdate {
     pub mode: FaultMode,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "duration_text::serde::option")]
     pub hang: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "duration_text::serde::option")]
     pub delay: Option<Duration>,
     pub status: Option<u16>,
     pub error_rate: Option<f64>,

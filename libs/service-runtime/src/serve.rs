@@ -12,9 +12,9 @@ use crate::error::ApiError;
 use crate::http_metrics::{self, HttpMetrics};
 use crate::telemetry::LogFormat;
 
-/// Parses a human duration such as `250ms`, `2s` or `1m`.
-pub fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(text)
+/// Parses a duration such as `250ms`, `2s` or `1m30s` (the project's one grammar).
+pub fn parse_duration(text: &str) -> Result<Duration, duration_text::DurationError> {
+    duration_text::parse(text)
 }
 
 /// How every service listens, logs and stops; read from the environment or flags.
