@@ -17,7 +17,8 @@ build: ## Build the release binaries
 	$(CARGO) build --release --workspace --bins
 
 run: build ## Start all four services locally, recommendations hanging (Ctrl-C stops them)
-	scripts/run-local.sh
+	@scripts/require-tools.sh python
+	python3 loadtest/stack.py
 
 test: $(VENV)/.test-installed control-plane-bins tools lint-dockerfile ## Run every test tier: unit, property, processes, API server, chart, demo, browser, kind cluster; then the figures and totals
 	@scripts/require-tools.sh

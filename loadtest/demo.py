@@ -28,7 +28,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import report
-from stack import ClusterConfig, ClusterStack, Ports, Services, Stack, StackConfig, StackError, http
+from stack import (
+    ClusterConfig,
+    ClusterStack,
+    Services,
+    Stack,
+    StackConfig,
+    StackError,
+    env_duration,
+    env_number,
+    http,
+    parse_duration,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -44,92 +55,43 @@ class Interrupted(Exception):
     pass
 
 
-# The services' grammar, duration_text::PATTERN in libs/duration-text (a test checks they are
-# the same): a duration the demo accepts is one every service it starts accepts too.
-DURATION_PATTERN = "^([0-9]+(ns|us|ms|s|m|h))+$"
-DURATION_SCALE = {"ns": 1e-9, "us": 1e-6, "ms": 0.001, "s": 1, "m": 60, "h": 3600}
-
-
-def parse_duration(text: str) -> float:
-    """'90s', '2m', '1m30s', '500ms' -> seconds; a bare number has no unit and is refused."""
-    text = text.strip()
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"{text!r} is not a duration (whole numbers with units: 90s, 2m, 1m30s, 500ms)")
-    return sum(int(n) * DURATION_SCALE[u] for n, u in re.findall(r"([0-9]+)(ns|us|ms|s|m|h)", text))
-
-
 @dataclass
 class Settings:
     duration: float
     users: int
     spawn_rate: float
-    failure_hang: str
-    v1_timeout: str
-    breaker_config: Path
     results: Path
-    bin_dir: Path
-    admin_token: str
-    ports: Ports
+    # one of the two: the services started here, or the cluster's through port-forwards
+    local: StackConfig | None
     cluster: ClusterConfig | None
+
+    @property
+    def failure_hang(self) -> str:
+        return (self.cluster or self.local).failure_hang
+
+    @property
+    def v1_timeout(self) -> str:
+        return (self.cluster or self.local).v1_timeout
 
     @staticmethod
     def from_env(env: dict[str, str]) -> Settings:
-        def number(key: str, default: str, kind=int, low: float = 1):
-            raw = env.get(key, default)
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise DemoError(f"{key}={raw!r} is not a number") from None
-            if value < low:
-                raise DemoError(f"{key}={raw!r} must be at least {low}")
-            return value
-
-        def duration(key: str, default: str, low: float) -> float:
-            raw = env.get(key, default)
-            try:
-                seconds = parse_duration(raw)
-            except ValueError as err:
-                raise DemoError(f"{key}: {err}") from None
-            if seconds < low:
-                raise DemoError(f"{key}={raw!r} must be at least {low:g}s")
-            return seconds
-
-        # Checked here so a typo fails before anything starts; the services get the text as is.
-        duration("FAILURE_HANG", "30s", low=0.001)
-        duration("V1_UPSTREAM_TIMEOUT", "30s", low=0.001)
         target = env.get("DEMO_TARGET", "local")
         if target not in ("local", "cluster"):
             raise DemoError(f"DEMO_TARGET={target!r}: use local or cluster")
-        cluster = None
-        if target == "cluster":
-            cluster = ClusterConfig(
-                v1=env.get("V1_URL", ClusterConfig.v1),
-                v2=env.get("V2_URL", ClusterConfig.v2),
-                recommendations=env.get("RECOMMENDATIONS_URL", ClusterConfig.recommendations),
-                failure_hang=env.get("FAILURE_HANG", "30s"),
-                admin_token=env.get("ADMIN_TOKEN", "demo-admin-token"),
+        results = Path(env.get("RESULTS_DIR", str(ROOT / "results"))).resolve()
+        try:
+            local = StackConfig.from_env(env, log_dir=results / "logs") if target == "local" else None
+            cluster = ClusterConfig.from_env(env) if target == "cluster" else None
+            return Settings(
+                duration=parse_duration(env_duration(env, "DEMO_DURATION", "2m", low=4)),
+                users=env_number(env, "DEMO_USERS", 100),
+                spawn_rate=env_number(env, "DEMO_SPAWN_RATE", 10, kind=float, low=0.1),
+                results=results,
+                local=local,
+                cluster=cluster,
             )
-        config = Path(env.get("BREAKER_CONFIG", str(ROOT / "config/breaker.yaml")))
-        if cluster is None and not config.is_file():
-            raise DemoError(f"BREAKER_CONFIG={config} is not a file")
-        return Settings(
-            duration=duration("DEMO_DURATION", "2m", low=4),
-            users=number("DEMO_USERS", "100"),
-            spawn_rate=number("DEMO_SPAWN_RATE", "10", kind=float, low=0.1),
-            failure_hang=env.get("FAILURE_HANG", "30s"),
-            v1_timeout=env.get("V1_UPSTREAM_TIMEOUT", "30s"),
-            breaker_config=config.resolve(),
-            results=Path(env.get("RESULTS_DIR", str(ROOT / "results"))).resolve(),
-            bin_dir=Path(env.get("BIN", str(ROOT / "target/release"))).resolve(),
-            admin_token=env.get("ADMIN_TOKEN", "demo-admin-token"),
-            ports=Ports(
-                v1=number("V1_PORT", "8080", low=0),
-                product=number("PRODUCT_PORT", "8081", low=0),
-                recommendations=number("RECOMMENDATIONS_PORT", "8082", low=0),
-                v2=number("V2_PORT", "8090", low=0),
-            ),
-            cluster=cluster,
-        )
+        except StackError as err:
+            raise DemoError(str(err)) from None
 
 
 @dataclass
@@ -185,25 +147,11 @@ class Demo:
         if settings.cluster is not None:
             self.stack = ClusterStack(settings.cluster)
         else:
-            self.stack = self.local_stack(settings)
+            self.stack = Stack(settings.local)
         self.locust_bin = Path(sys.executable).parent / "locust"
         self.locust: subprocess.Popen | None = None
         self.progress = Progress()
         self.timeline: dict = {"phases": [], "healed_at": None, "breaker_samples": []}
-
-    @staticmethod
-    def local_stack(settings: Settings) -> Stack:
-        return Stack(
-            StackConfig(
-                bin_dir=settings.bin_dir,
-                log_dir=settings.results / "logs",
-                ports=settings.ports,
-                failure_hang=settings.failure_hang,
-                v1_timeout=settings.v1_timeout,
-                breaker_config=settings.breaker_config,
-                admin_token=settings.admin_token,
-            )
-        )
 
     def run(self) -> dict:
         if not os.access(self.locust_bin, os.X_OK):

@@ -1,18 +1,23 @@
-"""The four services for the demo: as local processes on 127.0.0.1 (``Stack``, for the demo
-and its tests), or already running in a cluster and reached through ``make port-forward``
-(``ClusterStack``).
+"""The four services: as local processes on 127.0.0.1 (``Stack``: the demo, ``make bench``,
+the demo's tests, and ``make run``, which is this file run as a program), or already running
+in a cluster and reached through ``make port-forward`` (``ClusterStack``).
+
+The one place for the local defaults and the environment that changes them
+(``StackConfig.from_env``, ``ClusterConfig.from_env``).
 
 Standard library only. Each service runs in its own session, so a Ctrl-C at the terminal
-reaches the demo alone and the demo stops its children in order.
+reaches the launcher alone and it stops its children in order.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,11 +25,50 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("product-service", "recommendations-service", "api-gateway-v1", "api-gateway-v2")
+
+# The services' grammar, duration_text::PATTERN in libs/duration-text (a test checks they are
+# the same): a duration accepted here is one every service accepts too.
+DURATION_PATTERN = "^([0-9]+(ns|us|ms|s|m|h))+$"
+DURATION_SCALE = {"ns": 1e-9, "us": 1e-6, "ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 
 class StackError(Exception):
-    """A service could not be started or did not become ready; the message says what to do."""
+    """A service could not be started or did not become ready, or the environment asks for
+    something impossible; the message says what to do."""
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '2m', '1m30s', '500ms' -> seconds; a bare number has no unit and is refused."""
+    text = text.strip()
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration (whole numbers with units: 90s, 2m, 1m30s, 500ms)")
+    return sum(int(n) * DURATION_SCALE[u] for n, u in re.findall(r"([0-9]+)(ns|us|ms|s|m|h)", text))
+
+
+def env_duration(env: dict[str, str], key: str, default: str, low: float) -> str:
+    """The duration text as given (the services read it), checked first so a typo fails before
+    anything starts."""
+    raw = env.get(key, default)
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as err:
+        raise StackError(f"{key}: {err}") from None
+    if seconds < low:
+        raise StackError(f"{key}={raw!r} must be at least {low:g}s")
+    return raw
+
+
+def env_number(env: dict[str, str], key: str, default: object, kind=int, low: float = 1):
+    raw = env.get(key, str(default))
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise StackError(f"{key}={raw!r} is not a number") from None
+    if value < low:
+        raise StackError(f"{key}={raw!r} must be at least {low:g}")
+    return value
 
 
 @dataclass
@@ -47,9 +91,37 @@ class StackConfig:
     ports: Ports = field(default_factory=Ports)
     failure_hang: str = "30s"
     v1_timeout: str = "30s"
-    breaker_config: Path = Path("config/breaker.yaml")
+    breaker_config: Path = ROOT / "config/breaker.yaml"
+    # namespace/name of a ConfigMap to read v2's settings from instead (KUBECONFIG says where)
+    breaker_configmap: str | None = None
     admin_token: str = "demo-admin-token"
     ready_timeout: float = 15.0
+
+    @staticmethod
+    def from_env(env: dict[str, str], log_dir: Path) -> StackConfig:
+        """BIN, the *_PORT, FAILURE_HANG, V1_UPSTREAM_TIMEOUT, BREAKER_CONFIG or
+        BREAKER_CONFIGMAP and ADMIN_TOKEN, each defaulting as above."""
+        defaults = StackConfig(bin_dir=ROOT / "target/release", log_dir=log_dir)
+        ports = Ports()
+        config = Path(env.get("BREAKER_CONFIG", str(defaults.breaker_config)))
+        configmap = env.get("BREAKER_CONFIGMAP") or None
+        if configmap is None and not config.is_file():
+            raise StackError(f"BREAKER_CONFIG={config} is not a file")
+        return StackConfig(
+            bin_dir=Path(env.get("BIN", str(defaults.bin_dir))).resolve(),
+            log_dir=log_dir,
+            ports=Ports(
+                v1=env_number(env, "V1_PORT", ports.v1, low=0),
+                product=env_number(env, "PRODUCT_PORT", ports.product, low=0),
+                recommendations=env_number(env, "RECOMMENDATIONS_PORT", ports.recommendations, low=0),
+                v2=env_number(env, "V2_PORT", ports.v2, low=0),
+            ),
+            failure_hang=env_duration(env, "FAILURE_HANG", defaults.failure_hang, low=0.001),
+            v1_timeout=env_duration(env, "V1_UPSTREAM_TIMEOUT", defaults.v1_timeout, low=0.001),
+            breaker_config=config.resolve(),
+            breaker_configmap=configmap,
+            admin_token=env.get("ADMIN_TOKEN", defaults.admin_token),
+        )
 
 
 def port_taken(port: int) -> bool:
@@ -224,7 +296,13 @@ class Stack(Services):
             "RECOMMENDATIONS_SERVICE_URL": self.url("recommendations-service"),
         }
         self._start("api-gateway-v1", c.ports.v1, {**upstreams, "UPSTREAM_TIMEOUT": c.v1_timeout})
-        self._start("api-gateway-v2", c.ports.v2, {**upstreams, "BREAKER_CONFIG": str(c.breaker_config)})
+        if c.breaker_configmap:
+            settings = {"BREAKER_CONFIGMAP": c.breaker_configmap}
+            if "KUBECONFIG" in os.environ:
+                settings["KUBECONFIG"] = os.environ["KUBECONFIG"]
+        else:
+            settings = {"BREAKER_CONFIG": str(c.breaker_config)}
+        self._start("api-gateway-v2", c.ports.v2, {**upstreams, **settings})
 
     def _start(self, name: str, port: int, env: dict[str, str]) -> None:
         service = Service(name, self.config, port, env)
@@ -247,7 +325,22 @@ class ClusterConfig:
     v2: str = "http://127.0.0.1:8090"
     recommendations: str = "http://127.0.0.1:8082"
     failure_hang: str = "30s"
+    # What the chart gives v1 (apiGatewayV1.upstreamTimeout); only reported.
+    v1_timeout: str = "30s"
     admin_token: str = "demo-admin-token"
+
+    @staticmethod
+    def from_env(env: dict[str, str]) -> ClusterConfig:
+        """V1_URL, V2_URL, RECOMMENDATIONS_URL, FAILURE_HANG, V1_UPSTREAM_TIMEOUT, ADMIN_TOKEN."""
+        d = ClusterConfig()
+        return ClusterConfig(
+            v1=env.get("V1_URL", d.v1),
+            v2=env.get("V2_URL", d.v2),
+            recommendations=env.get("RECOMMENDATIONS_URL", d.recommendations),
+            failure_hang=env_duration(env, "FAILURE_HANG", d.failure_hang, low=0.001),
+            v1_timeout=env_duration(env, "V1_UPSTREAM_TIMEOUT", d.v1_timeout, low=0.001),
+            admin_token=env.get("ADMIN_TOKEN", d.admin_token),
+        )
 
 
 class ClusterStack(Services):
@@ -295,3 +388,48 @@ class ClusterStack(Services):
             if time.monotonic() > deadline:
                 raise StackError(f"{name} at {url} {problem}")
             time.sleep(0.5)
+
+
+def run_until_stopped(env: dict[str, str]) -> int:
+    """make run: the four services on their ports until Ctrl-C, or until one exits."""
+    config = StackConfig.from_env(env, log_dir=Path(env.get("RUN_LOGS", str(ROOT / ".run/logs"))))
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    with Stack(config) as stack:
+        settings = (
+            f"ConfigMap {config.breaker_configmap} (a BreakerPolicy writes it)"
+            if config.breaker_configmap
+            else f"edit {config.breaker_config} (hot-reloaded)"
+        )
+        print(
+            f"All four services are up; recommendations-service hangs for {config.failure_hang} per request.\n"
+            f"  v1 (no breaker):  time curl -s {stack.url('api-gateway-v1')}/product-details/1\n"
+            f"  v2 (breaker):     curl -s {stack.url('api-gateway-v2')}/product-details/1\n"
+            f"  breaker state:    curl -s {stack.url('api-gateway-v2')}/circuit-status\n"
+            f"  products:         curl -s {stack.url('product-service')}/products\n"
+            f"  heal:             curl -s -X PUT -H 'Authorization: Bearer {config.admin_token}' \\\n"
+            f"                      -H 'Content-Type: application/json' -d '{{\"mode\":\"none\"}}' \\\n"
+            f"                      {stack.url('recommendations-service')}/admin/fault\n"
+            f"  breaker settings: {settings}\n"
+            f"Logs: {config.log_dir}/. Ctrl-C stops everything.",
+            flush=True,
+        )
+        try:
+            while not stop:
+                exited = [s for s in stack.services.values() if s.process.poll() is not None]
+                if exited:
+                    print(f"{exited[0].name} exited; see {exited[0].log_path}", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        print("\nstopping the services")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(run_until_stopped(dict(os.environ)))
+    except StackError as err:
+        print(f"make run: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 import pytest
-from demo import DURATION_PATTERN, parse_duration
+from stack import DURATION_PATTERN, parse_duration
 
 
 @pytest.mark.parametrize(
