@@ -132,6 +132,8 @@ kind-up: $(KIND) ## Create the kind cluster (Docker and node image made here whe
 deploy: tools ## Install the chart into namespace demo (restricted Pod Security) and wait for every pod
 	$(KUBECTL) create namespace $(NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) label --overwrite namespace $(NAMESPACE) pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted
+	@# Helm installs crds/ once and never upgrades it: apply the CRD first, so an upgrade brings it too.
+	$(KUBECTL) apply --server-side --force-conflicts -f helm/circuit-breaker-demo/crds/
 	$(HELM) upgrade --install circuit-breaker-demo helm/circuit-breaker-demo --namespace $(NAMESPACE) --wait --timeout 5m \
 	  --set-string recommendations.adminToken=$(ADMIN_TOKEN) $(HELM_ARGS)
 

@@ -250,3 +250,141 @@ fn the_api_server_accepts_every_rendering_under_restricted_pod_security() {
     assert!(out.status.success(), "{said}");
     assert_eq!(said.matches("(server dry run)").count(), 3, "{said}");
 }
+
+fn render_release(release: &str) -> Vec<Value> {
+    let chart = chart().display().to_string();
+    let out = helm(&[
+        "template",
+        release,
+        &chart,
+        "--namespace",
+        NS,
+        "--set-string",
+        "recommendations.adminToken=t",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    documents(&String::from_utf8(out.stdout).unwrap())
+}
+
+fn env_of<'a>(docs: &'a [Value], deployment: &str, var: &str) -> &'a str {
+    let d = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == deployment)
+        .unwrap_or_else(|| panic!("no Deployment {deployment}"));
+    d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == var)
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("{deployment} has no {var}"))
+}
+
+#[test]
+#[ignore = "chart tier: needs helm (make tools), and kube-apiserver for server dry-run; run by `make test`"]
+fn two_releases_share_a_namespace_without_sharing_an_object() {
+    let (a, b) = (render_release("shop-a"), render_release("shop-b"));
+    let names = |docs: &[Value]| -> std::collections::BTreeSet<String> {
+        docs.iter()
+            .map(|d| {
+                format!(
+                    "{}/{}",
+                    d["kind"].as_str().unwrap(),
+                    d["metadata"]["name"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let shared: Vec<_> = names(&a).intersection(&names(&b)).cloned().collect();
+    assert!(shared.is_empty(), "both releases make {shared:?}");
+    // each release's parts point at each other, not at the other release's
+    for (release, docs) in [("shop-a", &a), ("shop-b", &b)] {
+        let v2 = format!("{release}-api-gateway-v2");
+        assert_eq!(
+            env_of(docs, &v2, "BREAKER_CONFIGMAP"),
+            format!("{NS}/{release}-api-gateway-v2-breaker")
+        );
+        assert_eq!(
+            env_of(docs, &v2, "PRODUCT_SERVICE_URL"),
+            format!("http://{release}-product-service:8081")
+        );
+        let policy = docs.iter().find(|d| d["kind"] == "BreakerPolicy").unwrap();
+        assert_eq!(
+            policy["spec"]["target"]["configMap"],
+            format!("{release}-api-gateway-v2-breaker")
+        );
+        for d in docs {
+            let labels = &d["metadata"]["labels"];
+            assert_eq!(labels["app.kubernetes.io/instance"], release, "{d}");
+            assert!(labels["app.kubernetes.io/version"].is_string(), "{d}");
+        }
+    }
+    // and the API server stores both side by side
+    let plane = ControlPlane::start().unwrap_or_else(|e| panic!("{e}"));
+    assert!(plane
+        .kubectl(Who::Admin, &["create", "namespace", NS], None)
+        .status
+        .success());
+    plane
+        .install_crds(&chart().join("crds/breakerpolicies.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    for docs in [&a, &b] {
+        let yaml: Vec<String> = docs
+            .iter()
+            .map(|d| serde_yaml::to_string(d).unwrap())
+            .collect();
+        let out = plane.kubectl(
+            Who::Admin,
+            &["apply", "-n", NS, "-f", "-"],
+            Some(&yaml.join("---\n")),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = plane.kubectl(
+        Who::Admin,
+        &[
+            "get",
+            "deployments,services,configmaps,roles,breakerpolicies",
+            "-n",
+            NS,
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    let stored = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("/shop-a-") || l.contains("/shop-b-"))
+        .count();
+    let made = |docs: &[Value]| {
+        docs.iter()
+            .filter(|d| {
+                [
+                    "Deployment",
+                    "Service",
+                    "ConfigMap",
+                    "Role",
+                    "BreakerPolicy",
+                ]
+                .contains(&d["kind"].as_str().unwrap())
+            })
+            .count()
+    };
+    assert_eq!(stored, made(&a) + made(&b), "{}", text(&out));
+}
+
+#[test]
+fn manifests_for_kubectl_carry_no_helm_labels() {
+    for file in [
+        "rbac.yaml",
+        "gateway-configmap.yaml",
+        "circuit-breaker-demo.yaml",
+        "examples/seed.yaml",
+    ] {
+        let yaml = std::fs::read_to_string(Path::new(ROOT).join("k8s").join(file)).unwrap();
+        assert!(
+            !yaml.contains("managed-by: Helm") && !yaml.contains("helm.sh/chart"),
+            "k8s/{file}"
+        );
+    }
+}

@@ -1,8 +1,41 @@
+{{/*
+The name of one of the release's objects, from its component name (product-service,
+api-gateway-v2-breaker, ...). The release named like the chart (make deploy's) uses the
+component names as they are; any other release prefixes them with its own name, so two
+releases share a namespace without sharing an object.
+dict: root, name
+*/}}
+{{- define "cbd.objectName" -}}
+{{- if eq .root.Release.Name .root.Chart.Name -}}
+{{ .name }}
+{{- else -}}
+{{ printf "%s-%s" .root.Release.Name .name | trunc 63 | trimSuffix "-" }}
+{{- end -}}
+{{- end }}
+
+{{/* The ConfigMap api-gateway-v2 watches and breaker-controller writes. */}}
+{{- define "cbd.configMapName" -}}
+{{ .Values.gatewayV2.configMapName | default (include "cbd.objectName" (dict "root" . "name" "api-gateway-v2-breaker")) }}
+{{- end }}
+
+{{/* The Secret holding recommendations' admin token (key `token`): the user's, or the chart's. */}}
+{{- define "cbd.adminSecretName" -}}
+{{ .Values.recommendations.existingSecret | default (include "cbd.objectName" (dict "root" . "name" "recommendations-admin")) }}
+{{- end }}
+
+{{/* Labels that pick one component's pods of this release. dict: root, name */}}
+{{- define "cbd.selectorLabels" -}}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/name: {{ .name }}
+{{- end }}
+
+{{/* The standard labels, on every object. */}}
 {{- define "cbd.labels" -}}
 app.kubernetes.io/part-of: circuit-breaker-demo
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/instance: {{ .Release.Name }}
-helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end }}
 
 {{- define "cbd.image" -}}
@@ -25,14 +58,16 @@ securityContext:
 
 {{/*
 A Deployment and its Service for one of the binaries.
-dict: root, name, port, component, replicas, resources, env (list), serviceAccount (optional)
+dict: root, name, port, component, replicas, resources, env (list), serviceAccount (optional,
+a component name like name)
 */}}
 {{- define "cbd.workload" -}}
 {{- $root := .root }}
+{{- $v := $root.Values }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: {{ .name }}
+  name: {{ include "cbd.objectName" . }}
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "cbd.labels" $root | nindent 4 }}
@@ -42,19 +77,38 @@ spec:
   replicas: {{ .replicas }}
   selector:
     matchLabels:
-      app.kubernetes.io/instance: {{ $root.Release.Name }}
-      app.kubernetes.io/name: {{ .name }}
+      {{- include "cbd.selectorLabels" . | nindent 6 }}
   template:
     metadata:
       labels:
         {{- include "cbd.labels" $root | nindent 8 }}
         app.kubernetes.io/name: {{ .name }}
         app.kubernetes.io/component: {{ .component }}
+      {{- with $v.podAnnotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
     spec:
       {{- if .serviceAccount }}
-      serviceAccountName: {{ .serviceAccount }}
+      serviceAccountName: {{ include "cbd.objectName" (dict "root" $root "name" .serviceAccount) }}
       {{- else }}
       automountServiceAccountToken: false
+      {{- end }}
+      {{- with $v.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
       {{- end }}
       securityContext:
         runAsNonRoot: true
@@ -97,15 +151,14 @@ spec:
 apiVersion: v1
 kind: Service
 metadata:
-  name: {{ .name }}
+  name: {{ include "cbd.objectName" . }}
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "cbd.labels" $root | nindent 4 }}
     app.kubernetes.io/name: {{ .name }}
 spec:
   selector:
-    app.kubernetes.io/instance: {{ $root.Release.Name }}
-    app.kubernetes.io/name: {{ .name }}
+    {{- include "cbd.selectorLabels" . | nindent 4 }}
   ports:
     - name: http
       port: {{ .port }}
