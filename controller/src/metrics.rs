@@ -9,8 +9,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::reconcile::Error;
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
@@ -55,16 +53,13 @@ impl Metrics {
         metrics
     }
 
-    pub fn reconciled<T>(&self, result: &Result<T, Error>, took: Duration) {
+    /// One run: done, or failed with the error's label.
+    pub fn reconciled(&self, error: Option<String>, took: Duration) {
         let labels = ResultLabels {
-            result: if result.is_ok() { "done" } else { "error" },
+            result: if error.is_none() { "done" } else { "error" },
         };
-        if let Err(err) = result {
-            self.errors
-                .get_or_create(&ErrorLabels {
-                    error: err.metric_label(),
-                })
-                .inc();
+        if let Some(error) = error {
+            self.errors.get_or_create(&ErrorLabels { error }).inc();
         }
         self.reconciles.get_or_create(&labels).inc();
         self.duration

@@ -156,7 +156,8 @@ pub async fn reconcile(policy: Arc<BreakerPolicy>, ctx: Arc<Context>) -> Result<
     let started = Instant::now();
     let k = key(&policy);
     let result = reconcile_policy(policy, &ctx).await;
-    ctx.metrics.reconciled(&result, started.elapsed());
+    let error = result.as_ref().err().map(Error::metric_label);
+    ctx.metrics.reconciled(error, started.elapsed());
     if result.is_ok() {
         ctx.forget_failures(&k);
     }

@@ -68,6 +68,26 @@ fn step(method: Method, path: &str, status: u16, answer: Value) -> Step {
     }
 }
 
+/// The status patch, answered with the stored policy.
+fn status_patched(p: &BreakerPolicy) -> Step {
+    step(
+        Method::PATCH,
+        &status_path(),
+        200,
+        serde_json::to_value(p).unwrap(),
+    )
+}
+
+/// A new Event, answered with itself.
+fn event_created() -> Step {
+    step(Method::POST, &events_path(), 201, Value::Null)
+}
+
+/// The controller's read of the target ConfigMap.
+fn configmap_read(status: u16, answer: Value) -> Step {
+    step(Method::GET, &configmap_path(), status, answer)
+}
+
 fn not_found() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})
 }
@@ -147,11 +167,7 @@ fn metrics_text(registry: &Registry) -> String {
 async fn invalid_settings_are_not_ready_with_the_key_and_a_warning_event_series() {
     let (ctx, handle, registry) = test_context();
     let p = policy(invalid_settings());
-    let stored = serde_json::to_value(&p).unwrap();
-    let script = vec![
-        step(Method::PATCH, &status_path(), 200, stored.clone()),
-        step(Method::POST, &events_path(), 201, Value::Null),
-    ];
+    let script = vec![status_patched(&p), event_created()];
     let (result, bodies, handle) = run(p.clone(), ctx.clone(), handle, script).await;
     assert_eq!(result.unwrap(), Action::await_change());
     let condition = ready(&bodies[0]);
@@ -185,7 +201,7 @@ async fn invalid_settings_are_not_ready_with_the_key_and_a_warning_event_series(
 
     // The same Event again extends the first one's series (one Recorder for the controller).
     let script = vec![
-        step(Method::PATCH, &status_path(), 200, stored),
+        status_patched(&p),
         step(
             Method::PATCH,
             &format!("{}/{first_event}", events_path()),
@@ -202,15 +218,7 @@ async fn invalid_settings_are_not_ready_with_the_key_and_a_warning_event_series(
 async fn a_missing_target_is_not_ready_and_retried_without_an_event() {
     let (ctx, handle, _) = test_context();
     let p = policy(BreakerSettings::default());
-    let script = vec![
-        step(Method::GET, &configmap_path(), 404, not_found()),
-        step(
-            Method::PATCH,
-            &status_path(),
-            200,
-            serde_json::to_value(&p).unwrap(),
-        ),
-    ];
+    let script = vec![configmap_read(404, not_found()), status_patched(&p)];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
     assert_eq!(ready(&bodies[1])["reason"], "TargetMissing");
@@ -223,14 +231,9 @@ async fn a_configmap_without_the_target_label_is_a_conflict_with_an_event() {
     let p = policy(BreakerSettings::default());
     let unlabelled = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": TARGET, "namespace": NS}});
     let script = vec![
-        step(Method::GET, &configmap_path(), 200, unlabelled),
-        step(
-            Method::PATCH,
-            &status_path(),
-            200,
-            serde_json::to_value(&p).unwrap(),
-        ),
-        step(Method::POST, &events_path(), 201, Value::Null),
+        configmap_read(200, unlabelled),
+        status_patched(&p),
+        event_created(),
     ];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
@@ -262,20 +265,13 @@ async fn another_policys_fields_are_a_conflict_told_by_managed_fields() {
     let (ctx, handle, _) = test_context();
     let p = policy(BreakerSettings::default());
     let script = vec![
-        step(
-            Method::GET,
-            &configmap_path(),
+        configmap_read(
             200,
             prepared_configmap(&["helm", "breaker-controller.rival"]),
         ),
         step(Method::PATCH, &configmap_path(), 409, conflict_status()),
-        step(
-            Method::PATCH,
-            &status_path(),
-            200,
-            serde_json::to_value(&p).unwrap(),
-        ),
-        step(Method::POST, &events_path(), 201, Value::Null),
+        status_patched(&p),
+        event_created(),
     ];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
@@ -292,12 +288,7 @@ async fn hand_edits_are_taken_back_with_force_and_the_policy_is_ready() {
     let (ctx, handle, _) = test_context();
     let p = policy(BreakerSettings::default());
     let script = vec![
-        step(
-            Method::GET,
-            &configmap_path(),
-            200,
-            prepared_configmap(&["helm", "kubectl-edit"]),
-        ),
+        configmap_read(200, prepared_configmap(&["helm", "kubectl-edit"])),
         step(Method::PATCH, &configmap_path(), 409, conflict_status()),
         step(
             Method::PATCH,
@@ -305,13 +296,8 @@ async fn hand_edits_are_taken_back_with_force_and_the_policy_is_ready() {
             200,
             prepared_configmap(&[]),
         ),
-        step(
-            Method::PATCH,
-            &status_path(),
-            200,
-            serde_json::to_value(&p).unwrap(),
-        ),
-        step(Method::POST, &events_path(), 201, Value::Null),
+        status_patched(&p),
+        event_created(),
     ];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(RESYNC));
@@ -331,7 +317,7 @@ async fn an_api_error_keeps_its_variant_and_reason_in_the_metrics_and_is_timed()
     let (ctx, handle, registry) = test_context();
     let p = policy(BreakerSettings::default());
     let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "configmaps is forbidden"});
-    let script = vec![step(Method::GET, &configmap_path(), 403, forbidden)];
+    let script = vec![configmap_read(403, forbidden)];
     let (result, _, _) = run(p, ctx, handle, script).await;
     let err = result.unwrap_err();
     assert!(

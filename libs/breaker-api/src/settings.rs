@@ -66,41 +66,36 @@ impl Default for BreakerSettings {
     }
 }
 
-impl From<&SettingsSpec> for BreakerSettings {
-    fn from(s: &SettingsSpec) -> Self {
-        Self {
-            failure_threshold: s.failure_threshold,
-            failure_rate_threshold: s.failure_rate_threshold,
-            sliding_window_size: s.sliding_window_size,
-            minimum_calls: s.minimum_calls,
-            slow_call_duration: s.slow_call_duration,
-            slow_call_rate_threshold: s.slow_call_rate_threshold,
-            call_timeout: s.call_timeout,
-            open_duration: s.open_duration,
-            max_open_duration: s.max_open_duration,
-            half_open_max_calls: s.half_open_max_calls,
-            max_concurrent_calls: s.max_concurrent_calls,
+/// Both conversions between the wire and the engine's spec, from one list of their common
+/// fields (a field missing from either type, or from the list, does not compile).
+macro_rules! same_fields {
+    ($a:ty, $b:ty: $($field:ident),* $(,)?) => {
+        impl From<&$a> for $b {
+            fn from(s: &$a) -> Self {
+                Self { $($field: s.$field),* }
+            }
         }
-    }
+        impl From<&$b> for $a {
+            fn from(s: &$b) -> Self {
+                Self { $($field: s.$field),* }
+            }
+        }
+    };
 }
 
-impl From<&BreakerSettings> for SettingsSpec {
-    fn from(s: &BreakerSettings) -> Self {
-        Self {
-            failure_threshold: s.failure_threshold,
-            failure_rate_threshold: s.failure_rate_threshold,
-            sliding_window_size: s.sliding_window_size,
-            minimum_calls: s.minimum_calls,
-            slow_call_duration: s.slow_call_duration,
-            slow_call_rate_threshold: s.slow_call_rate_threshold,
-            call_timeout: s.call_timeout,
-            open_duration: s.open_duration,
-            max_open_duration: s.max_open_duration,
-            half_open_max_calls: s.half_open_max_calls,
-            max_concurrent_calls: s.max_concurrent_calls,
-        }
-    }
-}
+same_fields!(SettingsSpec, BreakerSettings:
+    failure_threshold,
+    failure_rate_threshold,
+    sliding_window_size,
+    minimum_calls,
+    slow_call_duration,
+    slow_call_rate_threshold,
+    call_timeout,
+    open_duration,
+    max_open_duration,
+    half_open_max_calls,
+    max_concurrent_calls,
+);
 
 impl BreakerSettings {
     /// Parses and validates a YAML (or JSON, a YAML subset) settings document.

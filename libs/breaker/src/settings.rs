@@ -193,50 +193,49 @@ impl Settings {
     }
 }
 
-fn in_range(key: &str, value: u32, range: &RangeInclusive<u32>) -> Result<(), SettingsError> {
+/// `value` within `range`, or an error for `key` saying `why`.
+fn within<T: PartialOrd>(
+    key: &str,
+    value: T,
+    range: &RangeInclusive<T>,
+    why: impl FnOnce() -> String,
+) -> Result<(), SettingsError> {
     if range.contains(&value) {
         Ok(())
     } else {
-        Err(SettingsError::new(
-            key,
-            format!(
-                "{value} is out of range {}..={}",
-                range.start(),
-                range.end()
-            ),
-        ))
+        Err(SettingsError::new(key, why()))
     }
+}
+
+fn in_range(key: &str, value: u32, range: &RangeInclusive<u32>) -> Result<(), SettingsError> {
+    within(key, value, range, || {
+        format!(
+            "{value} is out of range {}..={}",
+            range.start(),
+            range.end()
+        )
+    })
 }
 
 fn percent(key: &str, value: f64) -> Result<(), SettingsError> {
     let range = limits::PERCENT;
-    if range.contains(&value) {
-        Ok(())
-    } else {
-        Err(SettingsError::new(
-            key,
-            format!(
-                "{value} must be a percentage from {} to {}",
-                range.start(),
-                range.end()
-            ),
-        ))
-    }
+    within(key, value, &range, || {
+        format!(
+            "{value} must be a percentage from {} to {}",
+            range.start(),
+            range.end()
+        )
+    })
 }
 
 fn duration(key: &str, value: Duration) -> Result<(), SettingsError> {
-    if limits::DURATION.contains(&value) {
-        Ok(())
-    } else {
-        Err(SettingsError::new(
-            key,
-            format!(
-                "{} must be between {}",
-                duration_text::format(value),
-                limits::duration_range_text()
-            ),
-        ))
-    }
+    within(key, value, &limits::DURATION, || {
+        format!(
+            "{} must be between {}",
+            duration_text::format(value),
+            limits::duration_range_text()
+        )
+    })
 }
 
 #[cfg(test)]

@@ -9,12 +9,13 @@ use parking_lot::Mutex;
 use service_runtime::{resource, ReadinessGate};
 
 use crate::applier::{self, ConfigState};
+use crate::config::SettingsSource;
+use crate::dashboard;
 use crate::metrics::UpstreamMetrics;
 use crate::protected::Protected;
 use crate::sources::{Origin, Update};
 use crate::status::{self, StatusSources};
 use crate::upstream::{Recommendations, UpstreamError, Upstreams};
-use crate::{dashboard, SettingsSource};
 
 pub enum Policy {
     /// v1: wait up to `timeout`; a failure fails the whole page.
