@@ -1,5 +1,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use breaker_api::BreakerPolicy;
 use clap::{Parser, Subcommand};
@@ -75,11 +76,21 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let controller = Controller::new(policies, watcher::Config::default().any_semantic())
         .trigger_backoff(breaker_api::RewatchBackoff::default());
     // Ready once the first list has been seen: before that, the controller cannot act.
+    // Asked again every 250 ms: the store's readiness wakes only the last task that waited on
+    // it, and the controller's own queue waits on it too (kube-runtime 5's DelayedInit).
     let store = controller.store();
     actix_web::rt::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            tracing::info!("BreakerPolicies synced");
-            synced.set_ready();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    tracing::info!("BreakerPolicies synced");
+                    synced.set_ready();
+                    return;
+                }
+                // The watch has ended: the controller is stopping.
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
         }
     });
     let controller = controller

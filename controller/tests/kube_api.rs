@@ -19,6 +19,15 @@ fn serial() -> e2e::ExclusiveTiming {
 
 /// A control plane with the CRD, namespace `demo` and the RBAC of k8s/rbac.yaml installed.
 fn control_plane() -> ControlPlane {
+    let plane = control_plane_without_crd();
+    plane
+        .install_crds(&Path::new(ROOT).join("k8s/crd.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    plane
+}
+
+/// Namespace `demo` and the RBAC of k8s/rbac.yaml, but no BreakerPolicy CRD.
+fn control_plane_without_crd() -> ControlPlane {
     let plane = ControlPlane::start().unwrap_or_else(|e| panic!("{e}"));
     let ok = |out: std::process::Output, what: &str| {
         assert!(
@@ -32,9 +41,6 @@ fn control_plane() -> ControlPlane {
         plane.kubectl(Who::Admin, &["create", "namespace", NS], None),
         "namespace",
     );
-    plane
-        .install_crds(&Path::new(ROOT).join("k8s/crd.yaml"))
-        .unwrap_or_else(|e| panic!("{e}"));
     for file in ["k8s/rbac.yaml", "k8s/gateway-configmap.yaml"] {
         let path = format!("{ROOT}/{file}");
         ok(
@@ -93,6 +99,18 @@ async fn set_mode(plane: &ControlPlane, c: &awc::Client, stack: &Stack, mode: &s
     );
     assert!(kubectl_apply(plane, &yaml).status.success());
     wait_status(c, stack, Duration::from_secs(10), |s| s["mode"] == mode).await;
+}
+
+async fn wait_for_ready(c: &awc::Client, proc: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(c, &proc.url("/readyz")).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "{} not ready within 10 s",
+            proc.name
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn start_controller(plane: &ControlPlane, dir: &Path) -> Proc {
@@ -321,6 +339,9 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     .await;
     assert_eq!(bp["status"]["observedGeneration"], 1);
     assert_eq!(ready_condition(&bp).unwrap()["observedGeneration"], 1);
+    assert_eq!(ready_condition(&bp).unwrap()["reason"], "Applied");
+    // v2 knows its settings now, so it is ready
+    wait_for_ready(&c, &stack.v2).await;
     assert_eq!(bp["status"]["configMap"], format!("{NS}/{TARGET}"));
     let cm = get_json(&plane, &["configmap", TARGET]).unwrap();
     assert_eq!(
@@ -676,4 +697,48 @@ async fn the_shipped_roles_grant_no_more_than_needed() {
         Who::Controller,
         &["delete", "breakerpolicies.resilience.demo.dev"]
     ));
+}
+
+#[actix_web::test]
+#[ignore = "control-plane tier: needs kube-apiserver and etcd (make control-plane-bins); run by `make test`"]
+async fn the_controller_names_a_missing_crd_at_start_and_is_ready_once_synced() {
+    let _serial = serial();
+    let plane = control_plane_without_crd();
+    // No CRD yet: the controller stops at once and says what to do.
+    let mut child = std::process::Command::new(bin_path("breaker-controller"))
+        .env("KUBECONFIG", plane.kubeconfig(Who::Controller))
+        .env("WATCH_NAMESPACE", NS)
+        .env("PORT", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the controller ran on without its CRD"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!status.success());
+    assert!(
+        said.contains(
+            "the BreakerPolicy CRD is not installed: run `kubectl apply -f k8s/crd.yaml`"
+        ),
+        "{said}"
+    );
+    // With it, the controller is ready once its watch has listed the policies.
+    plane
+        .install_crds(&Path::new(ROOT).join("k8s/crd.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let controller = start_controller(&plane, dir.path());
+    wait_for_ready(&client(), &controller).await;
+    assert!(controller.log_text().contains("BreakerPolicies synced"));
 }

@@ -185,3 +185,64 @@ async fn a_gateway_is_ready_once_product_service_accepts_and_stays_ready() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(&c, &gateway.url("/readyz")).await.status, 200);
 }
+
+#[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
+async fn v2_reading_a_configmap_is_not_ready_until_the_api_has_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let product = Proc::start("product-service", &[], dir.path());
+    // An API server that refuses every connection.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: u\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("PRODUCT_SERVICE_URL", product.url("")),
+        (
+            "RECOMMENDATIONS_SERVICE_URL",
+            "http://127.0.0.1:9".to_string(),
+        ),
+        (
+            "BREAKER_CONFIGMAP",
+            "demo/api-gateway-v2-breaker".to_string(),
+        ),
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+    ];
+    let v2 = Proc::start("api-gateway-v2", &env, dir.path());
+    let c = client();
+    // product-service is reachable, but the settings are not known: not ready, and it says why
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let s = get(&c, &v2.url("/circuit-status")).await;
+        if s.body["config_watch_error"].is_string() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no watch error: {}",
+            s.raw
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        status.body["config_source"],
+        "configmap:demo/api-gateway-v2-breaker"
+    );
+    for _ in 0..5 {
+        let answer = get(&c, &v2.url("/readyz")).await;
+        assert_eq!(answer.status, 503, "{}", answer.raw);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // it still serves with the defaults meanwhile
+    let page = get(&c, &v2.url("/product-details/1")).await;
+    assert_eq!(page.status, 200, "{}", page.raw);
+}
