@@ -50,7 +50,8 @@ def pytest_terminal_summary(terminalreporter):
     if FIGURES:
         terminalreporter.section("cluster figures")
         for line in FIGURES:
-            terminalreporter.write_line(f"figure: {line}")
+            for part in line.splitlines():
+                terminalreporter.write_line(f"figure: {part}")
 
 
 def make(*args: str) -> float:
