@@ -181,7 +181,7 @@ pub struct Permit<'a> {
 }
 
 impl CircuitBreaker {
-    /// Settings are expected to be valid ([`Settings::validate`]); the edge checks them.
+    /// Takes [`Settings`], which only validation makes: the breaker never sees raw config.
     pub fn new(settings: Settings, clock: Arc<dyn Clock>) -> Self {
         Self::with_observer(settings, clock, None)
     }

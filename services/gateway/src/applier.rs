@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use breaker::{Mode, Settings};
 use parking_lot::Mutex;
-use serde::Serialize;
 use service_runtime::ReadinessGate;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -35,7 +34,7 @@ enum Seen {
 }
 
 /// Where the settings in force came from and what is wrong, as `/circuit-status` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConfigStatus {
     pub source: String,
     /// Version of the settings in force.
