@@ -1,3 +1,4 @@
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -165,10 +166,18 @@ pub struct CircuitBreaker {
 }
 
 /// Leave to make one call. Report it with [`Permit::record`]; dropping it unreported
-/// releases its slot without judging the dependency.
+/// releases its slot without judging the dependency. It holds its breaker by reference
+/// ([`CircuitBreaker::try_acquire`]), or by `Arc` ([`Permit::into_owned`]) to outlive its caller.
 #[must_use = "a permit must be recorded, or dropped to release it"]
-pub struct Permit<'a> {
-    breaker: &'a CircuitBreaker,
+pub struct Permit<B: Borrow<CircuitBreaker>> {
+    breaker: B,
+    admission: Admission,
+    reported: bool,
+}
+
+/// What the breaker needs, when a call finishes, to judge it.
+#[derive(Debug, Clone, Copy)]
+struct Admission {
     epoch: u64,
     probe: bool,
     /// Let through by ForceClosed: counted, but never moves the state machine.
@@ -177,7 +186,6 @@ pub struct Permit<'a> {
     /// closed path free of clock reads.
     started: Option<Duration>,
     call_timeout: Duration,
-    reported: bool,
 }
 
 impl CircuitBreaker {
@@ -218,7 +226,7 @@ impl CircuitBreaker {
     }
 
     /// Asks to make a call now.
-    pub fn try_acquire(&self) -> Result<Permit<'_>, Rejection> {
+    pub fn try_acquire(&self) -> Result<Permit<&Self>, Rejection> {
         let mut core = self.lock();
         self.open_to_half_open(&mut core);
         if let Some(max) = core.settings.max_concurrent_calls {
@@ -255,11 +263,13 @@ impl CircuitBreaker {
         core.counts.in_flight += 1;
         Ok(Permit {
             breaker: self,
-            epoch: core.epoch,
-            probe,
-            forced,
-            started: core.settings.slow_call_duration.map(|_| self.clock.now()),
-            call_timeout: core.settings.call_timeout,
+            admission: Admission {
+                epoch: core.epoch,
+                probe,
+                forced,
+                started: core.settings.slow_call_duration.map(|_| self.clock.now()),
+                call_timeout: core.settings.call_timeout,
+            },
             reported: false,
         })
     }
@@ -363,7 +373,7 @@ impl CircuitBreaker {
         }
     }
 
-    fn finish(&self, permit: &Permit<'_>, outcome: Option<Outcome>) {
+    fn finish(&self, permit: &Admission, outcome: Option<Outcome>) {
         let mut core = self.lock();
         core.counts.in_flight = core.counts.in_flight.saturating_sub(1);
         let current = permit.epoch == core.epoch && !permit.forced;
@@ -437,20 +447,20 @@ impl CircuitBreaker {
     }
 }
 
-impl Permit<'_> {
+impl<B: Borrow<CircuitBreaker>> Permit<B> {
     /// The call timeout in force when this permit was granted.
     pub fn call_timeout(&self) -> Duration {
-        self.call_timeout
+        self.admission.call_timeout
     }
 
     /// Whether this call is a half-open probe.
     pub fn is_probe(&self) -> bool {
-        self.probe
+        self.admission.probe
     }
 
     pub fn record(mut self, outcome: Outcome) {
         self.reported = true;
-        self.breaker.finish(&self, Some(outcome));
+        self.breaker.borrow().finish(&self.admission, Some(outcome));
     }
 
     pub fn success(self) {
@@ -462,10 +472,28 @@ impl Permit<'_> {
     }
 }
 
-impl Drop for Permit<'_> {
+impl<'a> Permit<&'a CircuitBreaker> {
+    /// The same permit (its slot kept, nothing counted twice), holding `breaker`, which must be
+    /// the one it came from, by `Arc`: for a call that runs on after its caller has moved on.
+    pub fn into_owned(mut self, breaker: &Arc<CircuitBreaker>) -> Permit<Arc<CircuitBreaker>> {
+        assert!(
+            std::ptr::eq(self.breaker, Arc::as_ptr(breaker)),
+            "a permit moves only to its own breaker"
+        );
+        // Handed over, not released.
+        self.reported = true;
+        Permit {
+            breaker: breaker.clone(),
+            admission: self.admission,
+            reported: false,
+        }
+    }
+}
+
+impl<B: Borrow<CircuitBreaker>> Drop for Permit<B> {
     fn drop(&mut self) {
         if !self.reported {
-            self.breaker.finish(self, None);
+            self.breaker.borrow().finish(&self.admission, None);
         }
     }
 }
@@ -478,11 +506,10 @@ impl std::fmt::Debug for CircuitBreaker {
     }
 }
 
-impl std::fmt::Debug for Permit<'_> {
+impl<B: Borrow<CircuitBreaker>> std::fmt::Debug for Permit<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
-            .field("epoch", &self.epoch)
-            .field("probe", &self.probe)
+            .field("admission", &self.admission)
             .finish()
     }
 }

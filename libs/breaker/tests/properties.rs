@@ -58,7 +58,7 @@ proptest! {
     ) {
         let clock = ManualClock::new();
         let b = CircuitBreaker::new(valid(settings(half_open, bulkhead, rate)), Arc::new(clock.clone()));
-        let mut held: Vec<Permit<'_>> = Vec::new();
+        let mut held: Vec<Permit<&CircuitBreaker>> = Vec::new();
         let mut probes_this_half_open = 0u32;
         let mut last_transitions = 0u64;
         for op in ops {

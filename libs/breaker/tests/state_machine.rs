@@ -376,3 +376,26 @@ fn force_closed_keeps_the_bulkhead() {
 fn valid(spec: SettingsSpec) -> Settings {
     Settings::new(spec).expect("valid settings")
 }
+
+#[test]
+fn a_probe_handed_over_keeps_its_slot_and_is_judged_once() {
+    let clock = ManualClock::new();
+    let b = Arc::new(CircuitBreaker::new(
+        valid(SettingsSpec::default()),
+        Arc::new(clock.clone()),
+    ));
+    fail(&b, 3);
+    clock.advance(ms(5000));
+    let probe = b.try_acquire().unwrap();
+    assert!(probe.is_probe());
+    let owned = probe.into_owned(&b);
+    // the slot is still taken: no second probe, nothing released or abandoned
+    assert_eq!(b.try_acquire().unwrap_err(), Rejection::HalfOpenFull);
+    assert_eq!(b.snapshot().counts.abandoned, 0);
+    let handed = std::thread::spawn(move || owned.failure());
+    handed.join().unwrap();
+    let snap = b.snapshot();
+    assert_eq!(snap.state, State::Open);
+    assert_eq!(snap.counts.failures, 4);
+    assert_eq!(snap.counts.in_flight, 0);
+}

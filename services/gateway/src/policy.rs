@@ -71,10 +71,19 @@ impl Policy {
                     degraded: false,
                 })
             }
-            Policy::Protected(v2) => Ok(v2
-                .protected
-                .call(|timeout| upstreams.recommendations(client, metrics, id, timeout))
-                .await),
+            Policy::Protected(v2) => {
+                // Owned, so that a half-open probe can run on after its user is answered.
+                let (upstreams, client, metrics) =
+                    (upstreams.clone(), client.clone(), metrics.clone());
+                Ok(v2
+                    .protected
+                    .call(move |timeout| async move {
+                        upstreams
+                            .recommendations(&client, &metrics, id, timeout)
+                            .await
+                    })
+                    .await)
+            }
         }
     }
 

@@ -1,14 +1,21 @@
 //! v2's protection around recommendations-service: the breaker, its bulkhead and the call
 //! timeout, with the fallback served whenever the call is not made or fails.
+//!
+//! A half-open probe is not its user's problem: it runs on a task of its own, the user waits
+//! at most [`PROBE_WAIT`] for it (a fast probe still serves the full page), and a slow probe
+//! runs on to the call timeout and is judged while its user already has the fallback.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::borrow::Borrow;
+
 use breaker::{
-    BreakerObserver, CircuitBreaker, Clock, Mode, MonotonicClock, Outcome, Rejection, Settings,
-    Snapshot,
+    BreakerObserver, CircuitBreaker, Clock, Mode, MonotonicClock, Outcome, Permit, Rejection,
+    Settings, Snapshot,
 };
+use catalog::Product;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,14 +26,20 @@ use crate::upstream::{Recommendations, UpstreamError};
 
 /// How often a quiet breaker is looked at, so open turns half-open on time without traffic.
 const TICK: Duration = Duration::from_millis(100);
+/// How long a user waits for the half-open probe made on their request: a healthy dependency
+/// answers well within it; a hanging one costs the user this, not the call timeout.
+pub const PROBE_WAIT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// What a call came to: products, or the cause of the fallback.
+type Judged = Result<Vec<Product>, &'static str>;
+
 pub struct Protected {
-    breaker: CircuitBreaker,
+    breaker: Arc<CircuitBreaker>,
     journal: Arc<Journal>,
     calls: Family<OutcomeLabels, Counter>,
     fallbacks: Family<OutcomeLabels, Counter>,
@@ -48,11 +61,11 @@ impl Protected {
             "Answers served with fallback recommendations, by cause",
             fallbacks.clone(),
         );
-        let breaker = CircuitBreaker::with_observer(
+        let breaker = Arc::new(CircuitBreaker::with_observer(
             settings,
             clock,
             Some(journal.clone() as Arc<dyn BreakerObserver>),
-        );
+        ));
         Self {
             breaker,
             journal,
@@ -98,20 +111,31 @@ impl Protected {
         family.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
-    fn fallback(&self, cause: &'static str) -> Recommendations {
-        self.count(&self.fallbacks, cause);
-        Recommendations {
-            products: Vec::new(),
-            degraded: true,
+    /// What the user gets: the products, or the fallback (no recommendations, degraded),
+    /// counted by cause.
+    fn serve(&self, judged: Judged) -> Recommendations {
+        match judged {
+            Ok(products) => Recommendations {
+                products,
+                degraded: false,
+            },
+            Err(cause) => {
+                self.count(&self.fallbacks, cause);
+                Recommendations {
+                    products: Vec::new(),
+                    degraded: true,
+                }
+            }
         }
     }
 
     /// Makes the call if the breaker allows it, within the call timeout; any failure or
-    /// rejection yields the fallback (no recommendations, degraded).
-    pub async fn call<F, Fut>(&self, make_call: F) -> Recommendations
+    /// rejection yields the fallback. The call is `'static`, so that a probe can outlive its
+    /// user's wait.
+    pub async fn call<F, Fut>(self: &Arc<Self>, make_call: F) -> Recommendations
     where
-        F: FnOnce(Duration) -> Fut,
-        Fut: Future<Output = Result<Vec<catalog::Product>, UpstreamError>>,
+        F: FnOnce(Duration) -> Fut + 'static,
+        Fut: Future<Output = Result<Vec<Product>, UpstreamError>> + 'static,
     {
         let permit = match self.breaker.try_acquire() {
             Ok(permit) => permit,
@@ -123,31 +147,69 @@ impl Protected {
                     Rejection::ForcedOpen => "rejected_forced_open",
                 };
                 self.count(&self.calls, outcome);
-                return self.fallback(outcome);
+                return self.serve(Err(outcome));
             }
         };
+        if permit.is_probe() {
+            return self
+                .probe(permit.into_owned(&self.breaker), make_call)
+                .await;
+        }
         // A cancelled request drops the permit here, which releases it unjudged.
-        match make_call(permit.call_timeout()).await {
+        let result = make_call(permit.call_timeout()).await;
+        self.serve(self.judge(permit, result))
+    }
+
+    /// Runs the probe on its own task, judged whatever its user does; the user waits for it at
+    /// most [`PROBE_WAIT`].
+    async fn probe<F, Fut>(
+        self: &Arc<Self>,
+        permit: Permit<Arc<CircuitBreaker>>,
+        make_call: F,
+    ) -> Recommendations
+    where
+        F: FnOnce(Duration) -> Fut + 'static,
+        Fut: Future<Output = Result<Vec<Product>, UpstreamError>> + 'static,
+    {
+        let (answer, wait) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        actix_web::rt::spawn(async move {
+            let result = make_call(permit.call_timeout()).await;
+            let _ = answer.send(this.judge(permit, result));
+        });
+        match tokio::time::timeout(PROBE_WAIT, wait).await {
+            Ok(Ok(judged)) => self.serve(judged),
+            _ => {
+                tracing::info!(waited = ?PROBE_WAIT, "half-open probe still running; serving fallback, the probe runs on");
+                self.serve(Err("probe_running"))
+            }
+        }
+    }
+
+    /// Records what the call says about the dependency.
+    fn judge<B: Borrow<CircuitBreaker>>(
+        &self,
+        permit: Permit<B>,
+        result: Result<Vec<Product>, UpstreamError>,
+    ) -> Judged {
+        match result {
             Ok(products) => {
                 permit.record(Outcome::Success);
                 self.count(&self.calls, "success");
-                Recommendations {
-                    products,
-                    degraded: false,
-                }
+                Ok(products)
             }
             Err(err) if err.is_dependency_failure() => {
                 permit.record(Outcome::Failure);
                 self.count(&self.calls, "failure");
                 tracing::info!(error = %err, "recommendations call failed; serving fallback");
-                self.fallback(err.kind())
+                Err(err.kind())
             }
             Err(err) => {
                 // The service is up and refused this one request: nothing to hold against it.
                 permit.record(Outcome::Success);
                 self.count(&self.calls, "refused");
                 tracing::info!(error = %err, "recommendations refused the request; serving fallback");
-                self.fallback(err.kind())
+                Err(err.kind())
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Calls to the product and recommendations services, with one deadline per call.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
@@ -17,10 +18,11 @@ pub struct Recommendations {
     pub degraded: bool,
 }
 
+/// Base URLs; cheap to clone (a probe's call owns a copy).
 #[derive(Debug, Clone)]
 pub struct Upstreams {
-    product: String,
-    recommendations: String,
+    product: Arc<str>,
+    recommendations: Arc<str>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -110,8 +112,8 @@ pub fn client() -> awc::Client {
 impl Upstreams {
     pub fn new(product: String, recommendations: String) -> Self {
         Self {
-            product,
-            recommendations,
+            product: product.into(),
+            recommendations: recommendations.into(),
         }
     }
 
