@@ -472,7 +472,7 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
     }
 }
 
-impl<'a> Permit<&'a CircuitBreaker> {
+impl Permit<&CircuitBreaker> {
     /// The same permit (its slot kept, nothing counted twice), holding `breaker`, which must be
     /// the one it came from, by `Arc`: for a call that runs on after its caller has moved on.
     pub fn into_owned(mut self, breaker: &Arc<CircuitBreaker>) -> Permit<Arc<CircuitBreaker>> {
