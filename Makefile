@@ -179,6 +179,8 @@ fmt: $(VENV)/.test-installed ## Format the code
 	$(VENV)/bin/ruff format loadtest tests/cluster
 
 lint: $(VENV)/.test-installed ## Formatting and lint checks: Rust (rustfmt, clippy) and Python (ruff)
+	@# rustfmt and clippy come with rustup's default profile; a minimal toolchain lacks them.
+	@if command -v rustup >/dev/null 2>&1; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff format --check loadtest tests/cluster
