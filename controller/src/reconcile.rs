@@ -354,7 +354,7 @@ fn has_reason(policy: &BreakerPolicy, reason: Reason) -> bool {
 }
 
 /// The `Ready` condition for this reason; the transition time stays while the status does.
-fn ready_condition(policy: &BreakerPolicy, reason: Reason, message: &str) -> Condition {
+fn new_ready_condition(policy: &BreakerPolicy, reason: Reason, message: &str) -> Condition {
     let status = if reason.ready() { "True" } else { "False" };
     let since = policy
         .ready_condition()
@@ -380,7 +380,7 @@ async fn set_ready(
     config_map: Option<String>,
 ) -> Result<(), Error> {
     let status = BreakerPolicyStatus {
-        conditions: vec![ready_condition(policy, reason, message)],
+        conditions: vec![new_ready_condition(policy, reason, message)],
         observed_generation: policy.meta().generation,
         config_map: config_map
             .or_else(|| policy.status.as_ref().and_then(|s| s.config_map.clone())),

@@ -13,9 +13,7 @@ use crate::http_metrics::{self, HttpMetrics};
 use crate::telemetry::LogFormat;
 
 /// Parses a duration such as `250ms`, `2s` or `1m30s` (the project's one grammar).
-pub fn parse_duration(text: &str) -> Result<Duration, duration_text::DurationError> {
-    duration_text::parse(text)
-}
+pub use duration_text::parse as parse_duration;
 
 /// How every service listens, logs and stops; read from the environment or flags.
 #[derive(Debug, Clone, clap::Args)]

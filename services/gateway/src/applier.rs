@@ -102,7 +102,7 @@ impl ConfigState {
             Update::NoPolicy => {
                 self.loaded = true;
                 if self.seen != Seen::NoPolicy {
-                    tracing::warn!(source = %self.status.source, "no BreakerPolicy settings in the ConfigMap; keeping the settings in force, mode Auto");
+                    tracing::warn!(source = %self.status.source, "{NO_POLICY}");
                     self.seen = Seen::NoPolicy;
                 }
                 self.status.error = Some(NO_POLICY.into());

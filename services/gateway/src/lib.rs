@@ -28,7 +28,6 @@ pub use config::{ConfigError, SettingsSource, V1Args, V2Args};
 use crate::handler::Gateway;
 use crate::metrics::UpstreamMetrics;
 use crate::policy::{Policy, V2};
-use crate::protected::Protected;
 
 pub fn run_v1() -> ExitCode {
     let args = V1Args::parse();
@@ -63,11 +62,10 @@ pub fn run_v2() -> ExitCode {
     tracing::info!(source = %source.origin.describe(), version = %source.version, "breaker settings loaded");
     let mut service = Service::new("api-gateway-v2");
     let metrics = UpstreamMetrics::register(service.registry());
-    let protected = Protected::new(source.initial.clone(), service.registry());
     let gateway = Gateway {
         upstreams,
         metrics,
-        policy: Policy::Protected(V2::new(source, protected)),
+        policy: Policy::Protected(V2::new(source, service.registry())),
     };
     serve(service, gateway, &args.common.serve, 8090)
 }

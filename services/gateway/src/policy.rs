@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
 use service_runtime::{resource, ReadinessGate};
 
 use crate::applier::{self, ConfigState};
@@ -31,14 +32,14 @@ pub struct V2 {
 }
 
 impl V2 {
-    pub fn new(source: SettingsSource, protected: Protected) -> Self {
+    pub fn new(source: SettingsSource, registry: &mut Registry) -> Self {
         let config = ConfigState::new(
             source.origin.describe(),
             source.version,
             source.origin.loaded_at_start(),
         );
         Self {
-            protected: Arc::new(protected),
+            protected: Arc::new(Protected::new(source.initial, registry)),
             config: Arc::new(Mutex::new(config)),
             origin: source.origin,
         }
