@@ -251,10 +251,9 @@ fn boundary_documents() -> Vec<String> {
             }
         }
     }
-    for (short, long, _) in breaker_api::policy::ORDER_RULES {
+    for rule in breaker_api::policy::ORDER_RULES {
         for (a, b) in [("9s", "10s"), ("10s", "10s"), ("10s", "9s")] {
-            docs.push(format!("{short}: {a}\n{long}: {b}\ncallTimeout: 1ms"));
-            docs.push(format!("callTimeout: 1ms\n{short}: {a}\n{long}: {b}"));
+            docs.push(rule.document(a, b));
         }
     }
     docs.retain(|doc| serde_yaml::from_str::<serde_yaml::Mapping>(doc).is_ok());

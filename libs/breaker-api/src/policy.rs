@@ -45,31 +45,68 @@ pub struct BreakerPolicySpec {
     pub settings: BreakerSettings,
 }
 
-/// The rules between two durations that the engine checks (`breaker::Settings::new`), as the
-/// API server's CEL: (shorter, longer, may they be equal).
-pub const ORDER_RULES: &[(&str, &str, bool)] = &[
-    ("callTimeout", "openDuration", false),
-    ("openDuration", "maxOpenDuration", true),
+/// A rule between two durations that the engine checks (`breaker::Settings::new`), written
+/// again as the API server's CEL.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderRule {
+    pub shorter: &'static str,
+    pub longer: &'static str,
+    pub may_equal: bool,
+    /// Why, for the message.
+    pub why: &'static str,
+}
+
+pub const ORDER_RULES: &[OrderRule] = &[
+    OrderRule {
+        shorter: "fallbackAfter",
+        longer: "callTimeout",
+        may_equal: false,
+        why: "or it never comes first",
+    },
+    OrderRule {
+        shorter: "callTimeout",
+        longer: "openDuration",
+        may_equal: false,
+        why: "or the circuit re-opens before a probe can answer",
+    },
+    OrderRule {
+        shorter: "openDuration",
+        longer: "maxOpenDuration",
+        may_equal: true,
+        why: "or the open time would shrink",
+    },
 ];
+
+impl OrderRule {
+    /// A settings document giving the two keys these values, with room around them (the
+    /// neighbouring keys set far apart), so that only this rule can refuse it: for tests.
+    pub fn document(&self, shorter: &str, longer: &str) -> String {
+        let mut doc = format!("{}: {shorter}\n{}: {longer}\n", self.shorter, self.longer);
+        for (key, value) in [("callTimeout", "1ms"), ("openDuration", "24h")] {
+            if key != self.shorter && key != self.longer {
+                doc.push_str(&format!("{key}: {value}\n"));
+            }
+        }
+        doc
+    }
+}
 
 fn add_order_rules(schema: &mut schemars::Schema) {
     let rules: Vec<serde_json::Value> = ORDER_RULES
         .iter()
-        .map(|(short, long, equal)| {
-            let op = if *equal { "<=" } else { "<" };
+        .map(|rule| {
+            let OrderRule { shorter, longer, may_equal, why } = *rule;
+            let op = if may_equal { "<=" } else { "<" };
             let well_formed = |key: &str| {
                 format!("has(self.settings.{key}) && self.settings.{key}.matches('{DURATION_PATTERN}')")
             };
+            let relation = if may_equal { "must not be longer than" } else { "must be shorter than" };
             serde_json::json!({
                 "rule": format!(
-                    "!has(self.settings) || !({} && {}) || duration(self.settings.{short}) {op} duration(self.settings.{long})",
-                    well_formed(short), well_formed(long)
+                    "!has(self.settings) || !({} && {}) || duration(self.settings.{shorter}) {op} duration(self.settings.{longer})",
+                    well_formed(shorter), well_formed(longer)
                 ),
-                "message": if *equal {
-                    format!("settings.{long} must not be shorter than settings.{short}")
-                } else {
-                    format!("settings.{short} must be shorter than settings.{long}, or the circuit re-opens before a probe can answer")
-                },
+                "message": format!("settings.{shorter} {relation} settings.{longer}, {why}"),
             })
         })
         .collect();

@@ -39,6 +39,14 @@ pub struct BreakerSettings {
     #[serde(with = "duration_text::serde")]
     #[schemars(with = "DurationText")]
     pub call_timeout: Duration,
+    /// How long a user waits for a call: past it they get the fallback while the call runs on
+    /// to `callTimeout` and is judged. Off when absent: the user waits up to `callTimeout`.
+    #[serde(
+        with = "duration_text::serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<DurationText>")]
+    pub fallback_after: Option<Duration>,
     /// How long the circuit stays open before it lets probes through.
     #[serde(with = "duration_text::serde")]
     #[schemars(with = "DurationText")]
@@ -91,6 +99,7 @@ same_fields!(SettingsSpec, BreakerSettings:
     slow_call_duration,
     slow_call_rate_threshold,
     call_timeout,
+    fallback_after,
     open_duration,
     max_open_duration,
     half_open_max_calls,

@@ -32,10 +32,11 @@ fn settings() -> impl Strategy<Value = BreakerSettings> {
             proptest::option::of(duration()),
             0u32..1200,
             proptest::option::of(0u32..120_000),
+            proptest::option::of(duration()),
         ),
     )
         .prop_map(
-            |((ft, frt, sws, mc), (scd, scrt, ct, od), (mod_, homc, mcc))| BreakerSettings {
+            |((ft, frt, sws, mc), (scd, scrt, ct, od), (mod_, homc, mcc, fa))| BreakerSettings {
                 failure_threshold: ft,
                 failure_rate_threshold: frt,
                 sliding_window_size: sws,
@@ -43,6 +44,7 @@ fn settings() -> impl Strategy<Value = BreakerSettings> {
                 slow_call_duration: scd,
                 slow_call_rate_threshold: scrt,
                 call_timeout: ct,
+                fallback_after: fa,
                 open_duration: od,
                 max_open_duration: mod_,
                 half_open_max_calls: homc,

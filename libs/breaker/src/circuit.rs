@@ -186,6 +186,7 @@ struct Admission {
     /// closed path free of clock reads.
     started: Option<Duration>,
     call_timeout: Duration,
+    fallback_after: Option<Duration>,
 }
 
 impl CircuitBreaker {
@@ -269,6 +270,7 @@ impl CircuitBreaker {
                 forced,
                 started: core.settings.slow_call_duration.map(|_| self.clock.now()),
                 call_timeout: core.settings.call_timeout,
+                fallback_after: core.settings.fallback_after,
             },
             reported: false,
         })
@@ -451,6 +453,12 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
     /// The call timeout in force when this permit was granted.
     pub fn call_timeout(&self) -> Duration {
         self.admission.call_timeout
+    }
+
+    /// How long its user waits for this call (`fallbackAfter`), when that is shorter than the
+    /// call timeout.
+    pub fn fallback_after(&self) -> Option<Duration> {
+        self.admission.fallback_after
     }
 
     /// Whether this call is a half-open probe.

@@ -53,6 +53,9 @@ pub struct SettingsSpec {
     pub slow_call_rate_threshold: f64,
     /// How long one call to the dependency may take before it counts as failed.
     pub call_timeout: Duration,
+    /// How long a user waits for a call: past it they get the fallback while the call runs on
+    /// to `call_timeout` and is judged. `None`: the user waits the call out.
+    pub fallback_after: Option<Duration>,
     /// How long the circuit stays open before it lets probes through.
     pub open_duration: Duration,
     /// Cap of the open duration, doubled after each failed probe; `open_duration` when `None`.
@@ -73,6 +76,7 @@ impl Default for SettingsSpec {
             slow_call_duration: None,
             slow_call_rate_threshold: 100.0,
             call_timeout: Duration::from_secs(2),
+            fallback_after: None,
             open_duration: Duration::from_secs(5),
             max_open_duration: None,
             half_open_max_calls: 1,
@@ -139,6 +143,18 @@ impl Settings {
         }
         percent("slowCallRateThreshold", s.slow_call_rate_threshold)?;
         duration("callTimeout", s.call_timeout)?;
+        if let Some(wait) = s.fallback_after {
+            duration("fallbackAfter", wait)?;
+            if wait >= s.call_timeout {
+                return Err(SettingsError::new(
+                    "fallbackAfter",
+                    format!(
+                        "must be shorter than callTimeout ({}), or it never comes first",
+                        duration_text::format(s.call_timeout)
+                    ),
+                ));
+            }
+        }
         duration("openDuration", s.open_duration)?;
         if s.call_timeout >= s.open_duration {
             return Err(SettingsError::new(
@@ -300,6 +316,19 @@ mod tests {
             }),
             "callTimeout"
         );
+        // The user's wait must end before the call's, or it is never the one that ends first.
+        assert_eq!(
+            key_of(SettingsSpec {
+                fallback_after: Some(Duration::from_secs(2)),
+                ..spec()
+            }),
+            "fallbackAfter"
+        );
+        assert!(Settings::new(SettingsSpec {
+            fallback_after: Some(Duration::from_millis(1999)),
+            ..spec()
+        })
+        .is_ok());
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn settings(half_open: u32, bulkhead: Option<u32>, rate: bool) -> SettingsSpec {
         slow_call_duration: Some(Duration::from_millis(800)),
         slow_call_rate_threshold: 80.0,
         call_timeout: Duration::from_millis(500),
+        fallback_after: None,
         open_duration: Duration::from_millis(1000),
         max_open_duration: Some(Duration::from_millis(4000)),
         half_open_max_calls: half_open,

@@ -3,7 +3,8 @@
 //!
 //! A half-open probe is not its user's problem: it runs on a task of its own, the user waits
 //! at most [`PROBE_WAIT`] for it (a fast probe still serves the full page), and a slow probe
-//! runs on to the call timeout and is judged while its user already has the fallback.
+//! runs on to the call timeout and is judged while its user already has the fallback. With
+//! `fallbackAfter` set every call runs that way, and the user waits at most that long.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -150,38 +151,52 @@ impl Protected {
                 return self.serve(Err(outcome));
             }
         };
-        if permit.is_probe() {
-            return self
-                .probe(permit.into_owned(&self.breaker), make_call)
-                .await;
+        // A probe is never its user's problem; with `fallbackAfter` no call is.
+        let user_wait = match (permit.is_probe(), permit.fallback_after()) {
+            (true, budget) => Some((
+                "probe_running",
+                budget.map_or(PROBE_WAIT, |b| b.min(PROBE_WAIT)),
+            )),
+            (false, Some(budget)) => Some(("fallback_after", budget)),
+            (false, None) => None,
+        };
+        if let Some((cause, wait)) = user_wait {
+            let permit = permit.into_owned(&self.breaker);
+            return self.run_on(permit, make_call, wait, cause).await;
         }
         // A cancelled request drops the permit here, which releases it unjudged.
         let result = make_call(permit.call_timeout()).await;
         self.serve(self.judge(permit, result))
     }
 
-    /// Runs the probe on its own task, judged whatever its user does; the user waits for it at
-    /// most [`PROBE_WAIT`].
-    async fn probe<F, Fut>(
+    /// Runs the call on its own task, judged whatever its user does; the user waits for it at
+    /// most `wait`, then gets the fallback (counted as `cause`).
+    async fn run_on<F, Fut>(
         self: &Arc<Self>,
         permit: Permit<Arc<CircuitBreaker>>,
         make_call: F,
+        wait: Duration,
+        cause: &'static str,
     ) -> Recommendations
     where
         F: FnOnce(Duration) -> Fut + 'static,
         Fut: Future<Output = Result<Vec<Product>, UpstreamError>> + 'static,
     {
-        let (answer, wait) = tokio::sync::oneshot::channel();
+        let (answer, answered) = tokio::sync::oneshot::channel();
         let this = self.clone();
         actix_web::rt::spawn(async move {
             let result = make_call(permit.call_timeout()).await;
             let _ = answer.send(this.judge(permit, result));
         });
-        match tokio::time::timeout(PROBE_WAIT, wait).await {
+        match tokio::time::timeout(wait, answered).await {
             Ok(Ok(judged)) => self.serve(judged),
             _ => {
-                tracing::info!(waited = ?PROBE_WAIT, "half-open probe still running; serving fallback, the probe runs on");
-                self.serve(Err("probe_running"))
+                tracing::info!(
+                    ?wait,
+                    cause,
+                    "call still running; serving fallback, the call runs on to be judged"
+                );
+                self.serve(Err(cause))
             }
         }
     }
@@ -201,14 +216,14 @@ impl Protected {
             Err(err) if err.is_dependency_failure() => {
                 permit.record(Outcome::Failure);
                 self.count(&self.calls, "failure");
-                tracing::info!(error = %err, "recommendations call failed; serving fallback");
+                tracing::info!(error = %err, "recommendations call failed");
                 Err(err.kind())
             }
             Err(err) => {
                 // The service is up and refused this one request: nothing to hold against it.
                 permit.record(Outcome::Success);
                 self.count(&self.calls, "refused");
-                tracing::info!(error = %err, "recommendations refused the request; serving fallback");
+                tracing::info!(error = %err, "recommendations refused the request");
                 Err(err.kind())
             }
         }

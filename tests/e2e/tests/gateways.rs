@@ -172,6 +172,52 @@ async fn v2_trips_fails_fast_probes_once_and_closes_after_healing() {
 
 #[actix_web::test]
 #[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
+async fn with_fallback_after_users_wait_the_budget_while_calls_run_on_to_be_judged() {
+    let _timing = exclusive_timing();
+    let stack = Stack::start(StackConfig {
+        recommendations_env: hang("30s"),
+        breaker_yaml: "callTimeout: 800ms\nfallbackAfter: 150ms\nopenDuration: 2s\n".into(),
+        ..Default::default()
+    });
+    let c = client();
+
+    // Three users each get the fallback after about 150 ms, not the 800 ms call timeout ...
+    let urls: Vec<String> = (1..=3)
+        .map(|i| stack.v2.url(&format!("/product-details/{i}")))
+        .collect();
+    let answers = futures_util::future::join_all(urls.iter().map(|u| get(&c, u))).await;
+    for a in &answers {
+        assert_eq!(a.status, 200, "{}", a.raw);
+        assert!(a.degraded(), "{}", a.raw);
+        assert!(
+            a.elapsed >= MS(140) && a.elapsed < MS(600),
+            "took {:?}",
+            a.elapsed
+        );
+    }
+    assert_eq!(status(&c, &stack).await["state"], "closed");
+    // ... while their calls run on to it and are judged: three failures open the circuit.
+    let s = wait_status(&c, &stack, Duration::from_secs(3), |s| s["state"] == "open").await;
+    assert_eq!(s["last_transition"]["reason"], "consecutive_failures", "{s}");
+    let m = metrics(&c, &stack.v2).await;
+    assert_eq!(m["gateway_fallbacks_total{outcome=\"fallback_after\"}"], 3.0);
+    assert_eq!(m["breaker_calls_total{outcome=\"failure\"}"], 3.0);
+
+    // A dependency that answers within the budget still serves the full page.
+    set_fault(&c, &stack, r#"{"mode":"none"}"#).await;
+    wait_status(&c, &stack, Duration::from_secs(4), |s| {
+        s["state"] == "half_open"
+    })
+    .await;
+    let a = get(&c, &stack.v2.url("/product-details/4")).await;
+    assert!(!a.degraded(), "{}", a.raw);
+    assert_eq!(status(&c, &stack).await["state"], "closed");
+    let a = get(&c, &stack.v2.url("/product-details/5")).await;
+    assert_eq!(a.recommendation_count(), 3, "{}", a.raw);
+}
+
+#[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn both_gateways_answer_404_for_unknown_products_and_fail_fast_without_product_service() {
     let _timing = exclusive_timing();
     let mut stack = Stack::start(StackConfig::default());
