@@ -10,6 +10,8 @@ ROW = "/product-details/[id]"
 FULL = f"{ROW} full"
 DEGRADED = f"{ROW} degraded"
 FAILED = f"{ROW} failed"
+# Each row's one-word kind, as the ledger writes it.
+KIND = {FULL: "full", DEGRADED: "degraded", FAILED: "failed"}
 
 
 def classify(status: int, body: object, error: object = None) -> tuple[str, str | None]:

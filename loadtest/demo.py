@@ -2,9 +2,11 @@
 
 Starts the four services on 127.0.0.1 with recommendations-service hanging, runs Locust
 headless against v1 (no breaker), then v2 (breaker), then a recovery phase against v2 that
-heals recommendations midway, and writes ``results/``: Locust's CSV and HTML per phase,
-``timeline.json`` (phases, heal time, breaker states), ``comparison_report.json`` and
-``report.html``.
+heals recommendations midway, and writes ``results/``: Locust's CSV and HTML per phase, the
+ledger of every request sent (``<phase>_requests.csv``, answered or not), ``timeline.json``
+(phases, heal time, breaker states), ``comparison_report.json`` and ``report.html``. A run is
+written to ``results.partial/`` and moves into ``results/`` only once its report is built, so a
+run that fails leaves the last good report in place.
 
 With ``DEMO_TARGET=cluster`` (``make loadtest-k8s``) nothing is started: the same phases run
 against the chart's gateways in a cluster, reached through ``make port-forward`` (``V1_URL``,
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import report
+from ledger import LiveLedger
 from stack import (
     ClusterConfig,
     ClusterStack,
@@ -37,13 +40,11 @@ from stack import (
     StackError,
     env_duration,
     env_number,
-    http,
     parse_duration,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-ROUTE_REQUESTS = re.compile(r'^http_requests_total\{[^}]*route="/product-details/\{id\}"[^}]*\} (\S+)', re.MULTILINE)
 SAMPLE_EVERY = 0.25
 
 
@@ -55,6 +56,22 @@ class Interrupted(Exception):
     pass
 
 
+def work_dir(results: Path) -> Path:
+    """Where a run is written until its report is built."""
+    return results.with_name(results.name + ".partial")
+
+
+def publish(work: Path, results: Path) -> None:
+    """Moves a finished run's files over the last one's (other files in results/ stay)."""
+    results.mkdir(parents=True, exist_ok=True)
+    for item in work.iterdir():
+        target = results / item.name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    work.rmdir()
+
+
 @dataclass
 class Settings:
     duration: float
@@ -64,6 +81,10 @@ class Settings:
     # one of the two: the services started here, or the cluster's through port-forwards
     local: StackConfig | None
     cluster: ClusterConfig | None
+
+    @property
+    def work(self) -> Path:
+        return work_dir(self.results)
 
     @property
     def failure_hang(self) -> str:
@@ -80,7 +101,7 @@ class Settings:
             raise DemoError(f"DEMO_TARGET={target!r}: use local or cluster")
         results = Path(env.get("RESULTS_DIR", str(ROOT / "results"))).resolve()
         try:
-            local = StackConfig.from_env(env, log_dir=results / "logs") if target == "local" else None
+            local = StackConfig.from_env(env, log_dir=work_dir(results) / "logs") if target == "local" else None
             cluster = ClusterConfig.from_env(env) if target == "cluster" else None
             return Settings(
                 duration=parse_duration(env_duration(env, "DEMO_DURATION", "2m", low=4)),
@@ -156,10 +177,9 @@ class Demo:
     def run(self) -> dict:
         if not os.access(self.locust_bin, os.X_OK):
             raise DemoError(f"{self.locust_bin} is missing: run 'make demo', which installs Locust into .venv")
-        self.s.results.mkdir(parents=True, exist_ok=True)
-        for stale in ("comparison_report.json", "report.html", "timeline.json"):
-            (self.s.results / stale).unlink(missing_ok=True)
-        (self.s.results / "logs").mkdir(exist_ok=True)
+        work = self.s.work
+        shutil.rmtree(work, ignore_errors=True)
+        (work / "logs").mkdir(parents=True)
         if self.s.cluster is not None:
             print(
                 f"Against the cluster through the port-forwards (v1 {self.s.cluster.v1}, v2 {self.s.cluster.v2}); "
@@ -169,7 +189,7 @@ class Demo:
         else:
             print(
                 f"Starting the four services (recommendations hangs {self.s.failure_hang} per request); "
-                f"logs in {self.s.results / 'logs'}",
+                f"logs in {work / 'logs'}",
                 flush=True,
             )
         with self.stack:
@@ -185,14 +205,15 @@ class Demo:
             "failure_hang": self.s.failure_hang,
             "v1_timeout": self.s.v1_timeout,
         }
-        (self.s.results / "timeline.json").write_text(json.dumps(self.timeline, indent=2))
-        return report.build(self.s.results)
+        (work / "timeline.json").write_text(json.dumps(self.timeline, indent=2))
+        summary = report.build(work)
+        publish(work, self.s.results)
+        return summary
 
     def run_phase(self, phase: Phase) -> None:
         gateway = self.stack.url(phase.gateway)
-        prefix = self.s.results / phase.name
-        for old in self.s.results.glob(f"{phase.name}_*.csv"):
-            old.unlink()
+        prefix = self.s.work / phase.name
+        ledger = self.s.work / f"{phase.name}_requests.csv"
         command = [
             str(self.locust_bin),
             "-f", str(LOCUSTFILE),
@@ -209,12 +230,17 @@ class Demo:
         ]  # fmt: skip
         record = {"name": phase.name, "label": phase.label, "host": gateway, "start": now_iso()}
         self.timeline["phases"].append(record)
-        with open(self.s.results / "logs" / f"locust-{phase.name}.log", "wb") as log:
+        with open(self.s.work / "logs" / f"locust-{phase.name}.log", "wb") as log:
             started = time.monotonic()
             self.locust = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**os.environ, "DEMO_LEDGER": str(ledger)},
             )
-            self.watch(phase, gateway, started)
+            self.watch(phase, LiveLedger(ledger), started)
             code = self.locust.wait()
             self.locust = None
         record["end"] = now_iso()
@@ -222,9 +248,8 @@ class Demo:
             raise DemoError(f"Locust exited with {code} in phase {phase.name}; see {log.name}")
         self.progress.done(f"[{phase.label}] done in {clock(time.monotonic() - started)}")
 
-    def watch(self, phase: Phase, gateway: str, started: float) -> None:
+    def watch(self, phase: Phase, ledger: LiveLedger, started: float) -> None:
         """Samples the breaker, shows progress and heals midway, until Locust exits."""
-        last_count, last_at, rps = self.requests_served(gateway), time.monotonic(), 0.0
         state = "?"
         while self.locust.poll() is None:
             elapsed = time.monotonic() - started
@@ -237,24 +262,15 @@ class Demo:
                 self.timeline["breaker_samples"].append([now_iso(), state])
             except (OSError, StackError):
                 state = "unreachable"
-            if time.monotonic() - last_at >= 1:
-                count = self.requests_served(gateway)
-                rps = (count - last_count) / (time.monotonic() - last_at)
-                last_count, last_at = count, time.monotonic()
+            requests, now = ledger.refresh(), time.time()
+            oldest = min(requests.waiting.values(), default=now)
             left = max(0.0, self.s.duration - elapsed)
             self.progress.show(
                 f"[{phase.label}] {clock(elapsed)} / {clock(self.s.duration)} ({clock(left)} left)  "
-                f"{rps:6.1f} req/s  v2 breaker: {state}"
+                f"{ledger.answered_per_s(now):5.1f} answers/s  {len(requests.waiting):3d} waiting "
+                f"(longest {now - oldest:4.1f} s)  v2 breaker: {state}"
             )
             time.sleep(SAMPLE_EVERY)
-
-    @staticmethod
-    def requests_served(gateway: str) -> float:
-        try:
-            _, text = http("GET", f"{gateway}/metrics", timeout=2)
-        except OSError:
-            return 0.0
-        return sum(float(v) for v in ROUTE_REQUESTS.findall(text if isinstance(text, str) else ""))
 
     def stop(self) -> None:
         if self.locust is not None and self.locust.poll() is None:
@@ -284,8 +300,15 @@ def main() -> int:
     except Interrupted as sig:
         print(f"\ndemo: stopped by {sig}; all services stopped", file=sys.stderr)
         return 130
-    except (DemoError, StackError) as err:
+    except (DemoError, StackError, report.ReportError) as err:
         print(f"\ndemo: {err}", file=sys.stderr)
+        if settings.work.is_dir():
+            kept = (settings.results / "report.html").is_file()
+            print(
+                f"demo: this run's files and logs are in {settings.work}"
+                + (f"; the last complete report is still in {settings.results}" if kept else ""),
+                file=sys.stderr,
+            )
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -9,19 +9,30 @@ read "100% failure"):
 * ``/product-details/[id] failed``: anything else (non-200, timeout, connection error, bad body).
 
 Run it as ``locust -f loadtest/locustfile.py --host http://127.0.0.1:8090``; ``make demo`` does.
-``LOCUST_REQUEST_TIMEOUT`` (seconds, default 60) bounds each request.
+``LOCUST_REQUEST_TIMEOUT`` (seconds, default 60) bounds each request. With ``DEMO_LEDGER`` set,
+every request is also written to that file when sent and when answered (``ledger.py``), so that
+requests still waiting when the phase stops are counted too.
 """
 
 from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
-from answers import ROW, classify
-from locust import HttpUser, between, task
+from answers import KIND, ROW, classify
+from ledger import LedgerWriter
+from locust import HttpUser, between, events, task
 
 PRODUCT_IDS = range(1, 25)
 REQUEST_TIMEOUT = float(os.environ.get("LOCUST_REQUEST_TIMEOUT", "60"))
+LEDGER = LedgerWriter(Path(os.environ["DEMO_LEDGER"])) if os.environ.get("DEMO_LEDGER") else None
+
+
+@events.test_stopping.add_listener
+def phase_stopping(**_) -> None:
+    if LEDGER is not None:
+        LEDGER.stopped()
 
 
 def json_or_none(response) -> object:
@@ -38,6 +49,7 @@ class Shopper(HttpUser):
     @task
     def product_details(self) -> None:
         product_id = random.choice(PRODUCT_IDS)
+        request = LEDGER.sent() if LEDGER is not None else None
         with self.client.get(
             f"/product-details/{product_id}",
             name=ROW,
@@ -51,3 +63,6 @@ class Shopper(HttpUser):
                 response.success()
             else:
                 response.failure(failure)
+        # A user stopped mid-request never gets here: the ledger keeps that request waiting.
+        if request is not None:
+            LEDGER.answered(request, KIND[row])

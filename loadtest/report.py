@@ -1,7 +1,9 @@
 """Builds ``comparison_report.json`` and ``report.html`` from a demo run's files.
 
-Reads Locust's ``<phase>_stats.csv`` and ``<phase>_stats_history.csv`` and the demo's
-``timeline.json``. Standard library only; the charts are inline SVG, so the page works offline.
+Reads Locust's ``<phase>_stats.csv`` (the totals of what was answered), the ledger of every
+request sent (``<phase>_requests.csv``: what was never answered, and the charts, computed from
+what completed in each window) and the demo's ``timeline.json``. Standard library only; the
+charts are inline SVG, so the page works offline.
 
     python loadtest/report.py [results-dir]    # rebuilds the report of an earlier run
 """
@@ -17,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from answers import DEGRADED, FAILED, FULL
+from ledger import WINDOW_S, Ledger
 
 # The seed demo's published figures (Go, docker-compose, 100 users, 2 minutes per gateway).
 # Its Locust counted degraded answers as failures, hence v2's 100%.
@@ -56,8 +59,16 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def read_ledger(results: Path, phase: str) -> Ledger:
+    path = results / f"{phase}_requests.csv"
+    if not path.is_file():
+        raise ReportError(f"{path} is missing: it is written by the demo's Locust (DEMO_LEDGER)")
+    return Ledger.read(path)
+
+
 def summarize(results: Path, phase: str) -> dict:
-    """The phase's totals from Locust's stats CSV; degraded answers are their own row."""
+    """The phase's totals: answers from Locust's stats CSV (degraded answers are their own
+    row), requests never answered from the ledger."""
     rows = {row["Name"]: row for row in read_csv(results / f"{phase}_stats.csv")}
     total = rows.get("Aggregated")
     if total is None:
@@ -67,18 +78,26 @@ def summarize(results: Path, phase: str) -> dict:
     def count(name: str) -> int:
         return int(rows[name]["Request Count"]) if name in rows else 0
 
-    def share(n: int) -> float:
-        return round(100.0 * n / requests, 2) if requests else 0.0
+    def share(n: int) -> float | None:
+        return round(100.0 * n / requests, 2) if requests else None
 
     failures = int(total["Failure Count"])
+    unanswered = read_ledger(results, phase).unanswered()
+
+    def latency(text: str) -> float | None:
+        # With no answer Locust writes 0s, which would read as instant answers.
+        return rounded(text) if requests else None
+
     return {
-        "avg_ms": round(float(total["Average Response Time"]), 2),
-        "median_ms": rounded(total["Median Response Time"]),
-        "p95_ms": rounded(total["95%"]),
-        "p99_ms": rounded(total["99%"]),
-        "max_ms": rounded(total["Max Response Time"]),
+        "avg_ms": latency(total["Average Response Time"]),
+        "median_ms": latency(total["Median Response Time"]),
+        "p95_ms": latency(total["95%"]),
+        "p99_ms": latency(total["99%"]),
+        "max_ms": latency(total["Max Response Time"]),
         "rps": round(float(total["Requests/s"]), 2),
         "requests": requests,
+        "sent": requests + unanswered["unanswered"],
+        **unanswered,
         "failures": failures,
         "failure_pct": share(failures),
         "full": count(FULL),
@@ -87,24 +106,6 @@ def summarize(results: Path, phase: str) -> dict:
         "degraded_pct": share(count(DEGRADED)),
         "failed": count(FAILED),
     }
-
-
-def history(results: Path, phase: str) -> list[dict]:
-    """Per-second Aggregated rows: seconds since the phase began, current req/s and percentiles."""
-    rows = [r for r in read_csv(results / f"{phase}_stats_history.csv") if r["Name"] == "Aggregated"]
-    if not rows:
-        return []
-    start = int(rows[0]["Timestamp"])
-    return [
-        {
-            "t": int(r["Timestamp"]) - start,
-            "users": int(r["User Count"]),
-            "rps": number(r["Requests/s"]) or 0.0,
-            "p50_ms": number(r["50%"]),
-            "p95_ms": number(r["95%"]),
-        }
-        for r in rows
-    ]
 
 
 def recovery_summary(timeline: dict) -> dict:
@@ -139,7 +140,8 @@ def build(results: Path) -> dict:
         "run": {**timeline.get("run", {}), "breaker_settings": timeline.get("settings")},
     }
     (results / "comparison_report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    series = {phase: history(results, phase) for phase in ("v1", "v2", "recovery")}
+    starts = {p["name"]: parse_time(p["start"]) for p in timeline["phases"]}
+    series = {phase: read_ledger(results, phase).windows(starts[phase]) for phase in ("v1", "v2", "recovery")}
     (results / "report.html").write_text(render_html(summary, series, timeline))
     return summary
 
@@ -151,6 +153,16 @@ def fmt_ms(value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:g}%"
+
+
+def fmt_unanswered(phase: dict) -> str:
+    if not phase["unanswered"]:
+        return "0"
+    return f"{phase['unanswered']:,} (waited up to {phase['unanswered_waited_max_ms'] / 1000:.1f} s)"
 
 
 def table_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
@@ -168,9 +180,10 @@ def table_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
         ("p95", "", fmt_ms(v1["p95_ms"]), "", fmt_ms(v2["p95_ms"])),
         ("p99", "", fmt_ms(v1["p99_ms"]), "", fmt_ms(v2["p99_ms"])),
         ("Requests/s", f"{seed1['rps']:.2f}", f"{v1['rps']:.2f}", f"{seed2['rps']:.2f}", f"{v2['rps']:.2f}"),
-        ("Requests", "", f"{v1['requests']:,}", "", f"{v2['requests']:,}"),
-        ("Failure rate", "100%", f"{v1['failure_pct']:g}%", "100%*", f"{v2['failure_pct']:g}%"),
-        ("Degraded answers", "", f"{v1['degraded_pct']:g}%", "", f"{v2['degraded_pct']:g}%"),
+        ("Requests answered", "", f"{v1['requests']:,}", "", f"{v2['requests']:,}"),
+        ("Unanswered at phase end", "", fmt_unanswered(v1), "", fmt_unanswered(v2)),
+        ("Failure rate (of answered)", "100%", fmt_pct(v1["failure_pct"]), "100%*", fmt_pct(v2["failure_pct"])),
+        ("Degraded answers", "", fmt_pct(v1["degraded_pct"]), "", fmt_pct(v2["degraded_pct"])),
     ]
 
 
@@ -302,7 +315,7 @@ def segments(samples: list, t0: float, t_end: float) -> list[tuple[float, float,
 
 def state_timeline(timeline: dict, summary: dict) -> str:
     """The breaker's state from the start of the v2 phase to the end of recovery."""
-    height = 170
+    height = 190
     phases = {p["name"]: p for p in timeline["phases"]}
     t0 = parse_time(phases["v2"]["start"])
     t_end = parse_time(phases["recovery"]["end"])
@@ -312,7 +325,8 @@ def state_timeline(timeline: dict, summary: dict) -> str:
         return LEFT + (W - LEFT - RIGHT) * (t - t0) / span
 
     parts = svg_open("Breaker state on v2 (v2 phase, then recovery)", height, "breaker-state")
-    band_top, band_bottom = TOP + 30, height - BOTTOM - 10
+    # One row per marker label above the band: heal and closed are often a second apart.
+    band_top, band_bottom = TOP + 46, height - BOTTOM - 10
     for start, end, state in segments(timeline.get("breaker_samples", []), t0, t_end):
         parts.append(
             f'<rect class="state-run" data-state="{html.escape(state)}" x="{sx(start):.2f}" y="{band_top}" '
@@ -334,14 +348,17 @@ def state_timeline(timeline: dict, summary: dict) -> str:
     if rec["healed_at"]:
         markers.append((parse_time(rec["healed_at"]), "heal", "#000"))
     if rec["closed_at"]:
-        markers.append((parse_time(rec["closed_at"]), "closed", "#2e7d32"))
-    for i, (at, label, color) in enumerate(markers):
-        x = sx(at)
-        parts.append(f'<line x1="{x:.1f}" y1="{TOP + 14}" x2="{x:.1f}" y2="{band_bottom + 4}" stroke="{color}" '
+        markers.append(
+            (parse_time(rec["closed_at"]), f"closed, {rec['time_to_close_s']:.1f} s after the heal", "#2e7d32")
+        )
+    for row, (at, label, color) in enumerate(markers):
+        x, y = sx(at), TOP + 12 + 14 * row
+        parts.append(f'<line x1="{x:.1f}" y1="{y - 10}" x2="{x:.1f}" y2="{band_bottom + 4}" stroke="{color}" '
                      'stroke-width="2" stroke-dasharray="4 3"/>')  # fmt: skip
-        anchor = "end" if i % 2 else "start"
-        parts.append(f'<text x="{x + (-4 if i % 2 else 4):.1f}" y="{TOP + 24}" text-anchor="{anchor}" '
-                     f'class="marker">{label}</text>')  # fmt: skip
+        # Right of its line, unless that runs off the chart.
+        right = x < W - RIGHT - 8 * len(label)
+        parts.append(f'<text x="{x + (4 if right else -4):.1f}" y="{y}" text-anchor="{"start" if right else "end"}" '
+                     f'class="marker" data-marker="{row}">{html.escape(label)}</text>')  # fmt: skip
     legend_x = W - RIGHT - 260
     for state, color in STATE_COLORS.items():
         parts.append(f'<rect x="{legend_x}" y="10" width="12" height="12" fill="{color}"/>')
@@ -384,8 +401,9 @@ def render_html(summary: dict, series: dict[str, list[dict]], timeline: dict) ->
     def points(phase: str, key: str) -> list[tuple[float, float]]:
         return [(p["t"], p[key]) for p in series[phase]]
 
+    window = f"{WINDOW_S:g} s"
     latency = line_chart(
-        "Response time: median and p95 over a 10 s window (log scale)",
+        f"Response time of the answers completed in the last {window}: median and p95 (log scale)",
         "response-time",
         [
             ("v1 median", PHASE_COLORS["v1"], points("v1", "p50_ms")),
@@ -398,11 +416,18 @@ def render_html(summary: dict, series: dict[str, list[dict]], timeline: dict) ->
         dashed={"v1 p95", "v2 p95"},
     )
     throughput = line_chart(
-        "Requests per second",
+        f"Answers per second, completed in the last {window}",
         "rps",
-        [(f"{name}", PHASE_COLORS[name], points(name, "rps")) for name in ("v1", "v2", "recovery")],
+        [(name, PHASE_COLORS[name], points(name, "answered_per_s")) for name in ("v1", "v2", "recovery")],
         log_y=False,
         unit="req/s",
+    )
+    waiting = line_chart(
+        "Requests waiting for an answer",
+        "waiting",
+        [(name, PHASE_COLORS[name], points(name, "waiting")) for name in ("v1", "v2", "recovery")],
+        log_y=False,
+        unit="requests",
     )
     rec = summary["recovery"]
     transitions = "\n".join(
@@ -442,13 +467,18 @@ timeouts and bad bodies.</p>
 
 <h2>Response time over time</h2>
 {latency}
+<p class="note">A gap means nothing was answered in that window.</p>
 <h2>Throughput</h2>
 {throughput}
+{waiting}
+<p class="note">Computed from the ledger of every request sent: a request that never got an
+answer before its phase ended is counted as unanswered (see the table), not left out.</p>
 
 <h2>Recovery</h2>
 <p>Recommendations were healed through <code>PUT /admin/fault</code> at <b>{rec["healed_at"]}</b>;
 the circuit {closed}. In the recovery phase {load["requests"]:,} requests were answered:
-{load["full_pct"]:g}% full, {load["degraded_pct"]:g}% degraded, {load["failure_pct"]:g}% failed.</p>
+{fmt_pct(load["full_pct"])} full, {fmt_pct(load["degraded_pct"])} degraded, {fmt_pct(load["failure_pct"])} failed;
+{fmt_unanswered(load)} unanswered when it ended.</p>
 {state_timeline(timeline, summary)}
 <table><thead><tr><th>at</th><th>transition</th><th>reason</th></tr></thead>
 <tbody>
@@ -458,7 +488,8 @@ the circuit {closed}. In the recovery phase {load["requests"]:,} requests were a
 <h2>Raw data</h2>
 <p>Locust's own reports: <a href="v1.html">v1</a>, <a href="v2.html">v2</a>,
 <a href="recovery.html">recovery</a>; CSVs <code>&lt;phase&gt;_stats.csv</code>,
-<code>&lt;phase&gt;_stats_history.csv</code>; <a href="comparison_report.json">comparison_report.json</a>,
+<code>&lt;phase&gt;_stats_history.csv</code>, and the ledger of every request sent,
+<code>&lt;phase&gt;_requests.csv</code>; <a href="comparison_report.json">comparison_report.json</a>,
 <a href="timeline.json">timeline.json</a>.</p>
 </body></html>
 """

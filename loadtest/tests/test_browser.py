@@ -31,8 +31,8 @@ def test_report_charts_render(demo_run, page):
     assert proc.returncode == 0, proc.stderr[-2000:]
     page.goto((RESULTS / "report.html").as_uri())
     charts = page.locator("svg.chart")
-    assert charts.count() == 3
-    for name in ("response-time", "rps", "breaker-state"):
+    assert charts.count() == 4
+    for name in ("response-time", "rps", "waiting", "breaker-state"):
         chart = page.locator(f'svg[data-chart="{name}"]')
         box = chart.bounding_box()
         assert box and box["width"] > 400 and box["height"] > 100, name
@@ -42,12 +42,22 @@ def test_report_charts_render(demo_run, page):
     )
     assert drawn >= 2
     assert page.locator('svg[data-chart="rps"] path').count() == 3
+    # v1's users wait on the hang: its waiting line climbs well above zero
+    assert page.locator('svg[data-chart="waiting"] path').count() == 3
     # the state band has coloured runs for closed, open and half-open
     states = set(page.locator('svg[data-chart="breaker-state"] rect.state-run').evaluate_all(
         "rects => rects.filter(r => r.getBBox().width > 0).map(r => r.dataset.state)"
     ))  # fmt: skip
     assert {"closed", "open", "half_open"} <= states, states
-    assert page.locator("text=heal").count() >= 1
+    # heal and closed a moment apart: each label on its own row, none overlapping
+    labels = page.locator('svg[data-chart="breaker-state"] text.marker').evaluate_all(
+        "ts => ts.map(t => { const b = t.getBBox(); return [t.textContent, b.x, b.y, b.width, b.height]; })"
+    )
+    assert [label[0].split(",")[0] for label in labels] == ["recovery phase", "heal", "closed"], labels
+    for i, a in enumerate(labels):
+        for b in labels[i + 1 :]:
+            apart = a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1] or a[2] + a[4] <= b[2] or b[2] + b[4] <= a[2]
+            assert apart, (a, b)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "report.png"), full_page=True)
     page.locator('svg[data-chart="response-time"]').screenshot(path=str(SHOTS / "response-time.png"))
@@ -83,7 +93,13 @@ def test_dashboard_draws_live_state(page, fast_breaker, tmp_path):
             # since the page's CSP rightly forbids evaluating strings)
             expect(page.locator("#state")).to_have_class(re.compile(r"^(open|half_open)$"), timeout=15000)
             expect(page.locator('#latency path[data-series="avgMs"]')).to_have_count(1, timeout=10000)
-            expect(page.locator("#latency rect")).not_to_have_count(0)
+            expect(page.locator("#latency rect.state")).not_to_have_count(0)
+            # a labelled time axis and a legend drawn in the series' own colours
+            axis = page.locator('#latency text[data-axis="time"]').all_text_contents()
+            assert axis[0] == "now" and "-100 s" in axis, axis
+            assert page.locator('#latency [data-legend="average"]').get_attribute("stroke") == "#1565c0"
+            assert page.locator('#latency [data-legend="p95"]').get_attribute("stroke") == "#6a1b9a"
+            assert page.locator('#latency [data-legend="open"]').get_attribute("fill") == "#c62828"
             expect(page.locator("#outcomes td").first).to_be_visible()
             outcomes = page.locator("#outcomes td").all_inner_texts()
             assert any(text.startswith("breaker: ") for text in outcomes), outcomes

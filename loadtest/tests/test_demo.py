@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -25,10 +26,14 @@ def test_demo_tells_the_story(demo_run):
     assert v1["requests"] > 0
     assert v1["failure_pct"] == 100
     assert v1["avg_ms"] > 2500
+    # requests still waiting when the phase stopped are counted, with no wait past the hang
+    assert v1["unanswered"] > 0 and v1["sent"] == v1["requests"] + v1["unanswered"], v1
+    assert 0 < v1["unanswered_waited_max_ms"] < 3500, v1
     # v2 answers fast, every answer usable, nearly all degraded while recommendations hangs
     assert v2["avg_ms"] < v1["avg_ms"] / 10, (v1["avg_ms"], v2["avg_ms"])
     assert v2["failure_pct"] == 0
     assert v2["degraded_pct"] > 90
+    assert v2["unanswered"] < 10 and (v2["unanswered_waited_max_ms"] or 0) < 1000, v2
     # users wait 1-2 s between pages: v1's 3 s hang caps it near a third of v2's rate
     assert v2["rps"] > 2 * v1["rps"], (v1["rps"], v2["rps"])
     # the heal closes the circuit within openDuration + 1 s
@@ -38,10 +43,11 @@ def test_demo_tells_the_story(demo_run):
     assert recovery["load"]["full"] > 0 and recovery["load"]["failure_pct"] == 0
     # what the demo leaves behind for people to look at
     for phase in ("v1", "v2", "recovery"):
-        for suffix in (".html", "_stats.csv", "_stats_history.csv", "_failures.csv"):
+        for suffix in (".html", "_stats.csv", "_requests.csv", "_failures.csv"):
             assert (RESULTS / f"{phase}{suffix}").is_file(), f"{phase}{suffix}"
     assert (RESULTS / "report.html").stat().st_size > 5000
-    assert "v2 breaker:" in proc.stdout and "req/s" in proc.stdout
+    assert "v2 breaker:" in proc.stdout and "answers/s" in proc.stdout and "waiting" in proc.stdout
+    assert not RESULTS.with_name(RESULTS.name + ".partial").exists()
     assert "Report:" in proc.stdout
 
 
@@ -56,7 +62,10 @@ def run_demo(fast_breaker: Path, tmp_path: Path, **env: str) -> subprocess.Compl
     )
 
 
-def test_taken_port_is_refused_clearly(fast_breaker, tmp_path):
+def test_taken_port_is_refused_clearly_and_the_last_report_kept(fast_breaker, tmp_path):
+    last = tmp_path / "results" / "report.html"
+    last.parent.mkdir()
+    last.write_text("the last good report")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
@@ -64,6 +73,31 @@ def test_taken_port_is_refused_clearly(fast_breaker, tmp_path):
         proc = run_demo(fast_breaker, tmp_path, V2_PORT=str(port))
     assert proc.returncode == 1
     assert f"port {port} is already in use" in proc.stderr
+    assert last.read_text() == "the last good report"
+    assert f"this run's files and logs are in {tmp_path / 'results.partial'}" in proc.stderr
+    assert "the last complete report is still in" in proc.stderr
+
+
+def test_a_phase_shorter_than_the_hang_counts_every_unanswered_request(tmp_path):
+    breaker = tmp_path / "breaker.yaml"
+    breaker.write_text("callTimeout: 300ms\nopenDuration: 1s\n")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest/demo.py")],
+        check=False,
+        env=demo_env(tmp_path / "results", breaker, DEMO_DURATION="4s", FAILURE_HANG="10s", DEMO_USERS="20"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "results" / "comparison_report.json").read_text())
+    v1 = summary["v1"]
+    # Nobody got an answer from v1 in 4 s, and that reads as such, not as a perfect gateway.
+    assert v1["requests"] == 0 and v1["avg_ms"] is None and v1["failure_pct"] is None, v1
+    assert v1["unanswered"] >= 10 and v1["sent"] == v1["unanswered"], v1
+    assert 2000 < v1["unanswered_waited_max_ms"] < 4500, v1
+    page = (tmp_path / "results" / "report.html").read_text()
+    assert "Unanswered at phase end" in page and f"{v1['unanswered']:,} (waited up to" in page
 
 
 def test_bad_settings_are_refused_before_anything_starts(fast_breaker, tmp_path):
