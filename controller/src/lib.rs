@@ -4,6 +4,7 @@
 
 mod metrics;
 pub mod reconcile;
+pub mod replicas;
 pub mod startup;
 
 pub use metrics::Metrics;

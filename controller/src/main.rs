@@ -5,8 +5,10 @@ use std::time::Duration;
 use breaker_api::BreakerPolicy;
 use clap::{Parser, Subcommand};
 use controller::reconcile::{error_policy, reconcile, Context};
+use controller::replicas::Replicas;
 use controller::Metrics;
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::{watcher, Controller};
 use kube::Api;
@@ -79,6 +81,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     // Asked again every 250 ms: the store's readiness wakes only the last task that waited on
     // it, and the controller's own queue waits on it too (kube-runtime 5's DelayedInit).
     let store = controller.store();
+    let pods: Api<Pod> = match &cli.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    actix_web::rt::spawn(Replicas::new(ctx.clone(), store.clone()).run(pods));
     actix_web::rt::spawn(async move {
         loop {
             match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {

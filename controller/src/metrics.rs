@@ -1,5 +1,6 @@
 //! Reconcile metrics: counts by result, errors by variant, and the duration of every run,
-//! failed ones included.
+//! failed ones included; and what the replica watcher wrote: Events by reason, status writes,
+//! and the transitions it saw.
 
 use std::time::Duration;
 
@@ -19,11 +20,19 @@ struct ErrorLabels {
     error: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     reconciles: Family<ResultLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     duration: Family<ResultLabels, Histogram>,
+    event_writes: Family<ReasonLabels, Counter>,
+    transitions: Family<ReasonLabels, Counter>,
+    status_writes: Counter,
 }
 
 impl Metrics {
@@ -34,7 +43,25 @@ impl Metrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new(service_runtime::latency_buckets())
             }),
+            event_writes: Family::default(),
+            transitions: Family::default(),
+            status_writes: Counter::default(),
         };
+        registry.register(
+            "controller_event_writes",
+            "Events written to the API (created, or a series bumped), by reason",
+            metrics.event_writes.clone(),
+        );
+        registry.register(
+            "controller_replica_transitions",
+            "Breaker transitions seen on v2 replicas, by Event reason (written or folded)",
+            metrics.transitions.clone(),
+        );
+        registry.register(
+            "controller_replica_status_writes",
+            "Writes of BreakerPolicy status.replicas",
+            metrics.status_writes.clone(),
+        );
         registry.register(
             "controller_reconciles",
             "Reconciles by result: done (the policy is Ready or says why not) or error (retried)",
@@ -53,6 +80,18 @@ impl Metrics {
         metrics
     }
 
+    pub fn event_written(&self, reason: &str) {
+        count(&self.event_writes, reason);
+    }
+
+    pub fn transition_seen(&self, reason: &str) {
+        count(&self.transitions, reason);
+    }
+
+    pub fn status_written(&self) {
+        self.status_writes.inc();
+    }
+
     /// One run: done, or failed with the error's label.
     pub fn reconciled(&self, error: Option<String>, took: Duration) {
         let labels = ResultLabels {
@@ -66,4 +105,12 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
     }
+}
+
+fn count(family: &Family<ReasonLabels, Counter>, reason: &str) {
+    family
+        .get_or_create(&ReasonLabels {
+            reason: reason.into(),
+        })
+        .inc();
 }

@@ -110,15 +110,30 @@ impl Context {
     }
 
     async fn event(&self, policy: &BreakerPolicy, type_: EventType, reason: Reason, note: String) {
+        self.publish(policy, type_, reason.as_str(), "Reconcile", note)
+            .await;
+    }
+
+    /// Records an Event on the policy through the one Recorder (repeats become a series),
+    /// counted by reason.
+    pub(crate) async fn publish(
+        &self,
+        policy: &BreakerPolicy,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
-            reason: reason.as_str().into(),
+            reason: reason.into(),
             note: Some(note),
-            action: "Reconcile".into(),
+            action: action.into(),
             secondary: None,
         };
+        self.metrics.event_written(reason);
         if let Err(err) = self.recorder.publish(&event, &policy.object_ref(&())).await {
-            tracing::warn!(error = %err, "cannot record an Event");
+            tracing::warn!(error = %err, reason, "cannot record an Event");
         }
     }
 
@@ -266,11 +281,11 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
     // Hand edits (any other manager) are taken back: the policy is the source of truth.
     let manager = manager_name(&policy);
     let apply = Patch::Apply(&configmap);
-    match configmaps
+    let written = match configmaps
         .patch(target, &PatchParams::apply(&manager), &apply)
         .await
     {
-        Ok(_) => {}
+        Ok(written) => written,
         Err(kube::Error::Api(status)) if status.code == 409 => {
             if let Some(other) = other_policy_manager(&existing, &manager) {
                 let message = format!("ConfigMap {target}: its fields are managed by {other}");
@@ -279,10 +294,10 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
             tracing::warn!(policy = %key(&policy), configmap = %target, conflict = %status.message, "taking back hand edits of the ConfigMap");
             configmaps
                 .patch(target, &PatchParams::apply(&manager).force(), &apply)
-                .await?;
+                .await?
         }
         Err(err) => return Err(err.into()),
-    }
+    };
     let generation = policy.meta().generation;
     let first_for_generation = policy.status.as_ref().and_then(|s| s.observed_generation)
         != generation
@@ -291,7 +306,10 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
         "ConfigMap {ns}/{target} holds these settings (mode {})",
         policy.spec.mode.as_str()
     );
-    let written = Some(format!("{ns}/{target}"));
+    let written = Some(Written {
+        config_map: format!("{ns}/{target}"),
+        version: written.resource_version(),
+    });
     set_ready(&policy, ctx, ns, Reason::Applied, &message, written).await?;
     if first_for_generation {
         tracing::info!(policy = %key(&policy), configmap = %target, generation = ?generation, mode = policy.spec.mode.as_str(), "applied");
@@ -371,19 +389,35 @@ fn new_ready_condition(policy: &BreakerPolicy, reason: Reason, message: &str) ->
     }
 }
 
+/// The ConfigMap a policy wrote, and its resourceVersion after the write.
+struct Written {
+    config_map: String,
+    version: Option<String>,
+}
+
 async fn set_ready(
     policy: &BreakerPolicy,
     ctx: &Context,
     ns: &str,
     reason: Reason,
     message: &str,
-    config_map: Option<String>,
+    written: Option<Written>,
 ) -> Result<(), Error> {
+    let last = policy.status.as_ref();
+    let (config_map, config_map_version) = match written {
+        Some(w) => (Some(w.config_map), w.version),
+        None => (
+            last.and_then(|s| s.config_map.clone()),
+            last.and_then(|s| s.config_map_version.clone()),
+        ),
+    };
+    // The replicas' fields are the replica watcher's (another field manager): not sent here.
     let status = BreakerPolicyStatus {
         conditions: vec![new_ready_condition(policy, reason, message)],
         observed_generation: policy.meta().generation,
-        config_map: config_map
-            .or_else(|| policy.status.as_ref().and_then(|s| s.config_map.clone())),
+        config_map,
+        config_map_version,
+        ..BreakerPolicyStatus::default()
     };
     let policies: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), ns);
     let patch = json!({

@@ -158,25 +158,18 @@ fn crd_installs_shows_its_columns_and_the_api_server_rejects_invalid_policies() 
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        [
-            "NAME",
-            "TARGET",
-            "MODE",
-            "THRESHOLD",
-            "TIMEOUT",
-            "OPEN",
-            "READY",
-            "REASON",
-            "AGE"
-        ],
+        ["NAME", "MODE", "OPEN", "APPLIED", "READY", "REASON", "AGE"],
         "{table}"
     );
+    // No controller here and no replica: only NAME, MODE and AGE have values.
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(
-        &row[..6],
-        ["seed", TARGET, "Auto", "3", "2s", "5s"],
+        (row.len(), &row[..2]),
+        (3, &["seed", "Auto"][..]),
         "{table}"
     );
+    let wide = plane.kubectl(Who::Admin, &["get", "bp", "-n", NS, "-o", "wide"], None);
+    assert!(String::from_utf8_lossy(&wide.stdout).contains(TARGET));
 
     let invalid = [
         ("threshold 0", "failureThreshold: 0"),
@@ -196,6 +189,10 @@ fn crd_installs_shows_its_columns_and_the_api_server_rejects_invalid_policies() 
         (
             "maxOpenDuration < openDuration",
             "openDuration: 10s\nmaxOpenDuration: 5s",
+        ),
+        (
+            "fallbackAfter = callTimeout",
+            "callTimeout: 2s\nfallbackAfter: 2s",
         ),
         ("rate over 100%", "failureRateThreshold: 150"),
         ("no probes", "halfOpenMaxCalls: 0"),
@@ -649,6 +646,21 @@ async fn the_shipped_roles_grant_no_more_than_needed() {
     assert!(can(Who::Controller, &["patch", &target]));
     assert!(can(Who::Controller, &["create", "events.events.k8s.io"]));
     assert!(can(Who::Gateway, &["watch", &target]));
+    // the replica watcher reads pods, and only that
+    assert!(can(Who::Controller, &["watch", "pods"]));
+    assert!(can(Who::Controller, &["list", "pods"]));
+    for verb in ["create", "patch", "delete"] {
+        assert!(
+            !can(Who::Controller, &[verb, "pods"]),
+            "the controller may {verb} pods"
+        );
+    }
+    assert!(!can(Who::Controller, &["create", "pods/exec"]));
+    assert!(!can(Who::Controller, &["get", "pods/log"]));
+    assert!(
+        !can(Who::Gateway, &["list", "pods"]),
+        "the gateway may list pods"
+    );
     // what neither may do
     for who in [Who::Controller, Who::Gateway] {
         assert!(
@@ -740,4 +752,322 @@ async fn the_controller_names_a_missing_crd_at_start_and_is_ready_once_synced() 
     let controller = start_controller(&plane, dir.path());
     wait_for_ready(&client(), &controller).await;
     assert!(controller.log_text().contains("BreakerPolicies synced"));
+}
+
+/// A Pod object standing for a v2 process on 127.0.0.1:`port` (no kubelet here: the test
+/// writes the pod's status as one would).
+fn fake_v2_pod(plane: &ControlPlane, name: &str, port: u16) {
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    resilience.demo.dev/breaker-configmap: {TARGET}\nspec:\n  containers:\n    - name: api-gateway-v2\n      image: api-gateway-v2\n      ports:\n        - name: http\n          containerPort: {port}\n"
+    );
+    assert!(kubectl_apply(plane, &pod).status.success());
+    let running =
+        r#"{"status":{"phase":"Running","podIP":"127.0.0.1","podIPs":[{"ip":"127.0.0.1"}]}}"#;
+    let out = plane.kubectl(
+        Who::Admin,
+        &[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            NS,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            running,
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `kubectl get bp <name> -o json -w`, each object stamped with the wall time it arrived.
+fn watch_policy(
+    plane: &ControlPlane,
+    name: &str,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<(chrono::DateTime<chrono::Utc>, Value)>,
+) {
+    let mut child = plane
+        .kubectl_command(Who::Admin)
+        .args(["get", "bp", name, "-n", NS, "-o", "json", "-w"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for object in serde_json::Deserializer::from_reader(stdout).into_iter::<Value>() {
+            let Ok(object) = object else { return };
+            if tx.send((chrono::Utc::now(), object)).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn replica<'a>(bp: &'a Value, pod: &str) -> Option<&'a Value> {
+    bp["status"]["replicas"]
+        .as_array()?
+        .iter()
+        .find(|r| r["pod"] == pod)
+}
+
+#[actix_web::test]
+#[ignore = "control-plane tier: needs kube-apiserver and etcd (make control-plane-bins); run by `make test`"]
+async fn each_replicas_live_breaker_reaches_the_policy_status_and_its_events() {
+    let _serial = serial();
+    let plane = control_plane();
+    let dir = tempfile::tempdir().unwrap();
+    let controller = start_controller(&plane, dir.path());
+    let stack = gateway_stack(&plane);
+    let second = stack.start_v2_replica(&[]);
+    let c = client();
+    let yaml = policy(
+        "gw",
+        "Auto",
+        "failureThreshold: 1\ncallTimeout: 200ms\nopenDuration: 1s",
+    );
+    assert!(kubectl_apply(&plane, &yaml).status.success());
+    fake_v2_pod(&plane, "gw-a", stack.v2.port);
+    fake_v2_pod(&plane, "gw-b", second.port);
+    let bp = wait_for(Duration::from_secs(15), "both replicas applied", || {
+        let bp = get_json(&plane, &["bp", "gw"])?;
+        (bp["status"]["applied"] == "2/2" && bp["status"]["open"] == "0/2").then_some(bp)
+    })
+    .await;
+    assert_eq!(replica(&bp, "gw-a").unwrap()["state"], "closed", "{bp}");
+    assert_eq!(replica(&bp, "gw-b").unwrap()["mode"], "Auto", "{bp}");
+    let table = plane.kubectl(Who::Admin, &["get", "bp", "gw", "-n", NS], None);
+    let table = String::from_utf8_lossy(&table.stdout).to_string();
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .eq(["NAME", "MODE", "OPEN", "APPLIED", "READY", "REASON", "AGE"]),
+        "{table}"
+    );
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..6],
+        ["gw", "Auto", "0/2", "2/2", "True", "Applied"],
+        "{table}"
+    );
+
+    // Replica a flaps against a hanging dependency: every 1 s it opens, probes and re-opens.
+    let (mut watch, seen) = watch_policy(&plane, "gw");
+    set_fault(&c, &stack, r#"{"mode":"hang","hang":"30s"}"#).await;
+    let flap_for = std::env::var("FLAP_FOR")
+        .ok()
+        .and_then(|v| duration_text::parse(&v).ok())
+        .unwrap_or(Duration::from_secs(12));
+    let started = Instant::now();
+    while started.elapsed() < flap_for {
+        let _ = get(&c, &stack.v2.url("/product-details/1")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    set_fault(&c, &stack, r#"{"mode":"none"}"#).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    watch.kill().ok();
+    let arrivals: Vec<(chrono::DateTime<chrono::Utc>, Value)> = seen.try_iter().collect();
+
+    // Each transition of replica a: when it happened, and when `kubectl get -w` showed it.
+    let transitions = status(&c, &stack).await["transitions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(transitions.len() >= 6, "{transitions:?}");
+    let mut lags = Vec::new();
+    for t in &transitions {
+        let at: chrono::DateTime<chrono::Utc> = t["at"].as_str().unwrap().parse().unwrap();
+        let shown = arrivals.iter().find(|(_, bp)| {
+            replica(bp, "gw-a")
+                .and_then(|r| r["since"].as_str())
+                .and_then(|s| s.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                .is_some_and(|since| since >= at)
+        });
+        // A transition overtaken within the write interval is shown by a later one.
+        if let Some((when, _)) = shown {
+            lags.push((*when - at).to_std().unwrap_or_default());
+        }
+    }
+    lags.sort();
+    let p = |q: f64| lags[((lags.len() as f64 * q).ceil() as usize).clamp(1, lags.len()) - 1];
+    figure!(
+        "transition → kubectl get bp -w: {} transitions, p50 {:?}, p95 {:?}, max {:?}",
+        lags.len(),
+        p(0.5),
+        p(0.95),
+        lags.last().unwrap()
+    );
+    assert!(p(0.95) < Duration::from_secs(2), "{lags:?}");
+    // The other replica kept its own breaker: decisions are never shared.
+    let bp = get_json(&plane, &["bp", "gw"]).unwrap();
+    assert_eq!(replica(&bp, "gw-b").unwrap()["state"], "closed", "{bp}");
+    assert!(arrivals.iter().any(|(_, bp)| bp["status"]["open"] == "1/2"));
+
+    // Events on the policy: one kind per transition, folded while flapping.
+    let events = get_json(
+        &plane,
+        &[
+            "events.events.k8s.io",
+            "--field-selector",
+            "regarding.name=gw",
+        ],
+    )
+    .unwrap();
+    let notes: Vec<String> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("Circuit"))
+        })
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["reason"].as_str().unwrap(),
+                e["note"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("CircuitOpened pod gw-a: the circuit opened")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with("CircuitHalfOpened pod gw-a")),
+        "{notes:?}"
+    );
+    let m = metrics(&c, &controller).await;
+    let sum = |name: &str| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(name) && k.contains("Circuit"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let (writes, seen_transitions) = (
+        sum("controller_event_writes_total"),
+        sum("controller_replica_transitions_total"),
+    );
+    figure!(
+        "flapping for {:?}: {} transitions on one replica, {} Event writes, {} status writes",
+        flap_for,
+        seen_transitions,
+        writes,
+        m["controller_replica_status_writes_total"]
+    );
+    assert!(
+        writes >= 2.0 && writes < seen_transitions,
+        "{writes} writes for {seen_transitions} transitions"
+    );
+
+    // A replica that goes away leaves the status.
+    assert!(plane
+        .kubectl(
+            Who::Admin,
+            &["delete", "pod", "gw-b", "-n", NS, "--wait=false"],
+            None
+        )
+        .status
+        .success());
+    wait_for(Duration::from_secs(10), "gw-b gone from the status", || {
+        let bp = get_json(&plane, &["bp", "gw"])?;
+        (replica(&bp, "gw-b").is_none() && bp["status"]["applied"] == "1/1").then_some(())
+    })
+    .await;
+}
+
+#[actix_web::test]
+#[ignore = "control-plane tier: needs kube-apiserver and etcd (make control-plane-bins); run by `make test`"]
+async fn observe_mode_lets_every_call_through_and_says_what_it_would_do() {
+    let _serial = serial();
+    let plane = control_plane();
+    let dir = tempfile::tempdir().unwrap();
+    let _controller = start_controller(&plane, dir.path());
+    let stack = gateway_stack(&plane);
+    let c = client();
+    let yaml = policy(
+        "gw",
+        "Observe",
+        "failureThreshold: 2\ncallTimeout: 200ms\nopenDuration: 30s",
+    );
+    assert!(kubectl_apply(&plane, &yaml).status.success());
+    wait_status(&c, &stack, Duration::from_secs(10), |s| {
+        s["mode"] == "Observe"
+    })
+    .await;
+    fake_v2_pod(&plane, "gw-a", stack.v2.port);
+    set_fault(&c, &stack, r#"{"mode":"hang","hang":"30s"}"#).await;
+    let before = received(&c, &stack).await;
+    for _ in 0..6 {
+        let a = get(&c, &stack.v2.url("/product-details/2")).await;
+        assert_eq!(a.status, 200, "{}", a.raw);
+        assert!(a.degraded());
+    }
+    // Auto would have opened after 2 failures and rejected the other 4: all 6 went through.
+    assert_eq!(received(&c, &stack).await - before, 6, "no call rejected");
+    let s = status(&c, &stack).await;
+    assert_eq!(
+        (s["state"].as_str(), s["mode"].as_str()),
+        (Some("open"), Some("Observe")),
+        "{s}"
+    );
+    assert_eq!(s["last_transition"]["mode"], "Observe", "{s}");
+    let m = metrics(&c, &stack.v2).await;
+    assert_eq!(m["breaker_would_reject_total{outcome=\"open\"}"], 4.0);
+    assert!(
+        !m.keys()
+            .any(|k| k.starts_with("breaker_calls_total{outcome=\"rejected")),
+        "{m:?}"
+    );
+    let bp = wait_for(Duration::from_secs(10), "would-open in the status", || {
+        let bp = get_json(&plane, &["bp", "gw"])?;
+        (bp["status"]["open"] == "1/1").then_some(bp)
+    })
+    .await;
+    assert_eq!(replica(&bp, "gw-a").unwrap()["mode"], "Observe", "{bp}");
+    let events = wait_for(Duration::from_secs(10), "a would-open Event", || {
+        let events = get_json(
+            &plane,
+            &[
+                "events.events.k8s.io",
+                "--field-selector",
+                "regarding.name=gw",
+            ],
+        )?;
+        let found = events["items"].as_array()?.iter().any(|e| {
+            e["reason"] == "CircuitOpened"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("would have opened"))
+        });
+        found.then_some(events)
+    })
+    .await;
+    eprintln!(
+        "{}",
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {}", e["reason"], e["note"]))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -34,7 +34,7 @@ KUBECONFIG = ROOT / ".cache/kind" / f"{CLUSTER}.kubeconfig"
 KUBECTL = os.environ.get("KUBECTL") or str(ROOT / ".cache/kubernetes/bin/kubectl")
 # Short fault timings keep the suite fast; the story is the same as the chart's defaults.
 HANG = "6s"
-HELM_ARGS = f"--set gatewayV2.replicas=2 --set-string recommendations.failureHang={HANG}"
+HELM_ARGS = f"--set-string recommendations.failureHang={HANG}"
 # KIND_RECREATE: a cluster left over from an interrupted run is made anew, not reused.
 ENV = {**os.environ, "KUBECONFIG": str(KUBECONFIG), "KUBECTL": KUBECTL, "KIND_RECREATE": "1"}
 

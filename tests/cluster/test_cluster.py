@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from typing import Self
 
 import report
 from conftest import (
+    ENV,
     HANG,
+    KUBECTL,
     NAMESPACE,
     Cluster,
     figure,
@@ -190,6 +194,118 @@ def test_force_open_rejects_on_every_replica(cluster: Cluster):
         figure("kubectl get bp while forced open:\n" + listing)
     finally:
         patch_policy({"mode": "Auto"})
+
+
+def set_fault(cluster: Cluster, mode: str) -> None:
+    status, body = http(
+        "PUT",
+        f"{cluster.forwards['recommendations-service']}/admin/fault",
+        body={"mode": mode},
+        headers={"Authorization": "Bearer demo-admin-token"},
+    )
+    assert status == 200, body
+
+
+class Watch:
+    """`kubectl get bp -w` in the background, each line or object stamped as it arrives."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen(
+            [KUBECTL, "get", "breakerpolicy", POLICY, "-n", NAMESPACE, "-w", *args],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.seen: list[tuple[float, str]] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.seen.append((time.time(), line))
+
+    def stop(self) -> list[tuple[float, str]]:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.thread.join(5)
+        return self.seen
+
+    def objects(self) -> list[tuple[float, dict]]:
+        """The JSON objects of `-o json -w`, each stamped with the arrival of its last line."""
+        found, text, stamp = [], "", 0.0
+        for stamp, line in self.seen:
+            text += line
+            if line.rstrip() == "}":
+                found.append((stamp, json.loads(text)))
+                text = ""
+        return found
+
+
+def since_of(bp: dict, pod: str) -> float | None:
+    for replica in bp.get("status", {}).get("replicas", []):
+        if replica["pod"] == pod and replica.get("since"):
+            return datetime.fromisoformat(replica["since"]).timestamp()
+    return None
+
+
+def test_kubectl_shows_each_replicas_breaker_live(cluster: Cluster):
+    pods = cluster.pods(V2)
+    assert len(pods) == 2, pods
+    wait_for(
+        "both replicas in the status",
+        lambda: kubectl_json("get", "breakerpolicy", POLICY)["status"].get("applied") == "2/2",
+        30,
+    )
+    patch_policy({"mode": "Auto", "settings": {"failureThreshold": 1, "callTimeout": "500ms", "openDuration": "3s"}})
+    table, objects = Watch(), Watch("-o", "json")
+    try:
+        # Each replica meets the hanging dependency on its own and opens; nothing is shared.
+        for pod in pods:
+            http("GET", pod_url(cluster, pod, 8090, "/product-details/1"), timeout=10)
+            wait_for(f"{pod} open", lambda pod=pod: replica_status(cluster, pod)["state"] in ("open", "half_open"), 10)
+        wait_for("OPEN 2/2", lambda: kubectl_json("get", "breakerpolicy", POLICY)["status"].get("open") == "2/2", 10)
+        set_fault(cluster, "none")
+        # A probe on each closes it again.
+        for pod in pods:
+
+            def closed(pod=pod) -> bool:
+                http("GET", pod_url(cluster, pod, 8090, "/product-details/2"), timeout=10)
+                return replica_status(cluster, pod)["state"] == "closed"
+
+            wait_for(f"{pod} closed", closed, 20, every=0.5)
+        wait_for("OPEN 0/2", lambda: kubectl_json("get", "breakerpolicy", POLICY)["status"].get("open") == "0/2", 10)
+        time.sleep(1)
+    finally:
+        set_fault(cluster, "hang")
+        patch_policy({"settings": {"failureThreshold": 3, "callTimeout": "2s", "openDuration": "5s"}})
+        lines, _ = table.stop(), objects.stop()
+    figure("kubectl get bp -n demo -w, while each replica opened and closed:\n" + "".join(line for _, line in lines))
+    # transition → `kubectl get -w`, for every transition of both replicas
+    arrivals = objects.objects()
+    watched_from = arrivals[0][0]
+    lags = []
+    for pod in pods:
+        for t in replica_status(cluster, pod)["transitions"]:
+            at = datetime.fromisoformat(t["at"]).timestamp()
+            if at < watched_from:
+                continue  # from an earlier test, before the watch began
+            shown = next((when for when, bp in arrivals if (since_of(bp, pod) or 0) >= at - 0.0005), None)
+            if shown is not None and shown >= at - 1:
+                lags.append(shown - at)
+    lags.sort()
+    assert len(lags) >= 4, lags
+    p95 = lags[min(len(lags) - 1, round(0.95 * len(lags) + 0.5) - 1)]
+    figure(
+        f"transition → kubectl get bp -w in the cluster: {len(lags)} transitions, "
+        f"p50 {statistics.median(lags) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {lags[-1] * 1000:.0f} ms"
+    )
+    assert p95 < 2.0, lags
+    described = kubectl("describe", "breakerpolicy", POLICY)
+    for pod in pods:
+        assert f"pod {pod}: the circuit opened" in described, described
+        assert f"pod {pod}: the circuit closed" in described, described
+    figure("kubectl describe bp (its Events):\n" + described[described.find("Events:") :])
 
 
 def probe_pod(name: str, labels: dict[str, str]) -> dict:

@@ -59,7 +59,7 @@ securityContext:
 {{/*
 A Deployment and its Service for one of the binaries.
 dict: root, name, port, component, replicas, resources, env (list), serviceAccount (optional,
-a component name like name)
+a component name like name), podLabels (optional, added to the pods' labels)
 */}}
 {{- define "cbd.workload" -}}
 {{- $root := .root }}
@@ -84,6 +84,9 @@ spec:
         {{- include "cbd.labels" $root | nindent 8 }}
         app.kubernetes.io/name: {{ .name }}
         app.kubernetes.io/component: {{ .component }}
+        {{- with .podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       {{- with $v.podAnnotations }}
       annotations:
         {{- toYaml . | nindent 8 }}

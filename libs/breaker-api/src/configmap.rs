@@ -11,7 +11,7 @@ use crate::{BreakerSettings, Mode};
 
 /// The key holding BreakerSettings as YAML.
 pub const SETTINGS_KEY: &str = "breaker.yaml";
-/// The key holding the mode: Auto, ForceOpen or ForceClosed.
+/// The key holding the mode: Auto, ForceOpen, ForceClosed or Observe.
 pub const MODE_KEY: &str = "mode";
 
 /// Why a ConfigMap's content cannot be used.

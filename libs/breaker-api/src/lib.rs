@@ -11,6 +11,6 @@ pub mod policy;
 mod rewatch;
 mod settings;
 
-pub use policy::{BreakerPolicy, BreakerPolicySpec, BreakerPolicyStatus, Target};
+pub use policy::{BreakerPolicy, BreakerPolicySpec, BreakerPolicyStatus, ReplicaStatus, Target};
 pub use rewatch::RewatchBackoff;
 pub use settings::{BreakerSettings, Mode, DURATION_PATTERN};

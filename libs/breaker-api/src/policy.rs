@@ -23,21 +23,21 @@ pub const READY: &str = "Ready";
     shortname = "bp",
     namespaced,
     status = "BreakerPolicyStatus",
-    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target.configMap"}"#,
-    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode","description":"Auto, ForceOpen or ForceClosed"}"#,
-    printcolumn = r#"{"name":"Threshold","type":"integer","jsonPath":".spec.settings.failureThreshold"}"#,
-    printcolumn = r#"{"name":"Timeout","type":"string","jsonPath":".spec.settings.callTimeout"}"#,
-    printcolumn = r#"{"name":"Open","type":"string","jsonPath":".spec.settings.openDuration"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode","description":"Auto, ForceOpen, ForceClosed or Observe"}"#,
+    printcolumn = r#"{"name":"Open","type":"string","jsonPath":".status.open","description":"v2 replicas that reject calls as open (forced open included; in Observe: would), of those reporting"}"#,
+    printcolumn = r#"{"name":"Applied","type":"string","jsonPath":".status.applied","description":"v2 replicas running the ConfigMap as last written, of those reporting"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.target.configMap","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(transform = add_order_rules)]
 pub struct BreakerPolicySpec {
     /// The gateway ConfigMap (in this namespace) that carries the settings.
     pub target: Target,
-    /// Auto lets the breaker decide; ForceOpen trips it by hand; ForceClosed pins it closed.
+    /// Auto lets the breaker decide; ForceOpen trips it by hand; ForceClosed pins it closed;
+    /// Observe judges as Auto and reports what it would do, but lets every call through.
     #[serde(default)]
     pub mode: Mode,
     /// The breaker's settings; every key is optional and defaults as documented.
@@ -137,6 +137,43 @@ pub struct BreakerPolicyStatus {
     /// The ConfigMap last written, as namespace/name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_map: Option<String>,
+    /// The ConfigMap's resourceVersion as last written: a replica running it has applied
+    /// the policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_map_version: Option<String>,
+    /// The live breaker of each v2 replica watching the ConfigMap, as it last told the
+    /// controller; a replica that goes away leaves the list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
+    pub replicas: Vec<ReplicaStatus>,
+    /// Replicas that reject calls as open (forced open included; in Observe: would), of
+    /// those reporting: `1/2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open: Option<String>,
+    /// Replicas running `configMapVersion`, of those reporting: `2/2`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<String>,
+}
+
+/// One v2 replica's breaker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    pub pod: String,
+    /// closed, open, half_open; `unreachable` when the last ask failed.
+    pub state: String,
+    /// The mode the replica runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// When it entered this state (its last transition).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Why, as the breaker says it (consecutive_failures, probe_failed …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The ConfigMap resourceVersion it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<String>,
 }
 
 /// Why `Ready` is what it is.

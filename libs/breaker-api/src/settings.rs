@@ -200,6 +200,9 @@ pub enum Mode {
     /// Every call is let through (the bulkhead still applies); outcomes are counted but
     /// move no state.
     ForceClosed,
+    /// A dry run: the breaker judges as in Auto and reports what it would do (status,
+    /// metrics, Events say "would open"), but lets every call through.
+    Observe,
 }
 
 impl From<Mode> for breaker::Mode {
@@ -208,6 +211,7 @@ impl From<Mode> for breaker::Mode {
             Mode::Auto => breaker::Mode::Auto,
             Mode::ForceOpen => breaker::Mode::ForceOpen,
             Mode::ForceClosed => breaker::Mode::ForceClosed,
+            Mode::Observe => breaker::Mode::Observe,
         }
     }
 }
@@ -226,9 +230,10 @@ impl std::str::FromStr for Mode {
             "Auto" => Ok(Mode::Auto),
             "ForceOpen" => Ok(Mode::ForceOpen),
             "ForceClosed" => Ok(Mode::ForceClosed),
+            "Observe" => Ok(Mode::Observe),
             other => Err(SettingsError::new(
                 "mode",
-                format!("{other:?} is not one of Auto, ForceOpen, ForceClosed"),
+                format!("{other:?} is not one of Auto, ForceOpen, ForceClosed, Observe"),
             )),
         }
     }

@@ -57,7 +57,8 @@ fn mode() -> impl Strategy<Value = Mode> {
     prop_oneof![
         Just(Mode::Auto),
         Just(Mode::ForceOpen),
-        Just(Mode::ForceClosed)
+        Just(Mode::ForceClosed),
+        Just(Mode::Observe)
     ]
 }
 

@@ -39,6 +39,10 @@ pub enum Mode {
     /// Every call is let through (the bulkhead still applies); outcomes are counted but
     /// move no state.
     ForceClosed,
+    /// A dry run: the state machine judges exactly as in Auto, and every call is let through.
+    /// A call Auto would reject gets a permit that says so ([`Permit::would_reject`]); its
+    /// outcome is not judged, as Auto would not have made it.
+    Observe,
 }
 
 impl Mode {
@@ -47,6 +51,7 @@ impl Mode {
             Mode::Auto => "Auto",
             Mode::ForceOpen => "ForceOpen",
             Mode::ForceClosed => "ForceClosed",
+            Mode::Observe => "Observe",
         }
     }
 }
@@ -99,6 +104,8 @@ pub struct Transition {
     pub from: State,
     pub to: State,
     pub reason: TransitionReason,
+    /// The mode in force: in Observe a transition only says what Auto would have done.
+    pub mode: Mode,
     /// Clock time of the transition.
     #[serde(skip)]
     pub at: Duration,
@@ -126,6 +133,9 @@ pub struct Counts {
     pub rejected_half_open: u64,
     pub rejected_bulkhead: u64,
     pub rejected_forced_open: u64,
+    /// Calls let through in Observe that Auto would have rejected (also counted in the
+    /// `rejected_*` count of their reason).
+    pub observed_rejections: u64,
     /// Permits dropped without an outcome (cancelled calls).
     pub abandoned: u64,
     pub transitions: u64,
@@ -157,6 +167,30 @@ struct Core {
     half_open_successes: u32,
     counts: Counts,
     last_transition: Option<Transition>,
+    jitter: Option<Jitter>,
+}
+
+/// Lengthens each open duration by a random share up to `max_extra`, so that replicas which
+/// opened together do not probe together. SplitMix64: the same seed, the same durations.
+#[derive(Debug, Clone)]
+struct Jitter {
+    max_extra: f64,
+    state: u64,
+}
+
+impl Jitter {
+    fn next_unit(&mut self) -> f64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn apply(&mut self, open: Duration) -> Duration {
+        open.mul_f64(1.0 + self.max_extra * self.next_unit())
+    }
 }
 
 pub struct CircuitBreaker {
@@ -187,6 +221,9 @@ struct Admission {
     started: Option<Duration>,
     call_timeout: Duration,
     fallback_after: Option<Duration>,
+    /// Let through by Observe where Auto would have rejected: not in flight for the breaker,
+    /// and never judged.
+    would_reject: Option<Rejection>,
 }
 
 impl CircuitBreaker {
@@ -212,6 +249,7 @@ impl CircuitBreaker {
             half_open_successes: 0,
             counts: Counts::default(),
             last_transition: None,
+            jitter: None,
         };
         Self {
             core: Mutex::new(core),
@@ -229,7 +267,32 @@ impl CircuitBreaker {
     /// Asks to make a call now.
     pub fn try_acquire(&self) -> Result<Permit<&Self>, Rejection> {
         let mut core = self.lock();
-        self.open_to_half_open(&mut core);
+        let admission = match self.admit(&mut core) {
+            Ok(admission) => admission,
+            Err(rejection) if core.mode == Mode::Observe => {
+                core.counts.observed_rejections += 1;
+                Admission {
+                    epoch: core.epoch,
+                    probe: false,
+                    forced: false,
+                    started: None,
+                    call_timeout: core.settings.call_timeout,
+                    fallback_after: core.settings.fallback_after,
+                    would_reject: Some(rejection),
+                }
+            }
+            Err(rejection) => return Err(rejection),
+        };
+        Ok(Permit {
+            breaker: self,
+            admission,
+            reported: false,
+        })
+    }
+
+    /// Auto's verdict (or a forced mode's) on a call now, counted.
+    fn admit(&self, core: &mut Core) -> Result<Admission, Rejection> {
+        self.open_to_half_open(core);
         if let Some(max) = core.settings.max_concurrent_calls {
             if core.counts.in_flight >= max {
                 core.counts.rejected_bulkhead += 1;
@@ -237,7 +300,7 @@ impl CircuitBreaker {
             }
         }
         let forced = match core.mode {
-            Mode::Auto => false,
+            Mode::Auto | Mode::Observe => false,
             Mode::ForceClosed => true,
             Mode::ForceOpen => {
                 core.counts.rejected_forced_open += 1;
@@ -262,17 +325,14 @@ impl CircuitBreaker {
             }
         };
         core.counts.in_flight += 1;
-        Ok(Permit {
-            breaker: self,
-            admission: Admission {
-                epoch: core.epoch,
-                probe,
-                forced,
-                started: core.settings.slow_call_duration.map(|_| self.clock.now()),
-                call_timeout: core.settings.call_timeout,
-                fallback_after: core.settings.fallback_after,
-            },
-            reported: false,
+        Ok(Admission {
+            epoch: core.epoch,
+            probe,
+            forced,
+            started: core.settings.slow_call_duration.map(|_| self.clock.now()),
+            call_timeout: core.settings.call_timeout,
+            fallback_after: core.settings.fallback_after,
+            would_reject: None,
         })
     }
 
@@ -325,6 +385,15 @@ impl CircuitBreaker {
         }
     }
 
+    /// From now on each open duration is lengthened by a random share of up to `max_extra`
+    /// (0.1: up to 10%), drawn from `seed`; 0 turns it off.
+    pub fn set_open_jitter(&self, max_extra: f64, seed: u64) {
+        self.lock().jitter = (max_extra > 0.0).then_some(Jitter {
+            max_extra,
+            state: seed,
+        });
+    }
+
     /// Sets the operator override; the state machine underneath keeps its state and resumes
     /// from it when the mode goes back to Auto.
     pub fn set_mode(&self, mode: Mode) {
@@ -354,7 +423,12 @@ impl CircuitBreaker {
                 if from == State::HalfOpen {
                     core.failed_probes = core.failed_probes.saturating_add(1);
                 }
-                core.opened_until = now + core.settings.open_duration_after(core.failed_probes);
+                let open = core.settings.open_duration_after(core.failed_probes);
+                let open = match &mut core.jitter {
+                    Some(jitter) => jitter.apply(open),
+                    None => open,
+                };
+                core.opened_until = now + open;
             }
             State::Closed => {
                 core.failed_probes = 0;
@@ -366,6 +440,7 @@ impl CircuitBreaker {
             from,
             to,
             reason,
+            mode: core.mode,
             at: now,
         };
         core.last_transition = Some(transition);
@@ -376,6 +451,9 @@ impl CircuitBreaker {
     }
 
     fn finish(&self, permit: &Admission, outcome: Option<Outcome>) {
+        if permit.would_reject.is_some() {
+            return;
+        }
         let mut core = self.lock();
         core.counts.in_flight = core.counts.in_flight.saturating_sub(1);
         let current = permit.epoch == core.epoch && !permit.forced;
@@ -459,6 +537,11 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
     /// call timeout.
     pub fn fallback_after(&self) -> Option<Duration> {
         self.admission.fallback_after
+    }
+
+    /// In Observe: the rejection Auto would have given this call, which was let through.
+    pub fn would_reject(&self) -> Option<Rejection> {
+        self.admission.would_reject
     }
 
     /// Whether this call is a half-open probe.

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use breaker::{
-    CircuitBreaker, ManualClock, Mode, Outcome, Permit, Rejection, Settings, SettingsSpec, State,
+    BreakerObserver, CircuitBreaker, ManualClock, Mode, Outcome, Permit, Rejection, Settings,
+    SettingsSpec, State, Transition,
 };
 use proptest::prelude::*;
 
@@ -143,6 +144,99 @@ proptest! {
         let permits: Vec<_> = (0..attempts).filter_map(|_| b.try_acquire().ok()).collect();
         prop_assert_eq!(permits.len(), attempts.min(max as usize));
         prop_assert!(permits.iter().all(|p| p.is_probe()));
+    }
+}
+
+/// Keeps every transition it is told of.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<Transition>>);
+
+impl BreakerObserver for Recorded {
+    fn on_transition(&self, t: &Transition) {
+        self.0.lock().unwrap().push(*t);
+    }
+}
+
+fn recorded_breaker(
+    spec: SettingsSpec,
+    mode: Mode,
+) -> (CircuitBreaker, ManualClock, Arc<Recorded>) {
+    let clock = ManualClock::new();
+    let seen = Arc::new(Recorded::default());
+    let b = CircuitBreaker::with_observer(
+        valid(spec),
+        Arc::new(clock.clone()),
+        Some(seen.clone() as Arc<dyn BreakerObserver>),
+    );
+    b.set_mode(mode);
+    (b, clock, seen)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Observe is Auto that lets everything through: on the same sequence it makes the same
+    /// transitions at the same times, and every call Auto rejects is let through, marked
+    /// with the rejection Auto gave.
+    #[test]
+    fn observe_judges_as_auto_and_rejects_nothing(
+        ops in proptest::collection::vec(op(), 1..200),
+        half_open in 1u32..4,
+        bulkhead in proptest::option::of(1u32..6),
+        rate in any::<bool>(),
+    ) {
+        let (auto, auto_clock, auto_seen) = recorded_breaker(settings(half_open, bulkhead, rate), Mode::Auto);
+        let (observe, observe_clock, observe_seen) = recorded_breaker(settings(half_open, bulkhead, rate), Mode::Observe);
+        let mut held: Vec<(Permit<&CircuitBreaker>, Permit<&CircuitBreaker>)> = Vec::new();
+        let mut let_through = 0u64;
+        for op in ops {
+            match op {
+                Op::Acquire => {
+                    let o = observe.try_acquire();
+                    prop_assert!(o.is_ok(), "Observe rejected a call");
+                    let o = o.unwrap();
+                    match auto.try_acquire() {
+                        Ok(a) => {
+                            prop_assert_eq!(o.would_reject(), None);
+                            prop_assert_eq!(a.is_probe(), o.is_probe());
+                            held.push((a, o));
+                        }
+                        Err(rejection) => {
+                            prop_assert_eq!(o.would_reject(), Some(rejection));
+                            let_through += 1;
+                            // The call is made; whatever it comes to is not judged.
+                            o.failure();
+                        }
+                    }
+                }
+                Op::Record(i, ok) if !held.is_empty() => {
+                    let (a, o) = held.swap_remove(i % held.len());
+                    let outcome = if ok { Outcome::Success } else { Outcome::Failure };
+                    a.record(outcome);
+                    o.record(outcome);
+                }
+                Op::Drop(i) if !held.is_empty() => {
+                    drop(held.swap_remove(i % held.len()));
+                }
+                Op::Advance(ms) => {
+                    auto_clock.advance(Duration::from_millis(ms));
+                    observe_clock.advance(Duration::from_millis(ms));
+                }
+                Op::Swap(h, m) => {
+                    auto.update_settings(valid(settings(h, m, rate)));
+                    observe.update_settings(valid(settings(h, m, rate)));
+                }
+                _ => {}
+            }
+            let (a, mut o) = (auto.snapshot(), observe.snapshot());
+            prop_assert_eq!(o.counts.observed_rejections, let_through);
+            o.counts.observed_rejections = 0;
+            prop_assert_eq!((a.state, a.counts, a.opened_until), (o.state, o.counts, o.opened_until));
+        }
+        let strip = |ts: &[Transition]| ts.iter().map(|t| (t.from, t.to, t.reason, t.at)).collect::<Vec<_>>();
+        let (a, o) = (auto_seen.0.lock().unwrap(), observe_seen.0.lock().unwrap());
+        prop_assert_eq!(strip(&a), strip(&o));
+        prop_assert!(o.iter().all(|t| t.mode == Mode::Observe));
     }
 }
 

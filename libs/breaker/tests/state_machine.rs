@@ -399,3 +399,66 @@ fn a_probe_handed_over_keeps_its_slot_and_is_judged_once() {
     assert_eq!(snap.counts.failures, 4);
     assert_eq!(snap.counts.in_flight, 0);
 }
+
+#[test]
+fn open_jitter_spreads_replicas_and_repeats_under_a_seed() {
+    let opened_until = |seed: u64| {
+        let (b, clock) = setup(SettingsSpec {
+            call_timeout: ms(500),
+            open_duration: ms(1000),
+            max_open_duration: Some(ms(8000)),
+            ..SettingsSpec::default()
+        });
+        b.set_open_jitter(0.1, seed);
+        let mut deadlines = Vec::new();
+        fail(&b, 3);
+        for _ in 0..4 {
+            let open = b.snapshot().opened_until.unwrap() - breaker::Clock::now(&clock);
+            deadlines.push(open);
+            clock.advance(open);
+            b.try_acquire().unwrap().failure(); // the probe fails: open again, doubled
+        }
+        deadlines
+    };
+    let a = opened_until(1);
+    assert_eq!(a, opened_until(1), "the same seed gives the same durations");
+    assert_ne!(a, opened_until(2), "another seed, other durations");
+    for (n, open) in a.iter().enumerate() {
+        let base = ms(1000) * 2u32.pow(n as u32);
+        assert!(
+            *open >= base && *open <= base.mul_f64(1.1),
+            "{open:?} not within 10% over {base:?}"
+        );
+    }
+}
+
+#[test]
+fn observe_lets_an_open_circuit_through_and_says_what_auto_would_do() {
+    let (b, clock) = setup(SettingsSpec::default());
+    b.set_mode(Mode::Observe);
+    fail(&b, 3);
+    assert_eq!(b.state(), State::Open);
+    let snap = b.snapshot();
+    assert_eq!(snap.last_transition.unwrap().mode, Mode::Observe);
+    // open: let through, marked, and its outcome moves nothing
+    for _ in 0..5 {
+        let p = b.try_acquire().unwrap();
+        assert_eq!(p.would_reject(), Some(Rejection::Open));
+        p.success();
+    }
+    let snap = b.snapshot();
+    assert_eq!(snap.state, State::Open);
+    assert_eq!(snap.counts.observed_rejections, 5);
+    assert_eq!(snap.counts.rejected_open, 5);
+    assert_eq!(snap.counts.in_flight, 0);
+    // half-open: one real probe as in Auto, the rest let through unjudged
+    clock.advance(ms(5000));
+    let probe = b.try_acquire().unwrap();
+    assert!(probe.is_probe() && probe.would_reject().is_none());
+    let extra = b.try_acquire().unwrap();
+    assert_eq!(extra.would_reject(), Some(Rejection::HalfOpenFull));
+    extra.failure();
+    assert_eq!(b.state(), State::HalfOpen);
+    probe.success();
+    assert_eq!(b.state(), State::Closed);
+}

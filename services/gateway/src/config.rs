@@ -57,6 +57,20 @@ pub struct V2Args {
     /// Kubernetes API instead of a file: keys `breaker.yaml` and `mode`.
     #[arg(long, env = "BREAKER_CONFIGMAP")]
     pub breaker_configmap: Option<String>,
+    /// This replica's name, shown by `/circuit-status` and the dashboard: the pod's name in
+    /// Kubernetes (the chart sets it from the downward API).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Seed of the open-duration jitter, for repeatable runs; a random one without it.
+    #[arg(long, env = "BREAKER_JITTER_SEED")]
+    pub breaker_jitter_seed: Option<u64>,
+}
+
+/// Who this v2 replica is, and what sets its breaker apart from the other replicas'.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub name: Option<String>,
+    pub jitter_seed: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +126,19 @@ pub struct SettingsSource {
 }
 
 impl V2Args {
+    pub fn replica(&self) -> Replica {
+        use std::hash::{BuildHasher, Hasher};
+        Replica {
+            name: self.pod_name.clone().filter(|name| !name.is_empty()),
+            // std's hasher keys are random per process: a seed without a crate for it.
+            jitter_seed: self.breaker_jitter_seed.unwrap_or_else(|| {
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            }),
+        }
+    }
+
     /// Reads the settings file once; a bad file at start is an error, not a silent default.
     /// A ConfigMap is read once the API answers; until then the defaults serve.
     pub fn settings_source(&self) -> Result<SettingsSource, ConfigError> {

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use breaker::{BreakerObserver, State, Transition, TransitionReason};
+use breaker::{BreakerObserver, Mode, State, Transition, TransitionReason};
 use chrono::{DateTime, SecondsFormat, Utc};
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -30,9 +30,14 @@ struct TransitionLabels {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TransitionRecord {
+    /// 1 for this replica's first transition, then one more each: a reader that saw `seq`
+    /// knows what it missed.
+    pub seq: u64,
     pub from: State,
     pub to: State,
     pub reason: TransitionReason,
+    /// In Observe the transition is what Auto would have done.
+    pub mode: Mode,
     pub at: String,
 }
 
@@ -40,6 +45,9 @@ pub struct Journal {
     /// Wall time at the breaker clock's zero.
     wall_origin: DateTime<Utc>,
     records: Mutex<VecDeque<TransitionRecord>>,
+    /// Bumped on each transition and each settings change, for readers waiting on the next
+    /// one (`/circuit-status?after=`).
+    revision: tokio::sync::watch::Sender<u64>,
     state: Family<StateLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
 }
@@ -50,6 +58,7 @@ impl Journal {
         let journal = Self {
             wall_origin: Utc::now() - chrono::Duration::from_std(clock_now).unwrap_or_default(),
             records: Mutex::new(VecDeque::new()),
+            revision: tokio::sync::watch::Sender::new(0),
             state: Family::default(),
             transitions: Family::default(),
         };
@@ -71,6 +80,22 @@ impl Journal {
     pub fn wall(&self, at: Duration) -> String {
         let wall = self.wall_origin + chrono::Duration::from_std(at).unwrap_or_default();
         wall.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// New settings or mode are in force.
+    pub fn settings_changed(&self) {
+        self.revision.send_modify(|r| *r += 1);
+    }
+
+    /// Resolves once the revision has moved past `revision`.
+    pub async fn changed_since(&self, revision: u64) {
+        let mut latest = self.revision.subscribe();
+        // The sender lives as long as the journal, so this only ends by the condition.
+        let _ = latest.wait_for(|newest| *newest > revision).await;
     }
 
     pub fn records(&self) -> Vec<TransitionRecord> {
@@ -98,16 +123,19 @@ impl BreakerObserver for Journal {
                 to: t.to.as_str(),
             })
             .inc();
+        let mut records = self.records.lock();
         let record = TransitionRecord {
+            seq: records.back().map_or(1, |last| last.seq + 1),
             from: t.from,
             to: t.to,
             reason: t.reason,
+            mode: t.mode,
             at: self.wall(t.at),
         };
-        let mut records = self.records.lock();
         if records.len() == JOURNAL_LEN {
             records.pop_front();
         }
         records.push_back(record);
+        self.revision.send_modify(|r| *r += 1);
     }
 }

@@ -65,7 +65,7 @@ pub fn run_v2() -> ExitCode {
     let gateway = Gateway {
         upstreams,
         metrics,
-        policy: Policy::Protected(V2::new(source, service.registry())),
+        policy: Policy::Protected(V2::new(source, args.replica(), service.registry())),
     };
     serve(service, gateway, &args.common.serve, 8090)
 }

@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use service_runtime::{resource, ReadinessGate};
 
 use crate::applier::{self, ConfigState};
-use crate::config::SettingsSource;
+use crate::config::{Replica, SettingsSource};
 use crate::dashboard;
 use crate::metrics::UpstreamMetrics;
 use crate::protected::Protected;
@@ -29,19 +29,25 @@ pub struct V2 {
     protected: Arc<Protected>,
     config: Arc<Mutex<ConfigState>>,
     origin: Origin,
+    replica: Option<String>,
 }
 
 impl V2 {
-    pub fn new(source: SettingsSource, registry: &mut Registry) -> Self {
+    pub fn new(source: SettingsSource, replica: Replica, registry: &mut Registry) -> Self {
         let config = ConfigState::new(
             source.origin.describe(),
             source.version,
             source.origin.loaded_at_start(),
         );
         Self {
-            protected: Arc::new(Protected::new(source.initial, registry)),
+            protected: Arc::new(Protected::new(
+                source.initial,
+                replica.jitter_seed,
+                registry,
+            )),
             config: Arc::new(Mutex::new(config)),
             origin: source.origin,
+            replica: replica.name,
         }
     }
 }
@@ -108,6 +114,7 @@ impl Policy {
             cfg.app_data(web::Data::new(StatusSources {
                 protected: v2.protected.clone(),
                 config: v2.config.clone(),
+                replica: v2.replica.clone(),
             }))
             .service(resource("/circuit-status").get(status::circuit_status))
             .service(resource("/dashboard").get(dashboard::dashboard));

@@ -30,6 +30,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long a user waits for the half-open probe made on their request: a healthy dependency
 /// answers well within it; a hanging one costs the user this, not the call timeout.
 pub const PROBE_WAIT: Duration = Duration::from_millis(100);
+/// Each open duration is up to this share longer, drawn per replica, so that replicas which
+/// opened together probe apart.
+const OPEN_JITTER: f64 = 0.1;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -44,14 +47,16 @@ pub struct Protected {
     journal: Arc<Journal>,
     calls: Family<OutcomeLabels, Counter>,
     fallbacks: Family<OutcomeLabels, Counter>,
+    would_reject: Family<OutcomeLabels, Counter>,
 }
 
 impl Protected {
-    pub fn new(settings: Settings, registry: &mut Registry) -> Self {
+    pub fn new(settings: Settings, jitter_seed: u64, registry: &mut Registry) -> Self {
         let clock = Arc::new(MonotonicClock::new());
         let journal = Arc::new(Journal::register(registry, clock.now()));
         let calls = Family::<OutcomeLabels, Counter>::default();
         let fallbacks = Family::<OutcomeLabels, Counter>::default();
+        let would_reject = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "breaker_calls",
             "Recommendation calls by outcome, rejections included",
@@ -62,16 +67,23 @@ impl Protected {
             "Answers served with fallback recommendations, by cause",
             fallbacks.clone(),
         );
+        registry.register(
+            "breaker_would_reject",
+            "Calls let through in Observe mode that Auto would have rejected, by reason",
+            would_reject.clone(),
+        );
         let breaker = Arc::new(CircuitBreaker::with_observer(
             settings,
             clock,
             Some(journal.clone() as Arc<dyn BreakerObserver>),
         ));
+        breaker.set_open_jitter(OPEN_JITTER, jitter_seed);
         Self {
             breaker,
             journal,
             calls,
             fallbacks,
+            would_reject,
         }
     }
 
@@ -90,10 +102,12 @@ impl Protected {
     pub fn apply(&self, settings: Settings, mode: Mode) {
         self.breaker.update_settings(settings);
         self.breaker.set_mode(mode);
+        self.journal.settings_changed();
     }
 
     pub fn apply_mode(&self, mode: Mode) {
         self.breaker.set_mode(mode);
+        self.journal.settings_changed();
     }
 
     /// Looks at the breaker every [`TICK`]; call once inside the runtime.
@@ -151,6 +165,9 @@ impl Protected {
                 return self.serve(Err(outcome));
             }
         };
+        if let Some(rejection) = permit.would_reject() {
+            self.count(&self.would_reject, rejection.as_str());
+        }
         // A probe is never its user's problem; with `fallbackAfter` no call is.
         let user_wait = match (permit.is_probe(), permit.fallback_after()) {
             (true, budget) => Some((

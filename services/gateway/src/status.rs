@@ -1,13 +1,19 @@
 //! `GET /circuit-status`: the breaker's state, settings and counts, where the settings came
 //! from, and the recent transitions.
+//!
+//! `?after=<revision>&wait=<duration>` holds the answer until the `revision` it gave has moved
+//! on (a transition, new settings), or `wait` (at most [`MAX_WAIT`]) has passed: a watcher (the
+//! controller) learns of a transition at once, without polling.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use breaker::{Counts, Mode, State};
 use breaker_api::BreakerSettings;
 use parking_lot::Mutex;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use service_runtime::ApiError;
 
 use crate::applier::ConfigState;
 use crate::journal::TransitionRecord;
@@ -17,10 +23,15 @@ use crate::protected::Protected;
 pub struct StatusSources {
     pub protected: Arc<Protected>,
     pub config: Arc<Mutex<ConfigState>>,
+    /// This replica's name (its pod's, in Kubernetes).
+    pub replica: Option<String>,
 }
 
 #[derive(Serialize)]
 struct CircuitStatus {
+    replica: Option<String>,
+    /// Moves on each transition and each settings change.
+    revision: u64,
     state: State,
     mode: Mode,
     settings: BreakerSettings,
@@ -35,12 +46,53 @@ struct CircuitStatus {
     transitions: Vec<TransitionRecord>,
 }
 
-pub async fn circuit_status(sources: web::Data<StatusSources>) -> HttpResponse {
+/// The longest a request may wait for a transition.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    after: Option<u64>,
+    wait: Option<String>,
+}
+
+pub async fn circuit_status(
+    sources: web::Data<StatusSources>,
+    query: web::Query<WaitQuery>,
+) -> Result<HttpResponse, ApiError> {
+    match (query.after, query.wait.as_deref()) {
+        (None, None) => {}
+        (Some(after), Some(wait)) => {
+            let wait = duration_text::parse(wait)
+                .map_err(|err| ApiError::bad_request(format!("wait: {err}")))?;
+            if wait > MAX_WAIT {
+                return Err(ApiError::bad_request(format!(
+                    "wait: at most {}",
+                    duration_text::format(MAX_WAIT)
+                )));
+            }
+            let journal = sources.protected.journal();
+            let _ = tokio::time::timeout(wait, journal.changed_since(after)).await;
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "after and wait go together: ?after=<revision>&wait=<duration>",
+            ))
+        }
+    }
+    Ok(current(&sources))
+}
+
+fn current(sources: &StatusSources) -> HttpResponse {
+    let journal = sources.protected.journal();
+    // Read first: an answer is never older than the revision it carries.
+    let revision = journal.revision();
     let snapshot = sources.protected.snapshot();
     let config = sources.config.lock().status().clone();
-    let journal = sources.protected.journal();
     let transitions = journal.records();
     HttpResponse::Ok().json(CircuitStatus {
+        replica: sources.replica.clone(),
+        revision,
         state: snapshot.state,
         mode: snapshot.mode,
         settings: BreakerSettings::from(snapshot.settings.spec()),

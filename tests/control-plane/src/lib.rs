@@ -334,6 +334,13 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// kubectl as `who`, to spawn and read while it runs (`get -w`).
+    pub fn kubectl_command(&self, who: Who) -> Command {
+        let mut command = Command::new(self.bin.join("kubectl"));
+        command.arg(format!("--kubeconfig={}", self.kubeconfig(who).display()));
+        command
+    }
+
     /// Runs kubectl (built with the API server) as `who`.
     pub fn kubectl(&self, who: Who, args: &[&str], stdin: Option<&str>) -> std::process::Output {
         use std::io::Write;

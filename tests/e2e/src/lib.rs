@@ -162,6 +162,8 @@ pub struct Stack {
     pub recommendations: Proc,
     pub v1: Proc,
     pub v2: Proc,
+    /// What v2 was started with, for more replicas of it.
+    v2_env: Vec<(&'static str, String)>,
     /// Last, so the processes (which print their logs when a test panics) go first.
     pub dir: tempfile::TempDir,
 }
@@ -197,8 +199,16 @@ impl Stack {
             recommendations,
             v1,
             v2,
+            v2_env,
             dir,
         }
+    }
+
+    /// Another v2 on the same upstreams and settings source, with `extra` in its environment.
+    pub fn start_v2_replica(&self, extra: &[(&'static str, String)]) -> Proc {
+        let mut env = self.v2_env.clone();
+        env.extend(extra.iter().cloned());
+        Proc::start("api-gateway-v2", &env, self.dir.path())
     }
 
     pub fn breaker_config_path(&self) -> PathBuf {

@@ -198,9 +198,15 @@ async fn with_fallback_after_users_wait_the_budget_while_calls_run_on_to_be_judg
     assert_eq!(status(&c, &stack).await["state"], "closed");
     // ... while their calls run on to it and are judged: three failures open the circuit.
     let s = wait_status(&c, &stack, Duration::from_secs(3), |s| s["state"] == "open").await;
-    assert_eq!(s["last_transition"]["reason"], "consecutive_failures", "{s}");
+    assert_eq!(
+        s["last_transition"]["reason"], "consecutive_failures",
+        "{s}"
+    );
     let m = metrics(&c, &stack.v2).await;
-    assert_eq!(m["gateway_fallbacks_total{outcome=\"fallback_after\"}"], 3.0);
+    assert_eq!(
+        m["gateway_fallbacks_total{outcome=\"fallback_after\"}"],
+        3.0
+    );
     assert_eq!(m["breaker_calls_total{outcome=\"failure\"}"], 3.0);
 
     // A dependency that answers within the budget still serves the full page.
@@ -214,6 +220,58 @@ async fn with_fallback_after_users_wait_the_budget_while_calls_run_on_to_be_judg
     assert_eq!(status(&c, &stack).await["state"], "closed");
     let a = get(&c, &stack.v2.url("/product-details/5")).await;
     assert_eq!(a.recommendation_count(), 3, "{}", a.raw);
+}
+
+#[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
+async fn circuit_status_can_wait_for_the_next_change() {
+    let _timing = exclusive_timing();
+    let stack = Stack::start(StackConfig {
+        recommendations_env: hang("30s"),
+        ..Default::default()
+    });
+    let c = client();
+    let first = status(&c, &stack).await;
+    let revision = first["revision"].as_u64().unwrap();
+
+    // Nothing happens: the answer comes when the wait is over, the revision unchanged.
+    let a = get(
+        &c,
+        &stack
+            .v2
+            .url(&format!("/circuit-status?after={revision}&wait=300ms")),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.raw);
+    assert!(a.elapsed >= MS(280), "answered after {:?}", a.elapsed);
+    assert_eq!(a.body["revision"], revision);
+
+    // A transition answers a waiting request at once.
+    let waiting = stack
+        .v2
+        .url(&format!("/circuit-status?after={revision}&wait=20s"));
+    let trip = async {
+        for _ in 0..3 {
+            get(&c, &stack.v2.url("/product-details/1")).await;
+        }
+    };
+    let (woken, ()) = tokio::join!(get(&c, &waiting), trip);
+    assert_eq!(woken.body["state"], "open", "{}", woken.raw);
+    assert!(woken.body["revision"].as_u64().unwrap() > revision);
+    assert_eq!(woken.body["transitions"][0]["seq"], 1, "{}", woken.raw);
+    assert!(woken.elapsed < MS(3000), "woken after {:?}", woken.elapsed);
+
+    // Unusable questions are refused with a reason.
+    for (query, why) in [
+        ("after=1", "go together"),
+        ("wait=1s", "go together"),
+        ("after=1&wait=2m", "at most 1m"),
+        ("after=1&wait=soon", "wait:"),
+    ] {
+        let a = get(&c, &stack.v2.url(&format!("/circuit-status?{query}"))).await;
+        assert_eq!(a.status, 400, "{query}: {}", a.raw);
+        assert!(a.raw.contains(why), "{query}: {}", a.raw);
+    }
 }
 
 #[actix_web::test]

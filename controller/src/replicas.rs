@@ -1,0 +1,475 @@
+//! The live breaker of every v2 replica, in its BreakerPolicy: `status.replicas` with the
+//! `OPEN` and `APPLIED` summaries, and an Event for each transition.
+//!
+//! Replicas report nothing themselves, so they keep no write rights on the API: the controller
+//! finds them by their pods (label [`CONFIGMAP_LABEL`] names the ConfigMap each one watches;
+//! `list`/`watch` on pods is all it adds), and keeps one long poll open on each ready pod's
+//! `/circuit-status?after=<revision>&wait=30s`, which answers at once on a transition or a
+//! settings change. What changed is written as one server-side apply of the status per
+//! policy, at most every [`WRITE_EVERY`] (the first change at once), under a field manager of
+//! its own beside the reconciler's. A replica's Event of one kind is written at most every
+//! [`EVENT_EVERY`] (repeats become a series), so a flapping breaker cannot flood the API.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use breaker_api::{BreakerPolicy, ReplicaStatus};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Resource, ResourceExt};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::reconcile::Context;
+
+/// On a v2 pod: the name of the ConfigMap it watches (BREAKER_CONFIGMAP's name).
+pub const CONFIGMAP_LABEL: &str = "resilience.demo.dev/breaker-configmap";
+/// The field manager of `status.replicas`, `status.open` and `status.applied`.
+pub const REPLICAS_MANAGER: &str = "breaker-controller.replicas";
+/// How long one ask may wait for a change before it is asked again.
+const LONG_POLL: &str = "30s";
+const ASK_TIMEOUT: Duration = Duration::from_secs(40);
+/// After a failed ask.
+const RETRY: Duration = Duration::from_secs(1);
+/// At most one status write per policy this often.
+pub const WRITE_EVERY: Duration = Duration::from_millis(500);
+/// The status is recomputed this often without a change (written only if it differs).
+const RECHECK: Duration = Duration::from_secs(2);
+/// At most one Event per replica and kind (opened, half-opened, closed) this often.
+pub const EVENT_EVERY: Duration = Duration::from_secs(30);
+
+/// The part of a replica's `/circuit-status` read here.
+#[derive(Debug, Clone, Deserialize)]
+struct Report {
+    revision: u64,
+    state: String,
+    mode: String,
+    config_version: String,
+    last_transition: Option<TransitionReport>,
+    #[serde(default)]
+    transitions: Vec<TransitionReport>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct TransitionReport {
+    seq: u64,
+    from: String,
+    to: String,
+    reason: String,
+    mode: String,
+    at: String,
+}
+
+/// A group of replicas: those in one namespace watching one ConfigMap.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Group {
+    namespace: String,
+    config_map: String,
+}
+
+#[derive(Default)]
+struct Known {
+    status: ReplicaStatus,
+    /// The newest transition seen; `None` until the first answer (history is not replayed).
+    last_seq: Option<u64>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    replicas: BTreeMap<String, Known>,
+    /// Wakes the group's writer.
+    changed: Arc<tokio::sync::Notify>,
+}
+
+pub struct Replicas {
+    ctx: Arc<Context>,
+    policies: Store<BreakerPolicy>,
+    http: awc::Client,
+    groups: Mutex<HashMap<Group, GroupState>>,
+    /// Polling tasks by pod (`namespace/name`).
+    polls: Mutex<HashMap<String, actix_web::rt::task::JoinHandle<()>>>,
+    last_event: Mutex<HashMap<(String, String, &'static str), Instant>>,
+}
+
+impl Replicas {
+    pub fn new(ctx: Arc<Context>, policies: Store<BreakerPolicy>) -> Rc<Self> {
+        // Rc: it lives on the controller's one-threaded runtime, as its HTTP client does.
+        Rc::new(Self {
+            ctx,
+            policies,
+            http: awc::Client::builder().timeout(ASK_TIMEOUT).finish(),
+            groups: Mutex::new(HashMap::new()),
+            polls: Mutex::new(HashMap::new()),
+            last_event: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Follows the v2 pods until the watch ends.
+    pub async fn run(self: Rc<Self>, pods: Api<Pod>) {
+        let config = watcher::Config::default().labels(CONFIGMAP_LABEL);
+        let mut events = watcher(pods, config).default_backoff().boxed_local();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    self.pod_seen(&pod)
+                }
+                Ok(watcher::Event::Delete(pod)) => self.pod_gone(&pod),
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
+                Err(err) => tracing::warn!(error = %err, "v2 pod watch failed; retrying"),
+            }
+        }
+    }
+
+    fn pod_seen(self: &Rc<Self>, pod: &Pod) {
+        let Some((key, group, address)) = target(pod) else {
+            return;
+        };
+        let gone = pod.metadata.deletion_timestamp.is_some();
+        let mut polls = self.polls.lock();
+        match (address, gone) {
+            (Some(address), false) if !polls.contains_key(&key) => {
+                let this = self.clone();
+                let name = pod.name_any();
+                tracing::info!(pod = %key, %address, "following a v2 replica's breaker");
+                polls.insert(
+                    key,
+                    actix_web::rt::spawn(async move { this.follow(group, name, address).await }),
+                );
+            }
+            (_, true) => {
+                drop(polls);
+                self.pod_gone(pod);
+            }
+            _ => {}
+        }
+    }
+
+    fn pod_gone(&self, pod: &Pod) {
+        let Some((key, group, _)) = target(pod) else {
+            return;
+        };
+        if let Some(task) = self.polls.lock().remove(&key) {
+            task.abort();
+            tracing::info!(pod = %key, "v2 replica gone");
+        }
+        let mut groups = self.groups.lock();
+        if let Some(state) = groups.get_mut(&group) {
+            if state.replicas.remove(&pod.name_any()).is_some() {
+                state.changed.notify_one();
+            }
+        }
+    }
+
+    /// Asks one replica again and again, each ask waiting for its next change.
+    async fn follow(self: Rc<Self>, group: Group, pod: String, address: String) {
+        self.ensure_writer(&group);
+        let mut revision: Option<u64> = None;
+        loop {
+            let url = match revision {
+                Some(r) => format!("http://{address}/circuit-status?after={r}&wait={LONG_POLL}"),
+                None => format!("http://{address}/circuit-status"),
+            };
+            let answer = match self.http.get(&url).send().await {
+                Ok(mut response) if response.status().is_success() => response
+                    .json::<Report>()
+                    .limit(1 << 20)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Ok(response) => Err(format!("HTTP {}", response.status())),
+                Err(err) => Err(err.to_string()),
+            };
+            match answer {
+                Ok(report) => {
+                    revision = Some(report.revision);
+                    self.reported(&group, &pod, report).await;
+                }
+                Err(error) => {
+                    tracing::debug!(%pod, %error, "cannot ask a v2 replica; retrying");
+                    revision = None;
+                    self.unreachable(&group, &pod);
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        }
+    }
+
+    fn unreachable(&self, group: &Group, pod: &str) {
+        let mut groups = self.groups.lock();
+        let state = groups.entry(group.clone()).or_default();
+        let known = state.replicas.entry(pod.to_string()).or_default();
+        if known.status.state != "unreachable" {
+            known.status = ReplicaStatus {
+                pod: pod.to_string(),
+                state: "unreachable".into(),
+                ..known.status.clone()
+            };
+            state.changed.notify_one();
+        }
+    }
+
+    async fn reported(&self, group: &Group, pod: &str, report: Report) {
+        let fresh: Vec<TransitionReport> = {
+            let mut groups = self.groups.lock();
+            let state = groups.entry(group.clone()).or_default();
+            let known = state.replicas.entry(pod.to_string()).or_default();
+            let newest = report.transitions.last().map_or(0, |t| t.seq);
+            let fresh = match known.last_seq {
+                // A restarted replica counts from 1 again: nothing to replay.
+                Some(seen) if newest >= seen => report
+                    .transitions
+                    .iter()
+                    .filter(|t| t.seq > seen)
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            };
+            known.last_seq = Some(newest);
+            let status = ReplicaStatus {
+                pod: pod.to_string(),
+                state: report.state.clone(),
+                mode: Some(report.mode.clone()),
+                since: report.last_transition.as_ref().map(|t| t.at.clone()),
+                reason: report.last_transition.as_ref().map(|t| t.reason.clone()),
+                config_version: Some(report.config_version.clone()),
+            };
+            if known.status != status {
+                known.status = status;
+                state.changed.notify_one();
+            }
+            fresh
+        };
+        for transition in fresh {
+            self.transition_event(group, pod, &transition).await;
+        }
+    }
+
+    async fn transition_event(&self, group: &Group, pod: &str, t: &TransitionReport) {
+        let (reason, verb) = match t.to.as_str() {
+            "open" => ("CircuitOpened", "opened"),
+            "half_open" => ("CircuitHalfOpened", "half-opened"),
+            _ => ("CircuitClosed", "closed"),
+        };
+        self.ctx.metrics.transition_seen(reason);
+        {
+            let mut last = self.last_event.lock();
+            let key = (format!("{}/{pod}", group.namespace), t.mode.clone(), reason);
+            if last.get(&key).is_some_and(|at| at.elapsed() < EVENT_EVERY) {
+                return;
+            }
+            if last.len() >= 4096 {
+                last.retain(|_, at| at.elapsed() < EVENT_EVERY);
+            }
+            last.insert(key, Instant::now());
+        }
+        let would = if t.mode == "Observe" {
+            "would have "
+        } else {
+            ""
+        };
+        let note = format!(
+            "pod {pod}: the circuit {would}{verb} ({} → {}, {})",
+            t.from, t.to, t.reason
+        );
+        for policy in self.policies_of(group) {
+            self.ctx
+                .publish(
+                    &policy,
+                    EventType::Normal,
+                    reason,
+                    "Transition",
+                    note.clone(),
+                )
+                .await;
+        }
+    }
+
+    fn policies_of(&self, group: &Group) -> Vec<Arc<BreakerPolicy>> {
+        self.policies
+            .state()
+            .into_iter()
+            .filter(|p| {
+                p.namespace().as_deref() == Some(group.namespace.as_str())
+                    && p.spec.target.config_map == group.config_map
+            })
+            .collect()
+    }
+
+    /// One writer per group: a change is written at once, later ones at most every
+    /// [`WRITE_EVERY`].
+    fn ensure_writer(self: &Rc<Self>, group: &Group) {
+        let mut groups = self.groups.lock();
+        if groups.contains_key(group) {
+            return;
+        }
+        let state = groups.entry(group.clone()).or_default();
+        let changed = state.changed.clone();
+        let this = self.clone();
+        let group = group.clone();
+        actix_web::rt::spawn(async move {
+            let mut written: HashMap<String, serde_json::Value> = HashMap::new();
+            loop {
+                // Also looked at now and then: APPLIED moves when the policy's
+                // configMapVersion does, which no replica announces.
+                let _ = tokio::time::timeout(RECHECK, changed.notified()).await;
+                this.write(&group, &mut written).await;
+                tokio::time::sleep(WRITE_EVERY).await;
+            }
+        });
+    }
+
+    async fn write(&self, group: &Group, written: &mut HashMap<String, serde_json::Value>) {
+        let replicas: Vec<ReplicaStatus> = {
+            let groups = self.groups.lock();
+            groups
+                .get(group)
+                .map(|s| s.replicas.values().map(|k| k.status.clone()).collect())
+                .unwrap_or_default()
+        };
+        for policy in self.policies_of(group) {
+            let current = policy
+                .status
+                .as_ref()
+                .and_then(|s| s.config_map_version.clone());
+            let status = summary(&replicas, current.as_deref());
+            let name = policy.name_any();
+            if written.get(&name) == Some(&status) {
+                continue;
+            }
+            let patch = json!({
+                "apiVersion": BreakerPolicy::api_version(&()),
+                "kind": BreakerPolicy::kind(&()),
+                "status": status,
+            });
+            let api: Api<BreakerPolicy> =
+                Api::namespaced(self.ctx.client.clone(), &group.namespace);
+            match api
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(REPLICAS_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+            {
+                Ok(_) => {
+                    self.ctx.metrics.status_written();
+                    written.insert(name, status);
+                }
+                Err(err) => {
+                    tracing::warn!(policy = %name, error = %err, "cannot write the replicas' status")
+                }
+            }
+        }
+    }
+}
+
+/// `status.replicas`, `open` and `applied` for these replicas; `applied` counts those running
+/// `current` (the ConfigMap's resourceVersion as last written).
+fn summary(replicas: &[ReplicaStatus], current: Option<&str>) -> serde_json::Value {
+    if replicas.is_empty() {
+        // Leaving the fields out removes them: this manager owns them.
+        return json!({});
+    }
+    // What users meet: forced open counts, an open state pinned closed does not; in Observe
+    // the open state is what Auto would do.
+    let open = replicas
+        .iter()
+        .filter(|r| match r.mode.as_deref() {
+            Some("ForceOpen") => true,
+            Some("ForceClosed") => false,
+            _ => r.state == "open",
+        })
+        .count();
+    let applied = replicas
+        .iter()
+        .filter(|r| current.is_some() && r.config_version.as_deref() == current)
+        .count();
+    let total = replicas.len();
+    json!({
+        "replicas": replicas,
+        "open": format!("{open}/{total}"),
+        "applied": format!("{applied}/{total}"),
+    })
+}
+
+/// A v2 pod's key (`namespace/name`), group, and `ip:port` once it has an address.
+fn target(pod: &Pod) -> Option<(String, Group, Option<String>)> {
+    let namespace = pod.namespace()?;
+    let config_map = pod.labels().get(CONFIGMAP_LABEL)?.clone();
+    let key = format!("{namespace}/{}", pod.name_any());
+    let spec = pod.spec.as_ref()?;
+    let port = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some("http"))
+        .map(|p| p.container_port)?;
+    let address = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .filter(|_| is_running(pod))
+        .map(|ip| {
+            if ip.contains(':') {
+                format!("[{ip}]:{port}")
+            } else {
+                format!("{ip}:{port}")
+            }
+        });
+    Some((
+        key,
+        Group {
+            namespace,
+            config_map,
+        },
+        address,
+    ))
+}
+
+fn is_running(pod: &Pod) -> bool {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(pod: &str, state: &str, version: &str) -> ReplicaStatus {
+        ReplicaStatus {
+            pod: pod.into(),
+            state: state.into(),
+            config_version: Some(version.into()),
+            ..ReplicaStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_summary_counts_open_and_applied_replicas() {
+        let replicas = [replica("a", "open", "7"), replica("b", "closed", "6")];
+        let s = summary(&replicas, Some("7"));
+        assert_eq!(s["open"], "1/2");
+        assert_eq!(s["applied"], "1/2");
+        assert_eq!(s["replicas"][0]["pod"], "a");
+        assert_eq!(summary(&replicas, None)["applied"], "0/2");
+        let forced = |mode: &str, state: &str| ReplicaStatus {
+            mode: Some(mode.into()),
+            ..replica("c", state, "7")
+        };
+        assert_eq!(
+            summary(&[forced("ForceOpen", "closed")], None)["open"],
+            "1/1"
+        );
+        assert_eq!(
+            summary(&[forced("ForceClosed", "open")], None)["open"],
+            "0/1"
+        );
+        assert_eq!(summary(&[forced("Observe", "open")], None)["open"], "1/1");
+        assert_eq!(summary(&[], Some("7")), json!({}));
+    }
+}
