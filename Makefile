@@ -4,13 +4,16 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo build run test test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints build run test test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
 demo: build $(VENV)/.demo-installed ## The story, measured: Locust at v1 then v2, a heal, results/report.html
 	$(PY) loadtest/demo.py
+
+demo-endpoints: build $(VENV)/.demo-installed ## The second chapter: one recommendations pod of three hangs; v1, v2 scope Service, v2 scope Endpoint side by side
+	DEMO_CHAPTER=endpoints $(PY) loadtest/demo.py
 
 build: ## Build the release binaries
 	@scripts/require-tools.sh

@@ -132,6 +132,8 @@ def recovery_summary(timeline: dict) -> dict:
 def build(results: Path) -> dict:
     """Writes comparison_report.json and report.html; returns the comparison."""
     timeline = json.loads((results / "timeline.json").read_text())
+    if timeline.get("chapter") == "endpoints":
+        return build_endpoints(results, timeline)
     summary = {
         "v1": summarize(results, "v1"),
         "v2": summarize(results, "v2"),
@@ -188,6 +190,8 @@ def table_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
 
 
 def text_table(summary: dict) -> str:
+    if summary.get("chapter") == "endpoints":
+        return endpoints_text_table(summary)
     head = ("", "seed v1", "this run v1", "seed v2", "this run v2")
     rows = [head, *table_rows(summary)]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
@@ -368,6 +372,11 @@ def state_timeline(timeline: dict, summary: dict) -> str:
     return "\n".join(parts)
 
 
+def chart_points(windows: list[dict], key: str) -> list[tuple[float, float]]:
+    """(seconds into the phase, value) of one series from a phase's windows."""
+    return [(w["t"], w[key]) for w in windows]
+
+
 # ---- page ---------------------------------------------------------------------------------
 
 CSS = """
@@ -399,7 +408,7 @@ def render_html(summary: dict, series: dict[str, list[dict]], timeline: dict) ->
     )  # fmt: skip
 
     def points(phase: str, key: str) -> list[tuple[float, float]]:
-        return [(p["t"], p[key]) for p in series[phase]]
+        return chart_points(series[phase], key)
 
     window = f"{WINDOW_S:g} s"
     latency = line_chart(
@@ -491,6 +500,177 @@ the circuit {closed}. In the recovery phase {load["requests"]:,} requests were a
 <code>&lt;phase&gt;_stats_history.csv</code>, and the ledger of every request sent,
 <code>&lt;phase&gt;_requests.csv</code>; <a href="comparison_report.json">comparison_report.json</a>,
 <a href="timeline.json">timeline.json</a>.</p>
+</body></html>
+"""
+
+
+# ---- the second chapter: one bad recommendations pod of three ------------------------------
+
+ENDPOINT_PHASES = (
+    ("v1", "v1, no breaker"),
+    ("v2_service", "v2, scope Service"),
+    ("v2_endpoint", "v2, scope Endpoint"),
+)
+
+
+def after(ledger: Ledger, since: float) -> dict:
+    """Answers to requests sent at or after `since`: their number, full share, slowest."""
+    answers = [a for a in ledger.answers if a.sent >= since]
+    full = sum(1 for a in answers if a.kind == "full")
+    return {
+        "answers": len(answers),
+        "full_pct": round(100.0 * full / len(answers), 2) if answers else None,
+        "max_ms": round(max(a.ms for a in answers), 1) if answers else None,
+    }
+
+
+def build_endpoints(results: Path, timeline: dict) -> dict:
+    phases = {p["name"]: p for p in timeline["phases"]}
+    summary: dict = {
+        "chapter": "endpoints",
+        "run": {**timeline.get("run", {}), "breaker_settings": timeline.get("settings")},
+    }
+    for name, _ in ENDPOINT_PHASES:
+        summary[name] = summarize(results, name)
+    # scope Service: the one breaker's transitions in its phase (the flapping)
+    start, end = (parse_time(phases["v2_service"][k]) for k in ("start", "end"))
+    flaps = [t for t in timeline.get("transitions", []) if start <= parse_time(t["at"]) <= end]
+    summary["v2_service"]["breaker_transitions"] = len(flaps)
+    summary["v2_service"]["breaker_opened"] = sum(1 for t in flaps if t["to"] == "open")
+    # scope Endpoint: each endpoint's breaker, and what users got once the bad one was out
+    per = timeline.get("per_endpoint") or {}
+    endpoint = summary["v2_endpoint"]
+    endpoint["breaker_transitions"] = per.get("counts", {}).get("transitions")
+    endpoint["endpoints"] = [
+        {k: e.get(k) for k in ("name", "state", "transitions", "since", "reason")} for e in per.get("endpoints", [])
+    ]
+    ejected_at = timeline.get("first_ejection", {}).get("v2_endpoint")
+    endpoint["first_ejection"] = ejected_at
+    endpoint["after_ejection"] = (
+        after(read_ledger(results, "v2_endpoint"), parse_time(ejected_at)) if ejected_at else None
+    )
+    (results / "comparison_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    series = {
+        name: read_ledger(results, name).windows(parse_time(phases[name]["start"])) for name, _ in ENDPOINT_PHASES
+    }
+    (results / "report.html").write_text(render_endpoints_html(summary, series))
+    return summary
+
+
+def endpoints_rows(summary: dict) -> list[tuple[str, ...]]:
+    phases = [summary[name] for name, _ in ENDPOINT_PHASES]
+
+    def row(label: str, cell) -> tuple[str, ...]:
+        return (label, *(cell(p) for p in phases))
+
+    after_ejection = summary["v2_endpoint"].get("after_ejection") or {}
+    return [
+        row("Full pages", lambda p: fmt_pct(p["full_pct"])),
+        row("Degraded", lambda p: fmt_pct(p["degraded_pct"])),
+        row("Failed", lambda p: fmt_pct(p["failure_pct"])),
+        row("Unanswered at phase end", fmt_unanswered),
+        row("Avg response time", lambda p: fmt_ms(p["avg_ms"])),
+        row("p95", lambda p: fmt_ms(p["p95_ms"])),
+        row("p99", lambda p: fmt_ms(p["p99_ms"])),
+        row("Slowest", lambda p: fmt_ms(p["max_ms"])),
+        row("Requests/s", lambda p: f"{p['rps']:.2f}"),
+        row(
+            "Service breaker transitions",
+            lambda p: "" if p.get("breaker_transitions") is None else str(p["breaker_transitions"]),
+        ),
+        (
+            "Once the bad endpoint was out",
+            "",
+            "",
+            (
+                f"{fmt_pct(after_ejection.get('full_pct'))} full of {after_ejection.get('answers', 0):,}, "
+                f"slowest {fmt_ms(after_ejection.get('max_ms'))}"
+            )
+            if after_ejection
+            else "never ejected",
+        ),
+    ]
+
+
+def endpoints_text_table(summary: dict) -> str:
+    head = ("", *(label for _, label in ENDPOINT_PHASES))
+    rows = [head, *endpoints_rows(summary)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    for e in summary["v2_endpoint"].get("endpoints", []):
+        lines.append(
+            f"scope Endpoint, {e['name']}: {e['state']}, {e['transitions']} transitions"
+            + (f", last {e['reason']} at {e['since']}" if e.get("since") else "")
+        )
+    return "\n".join(lines)
+
+
+def render_endpoints_html(summary: dict, series: dict[str, list[dict]]) -> str:
+    run = summary["run"]
+    colors = {"v1": PHASE_COLORS["v1"], "v2_service": "#ef6c00", "v2_endpoint": PHASE_COLORS["v2"]}
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in ENDPOINT_PHASES)
+    rows = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in endpoints_rows(summary)
+    )
+
+    def points(phase: str, key: str) -> list[tuple[float, float]]:
+        return chart_points(series[phase], key)
+
+    window = f"{WINDOW_S:g} s"
+    latency = line_chart(
+        f"Response time of the answers completed in the last {window}: p95 (log scale)",
+        "response-time",
+        [(label, colors[name], points(name, "p95_ms")) for name, label in ENDPOINT_PHASES],
+        log_y=True,
+        unit="ms",
+    )
+    throughput = line_chart(
+        f"Answers per second, completed in the last {window}",
+        "rps",
+        [(label, colors[name], points(name, "answered_per_s")) for name, label in ENDPOINT_PHASES],
+        log_y=False,
+        unit="req/s",
+    )
+    endpoints = "\n".join(
+        f"<tr><td>{html.escape(e['name'])}</td><td>{html.escape(str(e['state']))}</td><td>{e['transitions']}</td>"
+        f"<td>{html.escape(str(e.get('reason') or ''))}</td><td>{html.escape(str(e.get('since') or ''))}</td></tr>"
+        for e in summary["v2_endpoint"].get("endpoints", [])
+    )
+    settings = html.escape(json.dumps(run.get("breaker_settings"), separators=(", ", ": ")))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>Circuit breaker demo: one bad pod of three</title>
+<style>{CSS}</style></head>
+<body>
+<h1>One bad pod of three: one breaker for the service, or one per endpoint</h1>
+<p>Three recommendations processes; the third hung for <code>{html.escape(str(run.get("failure_hang")))}</code>
+per request. v1 and v2 spread calls over the three at random, as kube-proxy spreads a Service's;
+Locust ran {run.get("users")} users for {run.get("duration_s"):g} s against each: v1 (no breaker),
+v2 with one breaker for the service (<code>scope: Service</code>), and v2 with a breaker per endpoint as
+well (<code>scope: Endpoint</code>), which takes the bad one out of rotation. Settings: <code>{settings}</code>.</p>
+<table>
+<thead><tr><th>Metric</th>{head}</tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+<h2>Response time over time</h2>
+{latency}
+<h2>Throughput</h2>
+{throughput}
+<h2>scope Endpoint: each endpoint's breaker at the end</h2>
+<table><thead><tr><th>endpoint</th><th>state</th><th>transitions</th><th>last reason</th><th>since</th></tr></thead>
+<tbody>
+{endpoints}
+</tbody></table>
+<h2>Raw data</h2>
+<p><a href="comparison_report.json">comparison_report.json</a>, <a href="timeline.json">timeline.json</a>,
+Locust's reports and CSVs per phase, and the ledger of every request, <code>&lt;phase&gt;_requests.csv</code>.</p>
 </body></html>
 """
 

@@ -96,6 +96,9 @@ class StackConfig:
     breaker_configmap: str | None = None
     admin_token: str = "demo-admin-token"
     ready_timeout: float = 15.0
+    # The second chapter: three recommendations processes of which the last hangs, v1 and v2
+    # spreading calls over them as kube-proxy would, and a second v2 with scope Endpoint.
+    endpoints_chapter: bool = False
 
     @staticmethod
     def from_env(env: dict[str, str], log_dir: Path) -> StackConfig:
@@ -149,10 +152,10 @@ def http(method: str, url: str, body: object = None, headers: dict | None = None
 
 
 class Service:
-    def __init__(self, name: str, config: StackConfig, port: int, env: dict[str, str]):
+    def __init__(self, name: str, config: StackConfig, port: int, env: dict[str, str], binary: str | None = None):
         self.name = name
         self.log_path = config.log_dir / f"{name}.log"
-        binary = config.bin_dir / name
+        binary = config.bin_dir / (binary or name)
         if not os.access(binary, os.X_OK):
             raise StackError(f"{binary} is missing: run 'make build' first.")
         child_env = {
@@ -226,6 +229,12 @@ class Service:
         self._log.close()
 
 
+def with_scope_endpoint(settings: str) -> str:
+    """The settings document with `scope: Endpoint` in place of any scope it gave."""
+    kept = [line for line in settings.splitlines() if not line.startswith("scope:")]
+    return "\n".join([*kept, "scope: Endpoint", ""])
+
+
 class Services:
     """What the demo asks of the running services, wherever they run."""
 
@@ -240,8 +249,8 @@ class Services:
     def stop(self) -> None:
         raise NotImplementedError
 
-    def circuit_status(self) -> dict:
-        status, body = http("GET", f"{self.url('api-gateway-v2')}/circuit-status", timeout=2)
+    def circuit_status(self, gateway: str = "api-gateway-v2") -> dict:
+        status, body = http("GET", f"{self.url(gateway)}/circuit-status", timeout=2)
         if status != 200 or not isinstance(body, dict):
             raise StackError(f"/circuit-status answered {status}")
         return body
@@ -286,15 +295,20 @@ class Stack(Services):
                 )
         c.log_dir.mkdir(parents=True, exist_ok=True)
         self._start("product-service", c.ports.product, {})
-        self._start(
-            "recommendations-service",
-            c.ports.recommendations,
-            {"SIMULATE_FAILURE": "true", "FAILURE_HANG": c.failure_hang, "ADMIN_TOKEN": c.admin_token},
-        )
-        upstreams = {
-            "PRODUCT_SERVICE_URL": self.url("product-service"),
-            "RECOMMENDATIONS_SERVICE_URL": self.url("recommendations-service"),
-        }
+        hanging = {"SIMULATE_FAILURE": "true", "FAILURE_HANG": c.failure_hang, "ADMIN_TOKEN": c.admin_token}
+        upstreams = {"PRODUCT_SERVICE_URL": self.url("product-service")}
+        if c.endpoints_chapter:
+            # Two healthy, the last hanging: one bad pod of three.
+            for n, (port, fault) in enumerate(((c.ports.recommendations, {}), (0, {}), (0, hanging)), 1):
+                name = f"recommendations-{n}"
+                self._start(name, port, {"ADMIN_TOKEN": c.admin_token, **fault}, binary="recommendations-service")
+            self.services["recommendations-service"] = self.services["recommendations-1"]
+            upstreams["RECOMMENDATIONS_ENDPOINTS"] = ",".join(
+                f"recommendations-{n}={self.url(f'recommendations-{n}')}" for n in (1, 2, 3)
+            )
+        else:
+            self._start("recommendations-service", c.ports.recommendations, hanging)
+        upstreams["RECOMMENDATIONS_SERVICE_URL"] = self.url("recommendations-service")
         self._start("api-gateway-v1", c.ports.v1, {**upstreams, "UPSTREAM_TIMEOUT": c.v1_timeout})
         if c.breaker_configmap:
             settings = {"BREAKER_CONFIGMAP": c.breaker_configmap}
@@ -303,9 +317,18 @@ class Stack(Services):
         else:
             settings = {"BREAKER_CONFIG": str(c.breaker_config)}
         self._start("api-gateway-v2", c.ports.v2, {**upstreams, **settings})
+        if c.endpoints_chapter:
+            per_endpoint = c.log_dir / "breaker-scope-endpoint.yaml"
+            per_endpoint.write_text(with_scope_endpoint(c.breaker_config.read_text()))
+            self._start(
+                "api-gateway-v2-endpoint",
+                0,
+                {**upstreams, "BREAKER_CONFIG": str(per_endpoint)},
+                binary="api-gateway-v2",
+            )
 
-    def _start(self, name: str, port: int, env: dict[str, str]) -> None:
-        service = Service(name, self.config, port, env)
+    def _start(self, name: str, port: int, env: dict[str, str], binary: str | None = None) -> None:
+        service = Service(name, self.config, port, env, binary)
         self.services[name] = service
         service.wait_ready(self.config.ready_timeout)
 

@@ -8,7 +8,8 @@
 //! settings change. What changed is written as one server-side apply of the status per
 //! policy, at most every [`WRITE_EVERY`] (the first change at once), under a field manager of
 //! its own beside the reconciler's. A replica's Event of one kind is written at most every
-//! [`EVENT_EVERY`] (repeats become a series), so a flapping breaker cannot flood the API.
+//! [`EVENT_EVERY`] (repeats become a series; one held back is written when its window ends),
+//! so a flapping breaker cannot flood the API.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -42,8 +43,10 @@ const RETRY: Duration = Duration::from_secs(1);
 pub const WRITE_EVERY: Duration = Duration::from_millis(500);
 /// The status is recomputed this often without a change (written only if it differs).
 const RECHECK: Duration = Duration::from_secs(2);
-/// At most one Event per replica and kind (opened, half-opened, closed) this often.
+/// At most one Event per replica and kind (opened, half-opened, closed) this often; one held
+/// back is written when the window ends, so the latest always shows.
 pub const EVENT_EVERY: Duration = Duration::from_secs(30);
+const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
 /// The part of a replica's `/circuit-status` read here.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +58,8 @@ struct Report {
     last_transition: Option<TransitionReport>,
     #[serde(default)]
     transitions: Vec<TransitionReport>,
+    #[serde(default)]
+    ejected: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,6 +86,17 @@ struct Known {
     last_seq: Option<u64>,
 }
 
+struct EventGate {
+    written: Instant,
+    pending: Option<PendingEvent>,
+}
+
+struct PendingEvent {
+    group: Group,
+    reason: &'static str,
+    note: String,
+}
+
 #[derive(Default)]
 struct GroupState {
     replicas: BTreeMap<String, Known>,
@@ -95,7 +111,9 @@ pub struct Replicas {
     groups: Mutex<HashMap<Group, GroupState>>,
     /// Polling tasks by pod (`namespace/name`).
     polls: Mutex<HashMap<String, actix_web::rt::task::JoinHandle<()>>>,
-    last_event: Mutex<HashMap<(String, String, &'static str), Instant>>,
+    /// Per replica, mode and kind of Event: when one was last written, and the latest held
+    /// back since.
+    events: Mutex<HashMap<(String, String, &'static str), EventGate>>,
 }
 
 impl Replicas {
@@ -107,12 +125,13 @@ impl Replicas {
             http: awc::Client::builder().timeout(ASK_TIMEOUT).finish(),
             groups: Mutex::new(HashMap::new()),
             polls: Mutex::new(HashMap::new()),
-            last_event: Mutex::new(HashMap::new()),
+            events: Mutex::new(HashMap::new()),
         })
     }
 
     /// Follows the v2 pods until the watch ends.
     pub async fn run(self: Rc<Self>, pods: Api<Pod>) {
+        actix_web::rt::spawn(self.clone().flush_events());
         let config = watcher::Config::default().labels(CONFIGMAP_LABEL);
         let mut events = watcher(pods, config).default_backoff().boxed_local();
         while let Some(event) = events.next().await {
@@ -238,6 +257,7 @@ impl Replicas {
                 since: report.last_transition.as_ref().map(|t| t.at.clone()),
                 reason: report.last_transition.as_ref().map(|t| t.reason.clone()),
                 config_version: Some(report.config_version.clone()),
+                ejected: report.ejected.clone(),
             };
             if known.status != status {
                 known.status = status;
@@ -257,34 +277,74 @@ impl Replicas {
             _ => ("CircuitClosed", "closed"),
         };
         self.ctx.metrics.transition_seen(reason);
-        {
-            let mut last = self.last_event.lock();
-            let key = (format!("{}/{pod}", group.namespace), t.mode.clone(), reason);
-            if last.get(&key).is_some_and(|at| at.elapsed() < EVENT_EVERY) {
-                return;
-            }
-            if last.len() >= 4096 {
-                last.retain(|_, at| at.elapsed() < EVENT_EVERY);
-            }
-            last.insert(key, Instant::now());
-        }
         let would = if t.mode == "Observe" {
             "would have "
         } else {
             ""
         };
-        let note = format!(
-            "pod {pod}: the circuit {would}{verb} ({} → {}, {})",
-            t.from, t.to, t.reason
-        );
-        for policy in self.policies_of(group) {
+        let event = PendingEvent {
+            group: group.clone(),
+            reason,
+            note: format!(
+                "pod {pod}: the circuit {would}{verb} ({} → {}, {})",
+                t.from, t.to, t.reason
+            ),
+        };
+        let key = (format!("{}/{pod}", group.namespace), t.mode.clone(), reason);
+        {
+            let mut gates = self.events.lock();
+            if gates.len() >= 4096 {
+                gates.retain(|_, g| g.pending.is_some() || g.written.elapsed() < EVENT_EVERY);
+            }
+            if let Some(gate) = gates.get_mut(&key) {
+                if gate.written.elapsed() < EVENT_EVERY {
+                    // Written at the end of the window by `flush_events`: the latest stays.
+                    gate.pending = Some(event);
+                    return;
+                }
+            }
+            gates.insert(
+                key,
+                EventGate {
+                    written: Instant::now(),
+                    pending: None,
+                },
+            );
+        }
+        self.write_event(&event).await;
+    }
+
+    /// Writes the events held back whose window has passed; every few seconds, for as long
+    /// as the controller runs.
+    async fn flush_events(self: Rc<Self>) {
+        loop {
+            tokio::time::sleep(FLUSH_EVERY).await;
+            let due: Vec<PendingEvent> = {
+                let mut gates = self.events.lock();
+                gates
+                    .values_mut()
+                    .filter(|g| g.pending.is_some() && g.written.elapsed() >= EVENT_EVERY)
+                    .filter_map(|g| {
+                        g.written = Instant::now();
+                        g.pending.take()
+                    })
+                    .collect()
+            };
+            for event in &due {
+                self.write_event(event).await;
+            }
+        }
+    }
+
+    async fn write_event(&self, event: &PendingEvent) {
+        for policy in self.policies_of(&event.group) {
             self.ctx
                 .publish(
                     &policy,
                     EventType::Normal,
-                    reason,
+                    event.reason,
                     "Transition",
-                    note.clone(),
+                    event.note.clone(),
                 )
                 .await;
         }

@@ -239,6 +239,10 @@ fn boundary_documents() -> Vec<String> {
             for value in [min - step, min, max, max + step] {
                 docs.push(format!("{key}: {value}"));
             }
+        } else if let Some(values) = prop["enum"].as_array() {
+            for value in values.iter().filter_map(Value::as_str).chain(["Sideways"]) {
+                docs.push(format!("{key}: {value}"));
+            }
         } else {
             for value in ["0ms", "1ms", "86400000ms", "86400001ms", "24h", "1440m1s"] {
                 docs.push(format!("{key}: {value}"));
@@ -661,6 +665,19 @@ async fn the_shipped_roles_grant_no_more_than_needed() {
         !can(Who::Gateway, &["list", "pods"]),
         "the gateway may list pods"
     );
+    // the gateway reads recommendations' EndpointSlices (scope Endpoint), and only reads them
+    for verb in ["list", "watch"] {
+        assert!(can(
+            Who::Gateway,
+            &[verb, "endpointslices.discovery.k8s.io"]
+        ));
+    }
+    for verb in ["create", "patch", "delete"] {
+        assert!(!can(
+            Who::Gateway,
+            &[verb, "endpointslices.discovery.k8s.io"]
+        ));
+    }
     // what neither may do
     for who in [Who::Controller, Who::Gateway] {
         assert!(

@@ -163,3 +163,34 @@ def test_sigterm_stops_every_process(fast_breaker, tmp_path):
         except ProcessLookupError:
             pass
     assert not left, f"still running: {left}"
+
+
+def test_the_endpoints_chapter_ejects_the_bad_pod_and_keeps_pages_full(fast_breaker, tmp_path):
+    """One recommendations process of three hangs: v1 fails a third of its pages, v2 with one
+    breaker flaps between open and closed, v2 with a breaker per endpoint takes the bad one out."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest/demo.py")],
+        check=False,
+        env=demo_env(tmp_path / "results", fast_breaker, DEMO_CHAPTER="endpoints", DEMO_USERS="30"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "results" / "comparison_report.json").read_text())
+    v1, service, endpoint = summary["v1"], summary["v2_service"], summary["v2_endpoint"]
+    # v1 waits out the hang on a third of its calls and fails those pages; the rest are full
+    assert 0 < v1["failure_pct"] < 100 and v1["full"] > 0, v1
+    # one breaker for the service: its users get fallbacks while two pods of three are healthy
+    assert service["degraded"] > 0 and service["breaker_transitions"] >= 1, service
+    # a breaker per endpoint: the bad one is out and the pages are full again, fast
+    names = {e["name"]: e for e in endpoint["endpoints"]}
+    assert set(names) == {"recommendations-1", "recommendations-2", "recommendations-3"}, names
+    assert names["recommendations-3"]["state"] in ("open", "half_open"), names
+    assert names["recommendations-1"]["state"] == names["recommendations-2"]["state"] == "closed", names
+    after = endpoint["after_ejection"]
+    assert after is not None and after["full_pct"] >= 95, endpoint
+    assert after["max_ms"] < 500 + 250, f"a user waited past callTimeout: {after}"
+    assert endpoint["degraded_pct"] < service["degraded_pct"], (endpoint, service)
+    page = (tmp_path / "results" / "report.html").read_text()
+    assert "scope Endpoint" in page and "recommendations-3" in page

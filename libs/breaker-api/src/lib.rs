@@ -13,4 +13,4 @@ mod settings;
 
 pub use policy::{BreakerPolicy, BreakerPolicySpec, BreakerPolicyStatus, ReplicaStatus, Target};
 pub use rewatch::RewatchBackoff;
-pub use settings::{BreakerSettings, Mode, DURATION_PATTERN};
+pub use settings::{BreakerSettings, Mode, Scope, DURATION_PATTERN};

@@ -174,6 +174,9 @@ pub struct ReplicaStatus {
     /// The ConfigMap resourceVersion it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_version: Option<String>,
+    /// With scope Endpoint: recommendations' endpoints this replica has out of rotation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ejected: Vec<String>,
 }
 
 /// Why `Ready` is what it is.

@@ -66,6 +66,40 @@ pub struct BreakerSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = *limits::MAX_CONCURRENT_CALLS.start(), max = *limits::MAX_CONCURRENT_CALLS.end()))]
     pub max_concurrent_calls: Option<u32>,
+    /// Service: one breaker for the whole service. Endpoint: besides it, one per endpoint,
+    /// and a failing endpoint is taken out of rotation while the others serve.
+    pub scope: Scope,
+    /// With scope Endpoint: the largest share of endpoints out of rotation at once (one
+    /// always stays).
+    #[schemars(range(min = *limits::MAX_EJECTION_PERCENT.start(), max = *limits::MAX_EJECTION_PERCENT.end()))]
+    pub max_ejection_percent: u32,
+}
+
+/// What one breaker guards (the engine's [`breaker::Scope`] on the wire).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[schemars(inline)]
+pub enum Scope {
+    #[default]
+    Service,
+    Endpoint,
+}
+
+impl From<Scope> for breaker::Scope {
+    fn from(scope: Scope) -> Self {
+        match scope {
+            Scope::Service => breaker::Scope::Service,
+            Scope::Endpoint => breaker::Scope::Endpoint,
+        }
+    }
+}
+
+impl From<breaker::Scope> for Scope {
+    fn from(scope: breaker::Scope) -> Self {
+        match scope {
+            breaker::Scope::Service => Scope::Service,
+            breaker::Scope::Endpoint => Scope::Endpoint,
+        }
+    }
 }
 
 impl Default for BreakerSettings {
@@ -80,12 +114,12 @@ macro_rules! same_fields {
     ($a:ty, $b:ty: $($field:ident),* $(,)?) => {
         impl From<&$a> for $b {
             fn from(s: &$a) -> Self {
-                Self { $($field: s.$field),* }
+                Self { $($field: s.$field.into()),* }
             }
         }
         impl From<&$b> for $a {
             fn from(s: &$b) -> Self {
-                Self { $($field: s.$field),* }
+                Self { $($field: s.$field.into()),* }
             }
         }
     };
@@ -104,6 +138,8 @@ same_fields!(SettingsSpec, BreakerSettings:
     max_open_duration,
     half_open_max_calls,
     max_concurrent_calls,
+    scope,
+    max_ejection_percent,
 );
 
 impl BreakerSettings {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use breaker_api::{configmap, BreakerSettings, Mode};
+use breaker_api::{configmap, BreakerSettings, Mode, Scope};
 use k8s_openapi::api::core::v1::ConfigMap;
 use proptest::prelude::*;
 
@@ -34,21 +34,29 @@ fn settings() -> impl Strategy<Value = BreakerSettings> {
             proptest::option::of(0u32..120_000),
             proptest::option::of(duration()),
         ),
+        (
+            prop_oneof![Just(Scope::Service), Just(Scope::Endpoint)],
+            0u32..120,
+        ),
     )
         .prop_map(
-            |((ft, frt, sws, mc), (scd, scrt, ct, od), (mod_, homc, mcc, fa))| BreakerSettings {
-                failure_threshold: ft,
-                failure_rate_threshold: frt,
-                sliding_window_size: sws,
-                minimum_calls: mc,
-                slow_call_duration: scd,
-                slow_call_rate_threshold: scrt,
-                call_timeout: ct,
-                fallback_after: fa,
-                open_duration: od,
-                max_open_duration: mod_,
-                half_open_max_calls: homc,
-                max_concurrent_calls: mcc,
+            |((ft, frt, sws, mc), (scd, scrt, ct, od), (mod_, homc, mcc, fa), (scope, mep))| {
+                BreakerSettings {
+                    failure_threshold: ft,
+                    failure_rate_threshold: frt,
+                    sliding_window_size: sws,
+                    minimum_calls: mc,
+                    slow_call_duration: scd,
+                    slow_call_rate_threshold: scrt,
+                    call_timeout: ct,
+                    fallback_after: fa,
+                    open_duration: od,
+                    max_open_duration: mod_,
+                    half_open_max_calls: homc,
+                    max_concurrent_calls: mcc,
+                    scope,
+                    max_ejection_percent: mep,
+                }
             },
         )
 }

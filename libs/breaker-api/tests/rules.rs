@@ -69,6 +69,18 @@ fn schema_ranges_cel_and_validation_agree_for_every_key() {
                     "{key}: {outside} is outside the schema's range but accepted"
                 );
             }
+        } else if let Some(values) = prop["enum"].as_array() {
+            for value in values {
+                let value = value.as_str().unwrap();
+                assert!(
+                    !refused_by_range(&key, value),
+                    "{key}: {value} is in the schema's enum but refused"
+                );
+            }
+            assert!(
+                refused_by_range(&key, "Sideways"),
+                "{key}: a value outside the enum is accepted"
+            );
         } else if types.contains("string") {
             let rule = prop["x-kubernetes-validations"][0]["rule"]
                 .as_str()

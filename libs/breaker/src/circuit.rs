@@ -86,6 +86,9 @@ impl Rejection {
 pub enum Outcome {
     Success,
     Failure,
+    /// Not this breaker's to judge: another one answers for it (an endpoint's breaker that
+    /// takes its failing endpoint out of rotation). Counted, never judged.
+    Excused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -117,6 +120,14 @@ pub trait BreakerObserver: Send + Sync {
     fn on_transition(&self, transition: &Transition);
 }
 
+/// Asked, under the breaker's lock, before a closed circuit opens: `false` keeps it closed,
+/// its failures still counted, so the next failure asks again. Outlier ejection uses it to
+/// cap how many endpoints of a service may be out at once. Keep it quick; never call back
+/// into the breaker.
+pub trait OpenGate: Send + Sync {
+    fn may_open(&self) -> bool;
+}
+
 /// Running totals and the current window, for status pages and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
@@ -136,8 +147,12 @@ pub struct Counts {
     /// Calls let through in Observe that Auto would have rejected (also counted in the
     /// `rejected_*` count of their reason).
     pub observed_rejections: u64,
+    /// Openings an [`OpenGate`] refused: the circuit stayed closed.
+    pub refused_opens: u64,
     /// Permits dropped without an outcome (cancelled calls).
     pub abandoned: u64,
+    /// Calls recorded as [`Outcome::Excused`].
+    pub excused: u64,
     pub transitions: u64,
 }
 
@@ -168,28 +183,20 @@ struct Core {
     counts: Counts,
     last_transition: Option<Transition>,
     jitter: Option<Jitter>,
+    gate: Option<Arc<dyn OpenGate>>,
 }
 
 /// Lengthens each open duration by a random share up to `max_extra`, so that replicas which
-/// opened together do not probe together. SplitMix64: the same seed, the same durations.
+/// opened together do not probe together; the same seed gives the same durations.
 #[derive(Debug, Clone)]
 struct Jitter {
     max_extra: f64,
-    state: u64,
+    rng: fastrand::Rng,
 }
 
 impl Jitter {
-    fn next_unit(&mut self) -> f64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     fn apply(&mut self, open: Duration) -> Duration {
-        open.mul_f64(1.0 + self.max_extra * self.next_unit())
+        open.mul_f64(1.0 + self.max_extra * self.rng.f64())
     }
 }
 
@@ -250,6 +257,7 @@ impl CircuitBreaker {
             counts: Counts::default(),
             last_transition: None,
             jitter: None,
+            gate: None,
         };
         Self {
             core: Mutex::new(core),
@@ -388,10 +396,15 @@ impl CircuitBreaker {
     /// From now on each open duration is lengthened by a random share of up to `max_extra`
     /// (0.1: up to 10%), drawn from `seed`; 0 turns it off.
     pub fn set_open_jitter(&self, max_extra: f64, seed: u64) {
-        self.lock().jitter = (max_extra > 0.0).then_some(Jitter {
+        self.lock().jitter = (max_extra > 0.0).then(|| Jitter {
             max_extra,
-            state: seed,
+            rng: fastrand::Rng::with_seed(seed),
         });
+    }
+
+    /// From now on `gate` is asked before the circuit opens from closed.
+    pub fn set_open_gate(&self, gate: Arc<dyn OpenGate>) {
+        self.lock().gate = Some(gate);
     }
 
     /// Sets the operator override; the state machine underneath keeps its state and resumes
@@ -460,9 +473,16 @@ impl CircuitBreaker {
         if permit.probe && current {
             core.counts.half_open_in_flight = core.counts.half_open_in_flight.saturating_sub(1);
         }
-        let Some(outcome) = outcome else {
-            core.counts.abandoned += 1;
-            return;
+        let outcome = match outcome {
+            None => {
+                core.counts.abandoned += 1;
+                return;
+            }
+            Some(Outcome::Excused) => {
+                core.counts.excused += 1;
+                return;
+            }
+            Some(outcome) => outcome,
         };
         let slow = match (core.settings.slow_call_duration, permit.started) {
             (Some(limit), Some(started)) => self.clock.now().saturating_sub(started) > limit,
@@ -522,6 +542,10 @@ impl CircuitBreaker {
             None
         };
         if let Some(reason) = reason {
+            if core.gate.as_ref().is_some_and(|gate| !gate.may_open()) {
+                core.counts.refused_opens += 1;
+                return;
+            }
             self.transition(core, State::Open, reason);
         }
     }

@@ -11,8 +11,8 @@ mod settings;
 mod window;
 
 pub use circuit::{
-    BreakerObserver, CircuitBreaker, Counts, Mode, Outcome, Permit, Rejection, Snapshot, State,
-    Transition, TransitionReason,
+    BreakerObserver, CircuitBreaker, Counts, Mode, OpenGate, Outcome, Permit, Rejection, Snapshot,
+    State, Transition, TransitionReason,
 };
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use settings::{limits, Settings, SettingsError, SettingsSpec};
+pub use settings::{limits, Scope, Settings, SettingsError, SettingsSpec};

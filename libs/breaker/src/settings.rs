@@ -20,6 +20,8 @@ pub mod limits {
     pub const MINIMUM_CALLS: RangeInclusive<u32> = 1..=10_000;
     pub const HALF_OPEN_MAX_CALLS: RangeInclusive<u32> = 1..=1000;
     pub const MAX_CONCURRENT_CALLS: RangeInclusive<u32> = 1..=100_000;
+    /// maxEjectionPercent (one endpoint always stays, whatever it says).
+    pub const MAX_EJECTION_PERCENT: RangeInclusive<u32> = 1..=100;
     /// Every percentage: failureRateThreshold, slowCallRateThreshold.
     pub const PERCENT: RangeInclusive<f64> = 1.0..=100.0;
     /// Every duration.
@@ -34,6 +36,18 @@ pub mod limits {
             duration_text::format(*DURATION.end())
         )
     }
+}
+
+/// What one breaker guards: the whole service, or each of its endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// One breaker for every call to the service (the seed's, and the default: it is all a
+    /// service behind one address can have).
+    #[default]
+    Service,
+    /// Besides it, one breaker per endpoint: a failing endpoint is taken out of rotation
+    /// (outlier ejection) and the others keep serving.
+    Endpoint,
 }
 
 /// Settings as given, unchecked; [`Default`] holds the documented defaults.
@@ -64,6 +78,10 @@ pub struct SettingsSpec {
     pub half_open_max_calls: u32,
     /// Bulkhead: calls to the dependency in flight at once; off when `None`.
     pub max_concurrent_calls: Option<u32>,
+    /// Service, or per endpoint as well.
+    pub scope: Scope,
+    /// With `Endpoint` scope: the largest share of endpoints out of rotation at once.
+    pub max_ejection_percent: u32,
 }
 
 impl Default for SettingsSpec {
@@ -81,6 +99,8 @@ impl Default for SettingsSpec {
             max_open_duration: None,
             half_open_max_calls: 1,
             max_concurrent_calls: None,
+            scope: Scope::Service,
+            max_ejection_percent: 50,
         }
     }
 }
@@ -185,6 +205,11 @@ impl Settings {
         if let Some(max) = s.max_concurrent_calls {
             in_range("maxConcurrentCalls", max, &MAX_CONCURRENT_CALLS)?;
         }
+        in_range(
+            "maxEjectionPercent",
+            s.max_ejection_percent,
+            &MAX_EJECTION_PERCENT,
+        )?;
         Ok(Self(spec))
     }
 

@@ -45,6 +45,7 @@ fn settings(half_open: u32, bulkhead: Option<u32>, rate: bool) -> SettingsSpec {
         max_open_duration: Some(Duration::from_millis(4000)),
         half_open_max_calls: half_open,
         max_concurrent_calls: bulkhead,
+        ..SettingsSpec::default()
     }
 }
 

@@ -462,3 +462,48 @@ fn observe_lets_an_open_circuit_through_and_says_what_auto_would_do() {
     probe.success();
     assert_eq!(b.state(), State::Closed);
 }
+
+#[test]
+fn an_open_gate_can_keep_the_circuit_closed_and_is_asked_again() {
+    struct Gate(std::sync::atomic::AtomicU32);
+    impl breaker::OpenGate for Gate {
+        fn may_open(&self) -> bool {
+            // refuses twice, then allows
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2
+        }
+    }
+    let (b, _) = setup(SettingsSpec::default());
+    let gate = Arc::new(Gate(Default::default()));
+    b.set_open_gate(gate.clone());
+    fail(&b, 3);
+    assert_eq!(b.state(), State::Closed, "refused at the threshold");
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Closed, "refused again");
+    assert_eq!(b.snapshot().counts.refused_opens, 2);
+    fail(&b, 1);
+    assert_eq!(b.state(), State::Open, "the third ask is allowed");
+    assert_eq!(gate.0.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[test]
+fn an_excused_call_frees_its_slot_and_moves_nothing() {
+    let (b, _) = setup(SettingsSpec {
+        max_concurrent_calls: Some(1),
+        ..SettingsSpec::default()
+    });
+    for _ in 0..5 {
+        b.try_acquire().unwrap().record(Outcome::Excused);
+    }
+    let snap = b.snapshot();
+    assert_eq!(snap.state, State::Closed);
+    assert_eq!(
+        (
+            snap.counts.excused,
+            snap.counts.failures,
+            snap.counts.successes
+        ),
+        (5, 0, 0)
+    );
+    assert_eq!(snap.counts.in_flight, 0);
+    assert_eq!(snap.counts.window_calls, 0);
+}

@@ -133,14 +133,22 @@ pub fn spawn(
     }
     actix_web::rt::spawn(async move {
         while let Some(update) = updates.recv().await {
-            let (effect, is_loaded) = {
+            let (effect, is_loaded, status_moved) = {
                 let mut state = state.lock();
-                (state.on(update), state.loaded())
+                let before = state.status().clone();
+                let effect = state.on(update);
+                (effect, state.loaded(), *state.status() != before)
             };
+            let changed = !matches!(effect, Effect::Keep) || status_moved;
             match effect {
                 Effect::Apply(settings, mode) => protected.apply(settings, mode),
                 Effect::EndOverride => protected.apply_mode(Mode::Auto),
                 Effect::Keep => {}
+            }
+            // New settings, or what /circuit-status says of them (a version, an error): tell
+            // whoever waits on it.
+            if changed {
+                protected.journal().settings_changed();
             }
             if is_loaded {
                 loaded.set_ready();

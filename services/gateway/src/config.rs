@@ -25,6 +25,12 @@ pub struct CommonArgs {
         default_value = "http://127.0.0.1:8082"
     )]
     pub recommendations_service_url: String,
+    /// recommendations' endpoints, as `name=http://host:port,...`: v1 and v2 in scope Service
+    /// spread calls over them at random, as kube-proxy spreads a Service's; v2 in scope
+    /// Endpoint gives each its own breaker. Without it, RECOMMENDATIONS_SERVICE_URL is the
+    /// one endpoint.
+    #[arg(long, env = "RECOMMENDATIONS_ENDPOINTS")]
+    pub recommendations_endpoints: Option<String>,
 }
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -64,6 +70,11 @@ pub struct V2Args {
     /// Seed of the open-duration jitter, for repeatable runs; a random one without it.
     #[arg(long, env = "BREAKER_JITTER_SEED")]
     pub breaker_jitter_seed: Option<u64>,
+    /// `namespace/service`: recommendations' endpoints for scope Endpoint come from this
+    /// Service's EndpointSlices, watched through the Kubernetes API (ready ones, named after
+    /// their pods), instead of RECOMMENDATIONS_ENDPOINTS.
+    #[arg(long, env = "RECOMMENDATIONS_ENDPOINTSLICES")]
+    pub recommendations_endpointslices: Option<String>,
 }
 
 /// Who this v2 replica is, and what sets its breaker apart from the other replicas'.
@@ -85,17 +96,42 @@ pub enum ConfigError {
     File(#[from] FileError),
     #[error("BREAKER_CONFIGMAP: {0:?} is not namespace/name")]
     BadConfigMap(String),
+    #[error("RECOMMENDATIONS_ENDPOINTS: {0}")]
+    BadEndpoints(String),
+    #[error("RECOMMENDATIONS_ENDPOINTSLICES: {0:?} is not namespace/service")]
+    BadService(String),
 }
 
 impl CommonArgs {
     pub fn upstreams(&self) -> Result<Upstreams, ConfigError> {
+        let spread = match &self.recommendations_endpoints {
+            Some(_) => self
+                .recommendation_endpoints()?
+                .into_iter()
+                .map(|(_, url)| url)
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(Upstreams::new(
             base_url("PRODUCT_SERVICE_URL", &self.product_service_url)?,
             base_url(
                 "RECOMMENDATIONS_SERVICE_URL",
                 &self.recommendations_service_url,
             )?,
+            spread,
         ))
+    }
+
+    /// recommendations' endpoints, each `(name, base URL)`.
+    pub fn recommendation_endpoints(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        let Some(list) = &self.recommendations_endpoints else {
+            let url = base_url(
+                "RECOMMENDATIONS_SERVICE_URL",
+                &self.recommendations_service_url,
+            )?;
+            return Ok(vec![("recommendations-service".into(), url)]);
+        };
+        endpoint_list(list)
     }
 }
 
@@ -139,6 +175,16 @@ impl V2Args {
         }
     }
 
+    /// The Service whose EndpointSlices give recommendations' endpoints, if one is named.
+    pub fn endpoint_slices(&self) -> Result<Option<(String, String)>, ConfigError> {
+        self.recommendations_endpointslices
+            .as_deref()
+            .map(|reference| {
+                namespaced_name(reference).ok_or_else(|| ConfigError::BadService(reference.into()))
+            })
+            .transpose()
+    }
+
     /// Reads the settings file once; a bad file at start is an error, not a silent default.
     /// A ConfigMap is read once the API answers; until then the defaults serve.
     pub fn settings_source(&self) -> Result<SettingsSource, ConfigError> {
@@ -164,21 +210,48 @@ impl V2Args {
     }
 }
 
+fn endpoint_list(list: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut endpoints: Vec<(String, String)> = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((name, url)) = item.split_once('=') else {
+            return Err(ConfigError::BadEndpoints(format!(
+                "{item:?} is not name=http://host:port"
+            )));
+        };
+        let name = name.trim();
+        if name.is_empty() || endpoints.iter().any(|(n, _)| n == name) {
+            return Err(ConfigError::BadEndpoints(format!(
+                "{name:?}: each endpoint needs a name of its own"
+            )));
+        }
+        let url = base_url("RECOMMENDATIONS_ENDPOINTS", url.trim())?;
+        endpoints.push((name.to_string(), url));
+    }
+    if endpoints.is_empty() {
+        return Err(ConfigError::BadEndpoints("names no endpoint".into()));
+    }
+    Ok(endpoints)
+}
+
 fn configmap_ref(reference: &str) -> Result<Origin, ConfigError> {
-    let dns_label = |s: &str| {
+    let (namespace, name) =
+        namespaced_name(reference).ok_or_else(|| ConfigError::BadConfigMap(reference.into()))?;
+    Ok(Origin::ConfigMap { namespace, name })
+}
+
+/// `namespace/name`, each a DNS name.
+fn namespaced_name(reference: &str) -> Option<(String, String)> {
+    let dns_name = |s: &str| {
         !s.is_empty()
             && s.len() <= 253
             && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
     };
     match reference.split_once('/') {
-        Some((namespace, name)) if dns_label(namespace) && dns_label(name) => {
-            Ok(Origin::ConfigMap {
-                namespace: namespace.into(),
-                name: name.into(),
-            })
+        Some((namespace, name)) if dns_name(namespace) && dns_name(name) => {
+            Some((namespace.into(), name.into()))
         }
-        _ => Err(ConfigError::BadConfigMap(reference.into())),
+        _ => None,
     }
 }
 
@@ -196,6 +269,27 @@ mod tests {
         assert!(base_url("X", "https://example").is_err());
         assert!(base_url("X", "http://h/?q=1").is_err());
         assert!(base_url("X", "not a url").is_err());
+    }
+
+    #[test]
+    fn endpoint_lists_are_named_urls() {
+        assert_eq!(
+            endpoint_list("a=http://127.0.0.1:1/, b = http://127.0.0.1:2").unwrap(),
+            [
+                ("a".to_string(), "http://127.0.0.1:1".to_string()),
+                ("b".to_string(), "http://127.0.0.1:2".to_string())
+            ]
+        );
+        for bad in [
+            "",
+            ",",
+            "http://127.0.0.1:1",
+            "a=x",
+            "a=http://h:1,a=http://h:2",
+            "=http://h:1",
+        ] {
+            assert!(endpoint_list(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

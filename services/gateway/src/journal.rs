@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use breaker::{BreakerObserver, Mode, State, Transition, TransitionReason};
 use chrono::{DateTime, SecondsFormat, Utc};
+use outlier::EndpointObserver;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +26,12 @@ struct StateLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TransitionLabels {
     from: &'static str,
+    to: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointTransitionLabels {
+    endpoint: String,
     to: &'static str,
 }
 
@@ -50,6 +57,7 @@ pub struct Journal {
     revision: tokio::sync::watch::Sender<u64>,
     state: Family<StateLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
+    endpoint_transitions: Family<EndpointTransitionLabels, Counter>,
 }
 
 impl Journal {
@@ -61,6 +69,7 @@ impl Journal {
             revision: tokio::sync::watch::Sender::new(0),
             state: Family::default(),
             transitions: Family::default(),
+            endpoint_transitions: Family::default(),
         };
         registry.register(
             "breaker_state",
@@ -71,6 +80,11 @@ impl Journal {
             "breaker_transitions",
             "Circuit state changes",
             journal.transitions.clone(),
+        );
+        registry.register(
+            "breaker_endpoint_transitions",
+            "State changes of the per-endpoint breakers (scope Endpoint): to open is an ejection",
+            journal.endpoint_transitions.clone(),
         );
         journal.show_state(State::Closed);
         journal
@@ -86,7 +100,7 @@ impl Journal {
         *self.revision.borrow()
     }
 
-    /// New settings or mode are in force.
+    /// The settings' source said something: new settings or mode, a version, an error.
     pub fn settings_changed(&self) {
         self.revision.send_modify(|r| *r += 1);
     }
@@ -136,6 +150,19 @@ impl BreakerObserver for Journal {
             records.pop_front();
         }
         records.push_back(record);
+        self.revision.send_modify(|r| *r += 1);
+    }
+}
+
+impl EndpointObserver for Journal {
+    fn on_transition(&self, endpoint: &str, t: &Transition) {
+        tracing::warn!(endpoint, from = t.from.as_str(), to = t.to.as_str(), reason = ?t.reason, "endpoint breaker transition");
+        self.endpoint_transitions
+            .get_or_create(&EndpointTransitionLabels {
+                endpoint: endpoint.to_string(),
+                to: t.to.as_str(),
+            })
+            .inc();
         self.revision.send_modify(|r| *r += 1);
     }
 }

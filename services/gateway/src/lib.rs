@@ -7,6 +7,7 @@
 mod applier;
 mod config;
 mod dashboard;
+mod endpoint_slices;
 mod handler;
 mod journal;
 mod metrics;
@@ -27,7 +28,7 @@ pub use config::{ConfigError, SettingsSource, V1Args, V2Args};
 
 use crate::handler::Gateway;
 use crate::metrics::UpstreamMetrics;
-use crate::policy::{Policy, V2};
+use crate::policy::{Endpoints, Policy, V2};
 
 pub fn run_v1() -> ExitCode {
     let args = V1Args::parse();
@@ -51,12 +52,14 @@ pub fn run_v1() -> ExitCode {
 pub fn run_v2() -> ExitCode {
     let args = V2Args::parse();
     service_runtime::init_logging(args.common.serve.log_format);
-    let (upstreams, source) = match args
-        .common
-        .upstreams()
-        .and_then(|u| Ok((u, args.settings_source()?)))
-    {
-        Ok(pair) => pair,
+    let (upstreams, source, endpoints) = match args.common.upstreams().and_then(|u| {
+        let endpoints = Endpoints {
+            at_start: args.common.recommendation_endpoints()?,
+            slices: args.endpoint_slices()?,
+        };
+        Ok((u, args.settings_source()?, endpoints))
+    }) {
+        Ok(all) => all,
         Err(err) => return fail("api-gateway-v2", &err),
     };
     tracing::info!(source = %source.origin.describe(), version = %source.version, "breaker settings loaded");
@@ -65,7 +68,12 @@ pub fn run_v2() -> ExitCode {
     let gateway = Gateway {
         upstreams,
         metrics,
-        policy: Policy::Protected(V2::new(source, args.replica(), service.registry())),
+        policy: Policy::Protected(V2::new(
+            source,
+            args.replica(),
+            endpoints,
+            service.registry(),
+        )),
     };
     serve(service, gateway, &args.common.serve, 8090)
 }

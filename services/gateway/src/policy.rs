@@ -12,6 +12,7 @@ use service_runtime::{resource, ReadinessGate};
 use crate::applier::{self, ConfigState};
 use crate::config::{Replica, SettingsSource};
 use crate::dashboard;
+use crate::endpoint_slices;
 use crate::metrics::UpstreamMetrics;
 use crate::protected::Protected;
 use crate::sources::{Origin, Update};
@@ -30,10 +31,24 @@ pub struct V2 {
     config: Arc<Mutex<ConfigState>>,
     origin: Origin,
     replica: Option<String>,
+    /// `namespace/service` whose EndpointSlices keep the endpoints up to date.
+    slices: Option<(String, String)>,
+}
+
+/// recommendations' endpoints (name, base URL): those known at start, and where later ones
+/// come from in Kubernetes.
+pub struct Endpoints {
+    pub at_start: Vec<(String, String)>,
+    pub slices: Option<(String, String)>,
 }
 
 impl V2 {
-    pub fn new(source: SettingsSource, replica: Replica, registry: &mut Registry) -> Self {
+    pub fn new(
+        source: SettingsSource,
+        replica: Replica,
+        endpoints: Endpoints,
+        registry: &mut Registry,
+    ) -> Self {
         let config = ConfigState::new(
             source.origin.describe(),
             source.version,
@@ -42,12 +57,14 @@ impl V2 {
         Self {
             protected: Arc::new(Protected::new(
                 source.initial,
+                &endpoints.at_start,
                 replica.jitter_seed,
                 registry,
             )),
             config: Arc::new(Mutex::new(config)),
             origin: source.origin,
             replica: replica.name,
+            slices: endpoints.slices,
         }
     }
 }
@@ -71,7 +88,7 @@ impl Policy {
         match self {
             Policy::AllOrNothing { timeout } => {
                 let products = upstreams
-                    .recommendations(client, metrics, id, *timeout)
+                    .recommendations(client, metrics, id, *timeout, None)
                     .await?;
                 Ok(Recommendations {
                     products,
@@ -84,9 +101,9 @@ impl Policy {
                     (upstreams.clone(), client.clone(), metrics.clone());
                 Ok(v2
                     .protected
-                    .call(move |timeout| async move {
+                    .call(move |timeout, at| async move {
                         upstreams
-                            .recommendations(&client, &metrics, id, timeout)
+                            .recommendations(&client, &metrics, id, timeout, at.as_deref())
                             .await
                     })
                     .await)
@@ -104,6 +121,12 @@ impl Policy {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Update>();
                 applier::spawn(v2.config.clone(), rx, v2.protected.clone(), settings_loaded);
                 v2.origin.spawn_watch(tx);
+                if let Some((namespace, service)) = v2.slices.clone() {
+                    let protected = v2.protected.clone();
+                    endpoint_slices::spawn_watch(namespace, service, move |endpoints| {
+                        protected.set_endpoints(&endpoints)
+                    });
+                }
             }
         }
     }

@@ -7,16 +7,16 @@
 //! `fallbackAfter` set every call runs that way, and the user waits at most that long.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::borrow::Borrow;
-
 use breaker::{
     BreakerObserver, CircuitBreaker, Clock, Mode, MonotonicClock, Outcome, Permit, Rejection,
-    Settings, Snapshot,
+    Scope, Settings, Snapshot,
 };
 use catalog::Product;
+use outlier::{EndpointObserver, EndpointPermit, EndpointSet};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -44,6 +44,10 @@ type Judged = Result<Vec<Product>, &'static str>;
 
 pub struct Protected {
     breaker: Arc<CircuitBreaker>,
+    /// recommendations' endpoints, each with its breaker; called through when the scope is
+    /// Endpoint.
+    endpoints: EndpointSet,
+    per_endpoint: AtomicBool,
     journal: Arc<Journal>,
     calls: Family<OutcomeLabels, Counter>,
     fallbacks: Family<OutcomeLabels, Counter>,
@@ -51,7 +55,13 @@ pub struct Protected {
 }
 
 impl Protected {
-    pub fn new(settings: Settings, jitter_seed: u64, registry: &mut Registry) -> Self {
+    /// `endpoints`: recommendations' endpoints as (name, base URL), for scope Endpoint.
+    pub fn new(
+        settings: Settings,
+        endpoints: &[(String, String)],
+        jitter_seed: u64,
+        registry: &mut Registry,
+    ) -> Self {
         let clock = Arc::new(MonotonicClock::new());
         let journal = Arc::new(Journal::register(registry, clock.now()));
         let calls = Family::<OutcomeLabels, Counter>::default();
@@ -72,6 +82,15 @@ impl Protected {
             "Calls let through in Observe mode that Auto would have rejected, by reason",
             would_reject.clone(),
         );
+        let per_endpoint = AtomicBool::new(settings.scope == Scope::Endpoint);
+        let endpoint_set = EndpointSet::new(
+            settings.clone(),
+            settings.max_ejection_percent,
+            clock.clone(),
+            Some(journal.clone() as Arc<dyn EndpointObserver>),
+            jitter_seed.rotate_left(17),
+        );
+        endpoint_set.update(endpoints);
         let breaker = Arc::new(CircuitBreaker::with_observer(
             settings,
             clock,
@@ -80,6 +99,8 @@ impl Protected {
         breaker.set_open_jitter(OPEN_JITTER, jitter_seed);
         Self {
             breaker,
+            endpoints: endpoint_set,
+            per_endpoint,
             journal,
             calls,
             fallbacks,
@@ -100,13 +121,31 @@ impl Protected {
     }
 
     pub fn apply(&self, settings: Settings, mode: Mode) {
+        self.per_endpoint
+            .store(settings.scope == Scope::Endpoint, Ordering::Relaxed);
+        let max_ejection = settings.max_ejection_percent;
+        self.endpoints.apply(settings.clone(), mode, max_ejection);
         self.breaker.update_settings(settings);
         self.breaker.set_mode(mode);
-        self.journal.settings_changed();
     }
 
     pub fn apply_mode(&self, mode: Mode) {
+        let settings = self.breaker.settings();
+        let max_ejection = settings.max_ejection_percent;
+        self.endpoints.apply(settings, mode, max_ejection);
         self.breaker.set_mode(mode);
+    }
+
+    pub fn endpoints(&self) -> &EndpointSet {
+        &self.endpoints
+    }
+
+    /// recommendations' endpoints are now these (name, base URL); each that stays keeps its
+    /// breaker.
+    pub fn set_endpoints(&self, endpoints: &[(String, String)]) {
+        let names: Vec<&str> = endpoints.iter().map(|(name, _)| name.as_str()).collect();
+        tracing::info!(endpoints = ?names, "recommendations endpoints");
+        self.endpoints.update(endpoints);
         self.journal.settings_changed();
     }
 
@@ -144,16 +183,17 @@ impl Protected {
         }
     }
 
-    /// Makes the call if the breaker allows it, within the call timeout; any failure or
-    /// rejection yields the fallback. The call is `'static`, so that a probe can outlive its
-    /// user's wait.
+    /// Makes the call if the breaker allows it (and, with scope Endpoint, an endpoint's breaker
+    /// too), within the call timeout; any failure or rejection yields the fallback. The call
+    /// is `'static` and gets the endpoint to call (`None`: the service's address), so that a
+    /// probe can outlive its user's wait.
     pub async fn call<F, Fut>(self: &Arc<Self>, make_call: F) -> Recommendations
     where
-        F: FnOnce(Duration) -> Fut + 'static,
+        F: FnOnce(Duration, Option<Arc<str>>) -> Fut + 'static,
         Fut: Future<Output = Result<Vec<Product>, UpstreamError>> + 'static,
     {
-        let permit = match self.breaker.try_acquire() {
-            Ok(permit) => permit,
+        let service = match self.breaker.try_acquire() {
+            Ok(permit) => permit.into_owned(&self.breaker),
             Err(rejection) => {
                 let outcome = match rejection {
                     Rejection::Open => "rejected_open",
@@ -165,11 +205,24 @@ impl Protected {
                 return self.serve(Err(outcome));
             }
         };
-        if let Some(rejection) = permit.would_reject() {
+        if let Some(rejection) = service.would_reject() {
             self.count(&self.would_reject, rejection.as_str());
         }
+        let endpoint = if self.per_endpoint.load(Ordering::Relaxed) {
+            match self.endpoints.acquire() {
+                Ok(endpoint) => Some(endpoint),
+                Err(none) => {
+                    // The service permit goes back unjudged: no call was made.
+                    self.count(&self.calls, none.as_str());
+                    return self.serve(Err(none.as_str()));
+                }
+            }
+        } else {
+            None
+        };
+        let call = Call { service, endpoint };
         // A probe is never its user's problem; with `fallbackAfter` no call is.
-        let user_wait = match (permit.is_probe(), permit.fallback_after()) {
+        let user_wait = match (call.is_probe(), call.service.fallback_after()) {
             (true, budget) => Some((
                 "probe_running",
                 budget.map_or(PROBE_WAIT, |b| b.min(PROBE_WAIT)),
@@ -177,33 +230,34 @@ impl Protected {
             (false, Some(budget)) => Some(("fallback_after", budget)),
             (false, None) => None,
         };
-        if let Some((cause, wait)) = user_wait {
-            let permit = permit.into_owned(&self.breaker);
-            return self.run_on(permit, make_call, wait, cause).await;
+        let (timeout, at) = (call.service.call_timeout(), call.address());
+        match user_wait {
+            Some((cause, wait)) => self.run_on(call, make_call(timeout, at), wait, cause).await,
+            // A cancelled request drops the permits here, which releases them unjudged.
+            None => {
+                let result = make_call(timeout, at).await;
+                self.serve(self.judge(call, result))
+            }
         }
-        // A cancelled request drops the permit here, which releases it unjudged.
-        let result = make_call(permit.call_timeout()).await;
-        self.serve(self.judge(permit, result))
     }
 
     /// Runs the call on its own task, judged whatever its user does; the user waits for it at
     /// most `wait`, then gets the fallback (counted as `cause`).
-    async fn run_on<F, Fut>(
+    async fn run_on<Fut>(
         self: &Arc<Self>,
-        permit: Permit<Arc<CircuitBreaker>>,
-        make_call: F,
+        call: Call,
+        made: Fut,
         wait: Duration,
         cause: &'static str,
     ) -> Recommendations
     where
-        F: FnOnce(Duration) -> Fut + 'static,
         Fut: Future<Output = Result<Vec<Product>, UpstreamError>> + 'static,
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
         let this = self.clone();
         actix_web::rt::spawn(async move {
-            let result = make_call(permit.call_timeout()).await;
-            let _ = answer.send(this.judge(permit, result));
+            let result = made.await;
+            let _ = answer.send(this.judge(call, result));
         });
         match tokio::time::timeout(wait, answered).await {
             Ok(Ok(judged)) => self.serve(judged),
@@ -218,30 +272,72 @@ impl Protected {
         }
     }
 
-    /// Records what the call says about the dependency.
-    fn judge<B: Borrow<CircuitBreaker>>(
-        &self,
-        permit: Permit<B>,
-        result: Result<Vec<Product>, UpstreamError>,
-    ) -> Judged {
+    /// Records what the call says about the dependency (and its endpoint).
+    fn judge(&self, call: Call, result: Result<Vec<Product>, UpstreamError>) -> Judged {
+        let endpoint = call.endpoint.as_ref().map(|e| e.endpoint().name.clone());
         match result {
             Ok(products) => {
-                permit.record(Outcome::Success);
+                call.record(Outcome::Success);
                 self.count(&self.calls, "success");
                 Ok(products)
             }
             Err(err) if err.is_dependency_failure() => {
-                permit.record(Outcome::Failure);
+                call.record_failure(&self.endpoints);
                 self.count(&self.calls, "failure");
-                tracing::info!(error = %err, "recommendations call failed");
+                tracing::info!(error = %err, endpoint, "recommendations call failed");
                 Err(err.kind())
             }
             Err(err) => {
                 // The service is up and refused this one request: nothing to hold against it.
-                permit.record(Outcome::Success);
+                call.record(Outcome::Success);
                 self.count(&self.calls, "refused");
-                tracing::info!(error = %err, "recommendations refused the request");
+                tracing::info!(error = %err, endpoint, "recommendations refused the request");
                 Err(err.kind())
+            }
+        }
+    }
+}
+
+/// Leave for one call: the service's breaker's, and with scope Endpoint the chosen endpoint's.
+struct Call {
+    service: Permit<Arc<CircuitBreaker>>,
+    endpoint: Option<EndpointPermit>,
+}
+
+impl Call {
+    fn is_probe(&self) -> bool {
+        self.service.is_probe()
+            || self
+                .endpoint
+                .as_ref()
+                .is_some_and(|e| e.permit().is_probe())
+    }
+
+    fn address(&self) -> Option<Arc<str>> {
+        self.endpoint.as_ref().map(|e| e.endpoint().address.clone())
+    }
+
+    fn record(self, outcome: Outcome) {
+        self.service.record(outcome);
+        if let Some(endpoint) = self.endpoint {
+            endpoint.record(outcome);
+        }
+    }
+
+    /// A failure is its endpoint's breaker's to judge while the set can take that endpoint
+    /// out; the service's breaker judges it only past the ejection ceiling, when failures mean
+    /// the service itself is failing.
+    fn record_failure(self, endpoints: &EndpointSet) {
+        match self.endpoint {
+            Some(endpoint) if endpoints.contains_failure(endpoint.endpoint()) => {
+                self.service.record(Outcome::Excused);
+                endpoint.record(Outcome::Failure);
+            }
+            endpoint => {
+                self.service.record(Outcome::Failure);
+                if let Some(endpoint) = endpoint {
+                    endpoint.record(Outcome::Failure);
+                }
             }
         }
     }

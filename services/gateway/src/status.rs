@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use breaker::{Counts, Mode, State};
-use breaker_api::BreakerSettings;
+use breaker_api::{BreakerSettings, Scope};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use service_runtime::ApiError;
@@ -28,6 +28,19 @@ pub struct StatusSources {
 }
 
 #[derive(Serialize)]
+struct EndpointStatus {
+    name: String,
+    address: String,
+    state: State,
+    in_flight: u32,
+    /// Transitions of its breaker so far.
+    transitions: u64,
+    /// Its last transition: when, and why.
+    since: Option<String>,
+    reason: Option<breaker::TransitionReason>,
+}
+
+#[derive(Serialize)]
 struct CircuitStatus {
     replica: Option<String>,
     /// Moves on each transition and each settings change.
@@ -40,6 +53,11 @@ struct CircuitStatus {
     config_error: Option<String>,
     config_watch_error: Option<String>,
     counts: Counts,
+    /// Service, or Endpoint: then `endpoints` is what calls go through.
+    scope: Scope,
+    endpoints: Vec<EndpointStatus>,
+    /// Endpoints out of rotation (open or half-open), by name.
+    ejected: Vec<String>,
     last_transition: Option<TransitionRecord>,
     opened_until: Option<String>,
     failed_probes: u32,
@@ -101,6 +119,26 @@ fn current(sources: &StatusSources) -> HttpResponse {
         config_error: config.error,
         config_watch_error: config.watch_error,
         counts: snapshot.counts,
+        scope: snapshot.settings.scope.into(),
+        endpoints: sources
+            .protected
+            .endpoints()
+            .endpoints()
+            .iter()
+            .map(|e| {
+                let s = e.snapshot();
+                EndpointStatus {
+                    name: e.name.clone(),
+                    address: e.address.to_string(),
+                    state: s.state,
+                    in_flight: e.in_flight(),
+                    transitions: s.counts.transitions,
+                    since: s.last_transition.map(|t| journal.wall(t.at)),
+                    reason: s.last_transition.map(|t| t.reason),
+                }
+            })
+            .collect(),
+        ejected: sources.protected.endpoints().ejected(),
         last_transition: transitions.last().cloned(),
         opened_until: snapshot.opened_until.map(|at| journal.wall(at)),
         failed_probes: snapshot.failed_probes,

@@ -23,6 +23,10 @@ pub struct Recommendations {
 pub struct Upstreams {
     product: Arc<str>,
     recommendations: Arc<str>,
+    /// When set, a call not aimed at one endpoint goes to one of these at random, as
+    /// kube-proxy spreads calls over a Service's pods (the demo's second chapter runs
+    /// three recommendations processes without a cluster).
+    spread: Arc<[Arc<str>]>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -110,11 +114,20 @@ pub fn client() -> awc::Client {
 }
 
 impl Upstreams {
-    pub fn new(product: String, recommendations: String) -> Self {
+    pub fn new(product: String, recommendations: String, spread: Vec<String>) -> Self {
         Self {
             product: product.into(),
             recommendations: recommendations.into(),
+            spread: spread.into_iter().map(Arc::from).collect(),
         }
+    }
+
+    /// The service's address, or one of `spread` drawn at random.
+    fn recommendations_base(&self) -> &str {
+        if self.spread.is_empty() {
+            return &self.recommendations;
+        }
+        &self.spread[fastrand::usize(..self.spread.len())]
     }
 
     pub async fn product(
@@ -128,14 +141,17 @@ impl Upstreams {
         get_json(client, metrics, UpstreamName::Product, &url, timeout).await
     }
 
+    /// From the service's address, or from one of its endpoints (`at`, a base URL).
     pub async fn recommendations(
         &self,
         client: &awc::Client,
         metrics: &UpstreamMetrics,
         id: u32,
         timeout: Duration,
+        at: Option<&str>,
     ) -> Result<Vec<Product>, UpstreamError> {
-        let url = format!("{}/recommendations/{id}", self.recommendations);
+        let base = at.unwrap_or_else(|| self.recommendations_base());
+        let url = format!("{base}/recommendations/{id}");
         get_json(
             client,
             metrics,

@@ -276,6 +276,76 @@ async fn circuit_status_can_wait_for_the_next_change() {
 
 #[actix_web::test]
 #[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
+async fn with_scope_endpoint_one_hanging_endpoint_of_three_is_ejected_and_pages_stay_full() {
+    let _timing = exclusive_timing();
+    let stack = Stack::start(StackConfig {
+        breaker_yaml:
+            "callTimeout: 300ms\nopenDuration: 5s\nscope: Endpoint\nmaxEjectionPercent: 50\n".into(),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let healthy = Proc::start("recommendations-service", &[], dir.path());
+    let hanging = Proc::start("recommendations-service", &hang("30s"), dir.path());
+    let endpoints = format!(
+        "rec-a={},rec-b={},rec-bad={}",
+        stack.recommendations.url(""),
+        healthy.url(""),
+        hanging.url("")
+    );
+    let v2 = stack.start_v2_replica(&[("RECOMMENDATIONS_ENDPOINTS", endpoints)]);
+    let c = client();
+
+    // Until the hanging endpoint is out, a call that lands on it waits the call timeout.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut degraded_before = 0;
+    loop {
+        let a = get(&c, &v2.url("/product-details/1")).await;
+        assert!(a.elapsed < MS(1000), "took {:?}", a.elapsed);
+        degraded_before += usize::from(a.degraded());
+        let s = get(&c, &v2.url("/circuit-status")).await.body;
+        if s["ejected"] == serde_json::json!(["rec-bad"]) {
+            assert_eq!(s["scope"], "Endpoint");
+            assert_eq!(
+                s["state"], "closed",
+                "the service's breaker stays closed: {s}"
+            );
+            let bad = s["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == "rec-bad")
+                .unwrap();
+            assert_eq!(
+                (bad["state"].as_str(), bad["reason"].as_str()),
+                (Some("open"), Some("consecutive_failures")),
+                "{s}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rec-bad never ejected: {s}"
+        );
+    }
+    // Then every page is full, from the two healthy endpoints, and fast.
+    let mut slowest = Duration::ZERO;
+    for i in 0..100 {
+        let a = get(&c, &v2.url(&format!("/product-details/{}", i % 24 + 1))).await;
+        assert!(!a.degraded(), "{}", a.raw);
+        assert_eq!(a.recommendation_count(), 3);
+        slowest = slowest.max(a.elapsed);
+    }
+    assert!(slowest < MS(250), "slowest full page took {slowest:?}");
+    let m = metrics(&c, &v2).await;
+    assert_eq!(
+        m["breaker_endpoint_transitions_total{endpoint=\"rec-bad\",to=\"open\"}"],
+        1.0
+    );
+    figure!("scope Endpoint, one hanging endpoint of three: {degraded_before} degraded answers before it was ejected, then 100 of 100 full (slowest {slowest:?})");
+}
+
+#[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn both_gateways_answer_404_for_unknown_products_and_fail_fast_without_product_service() {
     let _timing = exclusive_timing();
     let mut stack = Stack::start(StackConfig::default());

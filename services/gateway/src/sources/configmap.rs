@@ -2,8 +2,6 @@
 //! leaves the gateway serving with the settings it has; the watch resumes with backoff. The
 //! content is read by `breaker_api::configmap`, the module that also writes it.
 
-use std::time::Duration;
-
 use breaker_api::configmap::{self, ContentError};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -26,17 +24,10 @@ fn update_for(cm: &ConfigMap) -> Update {
 /// Watches the one ConfigMap `namespace/name` for as long as the gateway runs.
 pub fn spawn_watch(namespace: String, name: String, updates: UpdateSender) {
     actix_web::rt::spawn(async move {
-        let client = loop {
-            match kube::Client::try_default().await {
-                Ok(client) => break client,
-                Err(err) => {
-                    tracing::error!(error = %err, "no Kubernetes client (KUBECONFIG or in-cluster); retrying in 5 s");
-                    let _ =
-                        updates.send(Update::SourceFailed(format!("no Kubernetes client: {err}")));
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            }
-        };
+        let client = super::kube_client("the settings ConfigMap", |why| {
+            let _ = updates.send(Update::SourceFailed(why));
+        })
+        .await;
         let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
         // A field selector on the name: the gateway's RBAC may read this ConfigMap only.
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));

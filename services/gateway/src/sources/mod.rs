@@ -27,6 +27,21 @@ pub enum Update {
 
 pub type UpdateSender = mpsc::UnboundedSender<Update>;
 
+/// A Kubernetes client (KUBECONFIG or in-cluster), asked for every 5 s until one comes;
+/// `failed` hears why each try failed.
+pub async fn kube_client(what: &str, failed: impl Fn(String)) -> kube::Client {
+    loop {
+        match kube::Client::try_default().await {
+            Ok(client) => return client,
+            Err(err) => {
+                tracing::error!(error = %err, what, "no Kubernetes client (KUBECONFIG or in-cluster); retrying in 5 s");
+                failed(format!("no Kubernetes client: {err}"));
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
 /// Where v2's settings come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {

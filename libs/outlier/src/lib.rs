@@ -1,0 +1,345 @@
+//! Outlier ejection, as the meshes do it (Envoy's outlier detection, Linkerd's failure accrual)
+//! but with the breaker's guarantees: one [`CircuitBreaker`] per endpoint of a service, all on
+//! the same settings, so an endpoint whose breaker opens is out of rotation ("ejected") until a
+//! probe (exactly `halfOpenMaxCalls` of them, per endpoint) brings it back.
+//!
+//! A ceiling keeps the service up: at most `maxEjectionPercent` of the endpoints may be out at
+//! once, and never all of them (at least one stays, as in Envoy). An endpoint that would open
+//! past the ceiling is refused ([`OpenGate`]) and stays in rotation; whatever it answers is the
+//! caller's to handle (the gateway's service-level breaker and fallback).
+//!
+//! Calls go to the less busy of two endpoints drawn at random (power of two choices on calls
+//! in flight), among those whose breaker admits the call. No I/O here: endpoints are names and
+//! addresses, kept up to date by whoever watches them ([`EndpointSet::update`]).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use breaker::{
+    BreakerObserver, CircuitBreaker, Clock, Mode, OpenGate, Outcome, Permit, Settings, Snapshot,
+    State, Transition,
+};
+use parking_lot::{Mutex, RwLock};
+
+/// Told of every transition of every endpoint's breaker, under that breaker's lock.
+pub trait EndpointObserver: Send + Sync {
+    fn on_transition(&self, endpoint: &str, transition: &Transition);
+}
+
+/// One endpoint: where to call it, and its breaker.
+pub struct Endpoint {
+    /// What people know it by: the pod's name in Kubernetes.
+    pub name: String,
+    /// Where to call it: a base URL such as `http://10.244.1.7:8082`.
+    pub address: Arc<str>,
+    breaker: Arc<CircuitBreaker>,
+    in_flight: AtomicU32,
+}
+
+impl Endpoint {
+    pub fn snapshot(&self) -> Snapshot {
+        self.breaker.snapshot()
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Leave to call one endpoint: record the outcome ([`EndpointPermit::record`]), or drop it
+/// to release the slot unjudged. It counts as a call in flight to its endpoint until then.
+pub struct EndpointPermit {
+    endpoint: Arc<Endpoint>,
+    permit: Option<Permit<Arc<CircuitBreaker>>>,
+}
+
+impl EndpointPermit {
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// The breaker's permit: its timeouts, whether it is a probe.
+    pub fn permit(&self) -> &Permit<Arc<CircuitBreaker>> {
+        self.permit.as_ref().expect("held until recorded")
+    }
+
+    pub fn record(mut self, outcome: Outcome) {
+        if let Some(permit) = self.permit.take() {
+            permit.record(outcome);
+        }
+    }
+
+    pub fn success(self) {
+        self.record(Outcome::Success);
+    }
+
+    pub fn failure(self) {
+        self.record(Outcome::Failure);
+    }
+}
+
+impl Drop for EndpointPermit {
+    fn drop(&mut self) {
+        // An unrecorded permit is released here, unjudged, before the count goes down.
+        drop(self.permit.take());
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no endpoint could be called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoEndpoint {
+    /// The set is empty.
+    Empty,
+    /// Every endpoint's breaker refused the call (open, probes taken, bulkhead full, forced).
+    AllRefused,
+}
+
+impl NoEndpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoEndpoint::Empty => "no_endpoints",
+            NoEndpoint::AllRefused => "all_endpoints_refused",
+        }
+    }
+}
+
+/// The endpoints out of rotation, by name, and how many may be.
+struct Ejections {
+    out: Mutex<HashSet<String>>,
+    endpoints: AtomicUsize,
+    max_percent: AtomicU32,
+}
+
+impl Ejections {
+    /// At most `percent` of `n`, and never all: 3 endpoints at 50% → 1; at 100% → 2.
+    fn ceiling(n: usize, percent: u32) -> usize {
+        (n * percent as usize / 100).min(n.saturating_sub(1))
+    }
+
+    fn try_eject(&self, name: &str) -> bool {
+        let mut out = self.out.lock();
+        if out.contains(name) {
+            return true;
+        }
+        let ceiling = Self::ceiling(
+            self.endpoints.load(Ordering::Relaxed),
+            self.max_percent.load(Ordering::Relaxed),
+        );
+        if out.len() >= ceiling {
+            return false;
+        }
+        out.insert(name.to_string());
+        true
+    }
+
+    /// Whether `name` is out, or could be taken out without passing the ceiling.
+    fn room_for(&self, name: &str) -> bool {
+        let out = self.out.lock();
+        out.contains(name)
+            || out.len()
+                < Self::ceiling(
+                    self.endpoints.load(Ordering::Relaxed),
+                    self.max_percent.load(Ordering::Relaxed),
+                )
+    }
+
+    fn restore(&self, name: &str) {
+        self.out.lock().remove(name);
+    }
+}
+
+/// One endpoint's view of the ejections: its gate and its observer.
+struct Membership {
+    name: String,
+    ejections: Arc<Ejections>,
+    forward: Option<Arc<dyn EndpointObserver>>,
+}
+
+impl OpenGate for Membership {
+    fn may_open(&self) -> bool {
+        self.ejections.try_eject(&self.name)
+    }
+}
+
+impl BreakerObserver for Membership {
+    fn on_transition(&self, t: &Transition) {
+        if t.to == State::Closed {
+            self.ejections.restore(&self.name);
+        }
+        if let Some(forward) = &self.forward {
+            forward.on_transition(&self.name, t);
+        }
+    }
+}
+
+pub struct EndpointSet {
+    endpoints: RwLock<Vec<Arc<Endpoint>>>,
+    ejections: Arc<Ejections>,
+    /// What new endpoints start with; every endpoint runs the same.
+    config: Mutex<(Settings, Mode)>,
+    clock: Arc<dyn Clock>,
+    observer: Option<Arc<dyn EndpointObserver>>,
+    /// Seeds each new endpoint's open-duration jitter, and draws the pairs.
+    rng: Mutex<fastrand::Rng>,
+}
+
+/// Each open duration is up to this share longer, per endpoint.
+const OPEN_JITTER: f64 = 0.1;
+
+impl EndpointSet {
+    pub fn new(
+        settings: Settings,
+        max_ejection_percent: u32,
+        clock: Arc<dyn Clock>,
+        observer: Option<Arc<dyn EndpointObserver>>,
+        seed: u64,
+    ) -> Self {
+        Self {
+            endpoints: RwLock::new(Vec::new()),
+            ejections: Arc::new(Ejections {
+                out: Mutex::new(HashSet::new()),
+                endpoints: AtomicUsize::new(0),
+                max_percent: AtomicU32::new(max_ejection_percent),
+            }),
+            config: Mutex::new((settings, Mode::Auto)),
+            clock,
+            observer,
+            rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+        }
+    }
+
+    /// The endpoints now, in the order they were added.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints.read().clone()
+    }
+
+    /// Names of the endpoints out of rotation.
+    pub fn ejected(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.ejections.out.lock().iter().cloned().collect();
+        out.sort();
+        out
+    }
+
+    /// Makes the set these `(name, address)` pairs. An endpoint that stays keeps its breaker
+    /// (state, window, counters) and its calls in flight; one that goes is forgotten (calls
+    /// already made to it finish and are judged by its breaker, which no one asks again).
+    pub fn update(&self, wanted: &[(String, String)]) {
+        let mut endpoints = self.endpoints.write();
+        endpoints.retain(|e| {
+            let keep = wanted
+                .iter()
+                .any(|(name, address)| *name == e.name && **address == *e.address);
+            if !keep {
+                self.ejections.restore(&e.name);
+            }
+            keep
+        });
+        for (name, address) in wanted {
+            if !endpoints.iter().any(|e| e.name == *name) {
+                endpoints.push(self.endpoint(name, address));
+            }
+        }
+        self.ejections
+            .endpoints
+            .store(endpoints.len(), Ordering::Relaxed);
+    }
+
+    fn endpoint(&self, name: &str, address: &str) -> Arc<Endpoint> {
+        let (settings, mode) = self.config.lock().clone();
+        let membership = Arc::new(Membership {
+            name: name.to_string(),
+            ejections: self.ejections.clone(),
+            forward: self.observer.clone(),
+        });
+        let breaker = Arc::new(CircuitBreaker::with_observer(
+            settings,
+            self.clock.clone(),
+            Some(membership.clone() as Arc<dyn BreakerObserver>),
+        ));
+        breaker.set_mode(mode);
+        breaker.set_open_gate(membership);
+        breaker.set_open_jitter(OPEN_JITTER, self.rng.lock().u64(..));
+        Arc::new(Endpoint {
+            name: name.to_string(),
+            address: address.into(),
+            breaker,
+            in_flight: AtomicU32::new(0),
+        })
+    }
+
+    /// New settings and mode for every endpoint's breaker (each keeps its state), and the
+    /// ceiling on ejections.
+    pub fn apply(&self, settings: Settings, mode: Mode, max_ejection_percent: u32) {
+        *self.config.lock() = (settings.clone(), mode);
+        self.ejections
+            .max_percent
+            .store(max_ejection_percent, Ordering::Relaxed);
+        for endpoint in self.endpoints.read().iter() {
+            endpoint.breaker.update_settings(settings.clone());
+            endpoint.breaker.set_mode(mode);
+        }
+    }
+
+    /// Whether a failure of `endpoint` is the set's to answer for: it is out of rotation, or
+    /// could be taken out without passing the ceiling. When not, the service must.
+    pub fn contains_failure(&self, endpoint: &Endpoint) -> bool {
+        self.ejections.room_for(&endpoint.name)
+    }
+
+    /// Leave to call one endpoint: the less busy of two drawn at random among those whose
+    /// breaker admits the call, else any that admits one.
+    pub fn acquire(&self) -> Result<EndpointPermit, NoEndpoint> {
+        let endpoints = self.endpoints.read().clone();
+        let n = endpoints.len();
+        if n == 0 {
+            return Err(NoEndpoint::Empty);
+        }
+        let (first, offset) = {
+            let mut rng = self.rng.lock();
+            (rng.usize(..n), rng.usize(..n.max(2) - 1))
+        };
+        let mut order: Vec<usize> = (0..n).map(|i| (first + i) % n).collect();
+        if n > 1 {
+            let other = (first + 1 + offset) % n;
+            let pick = if endpoints[other].in_flight() < endpoints[first].in_flight() {
+                other
+            } else {
+                first
+            };
+            order.retain(|&i| i != pick);
+            order.insert(0, pick);
+        }
+        for i in order {
+            let endpoint = &endpoints[i];
+            match endpoint.breaker.try_acquire() {
+                Ok(permit) => {
+                    endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+                    return Ok(EndpointPermit {
+                        permit: Some(permit.into_owned(&endpoint.breaker)),
+                        endpoint: endpoint.clone(),
+                    });
+                }
+                // Open, probes taken, bulkhead full, forced open: the next one.
+                Err(_) => continue,
+            }
+        }
+        Err(NoEndpoint::AllRefused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ceiling_leaves_at_least_one_endpoint() {
+        assert_eq!(Ejections::ceiling(3, 50), 1);
+        assert_eq!(Ejections::ceiling(3, 100), 2);
+        assert_eq!(Ejections::ceiling(1, 100), 0);
+        assert_eq!(Ejections::ceiling(10, 10), 1);
+        assert_eq!(Ejections::ceiling(4, 10), 0);
+        assert_eq!(Ejections::ceiling(0, 50), 0);
+    }
+}
