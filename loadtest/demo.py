@@ -206,11 +206,13 @@ class Demo:
                 flush=True,
             )
         else:
-            print(
-                f"Starting the four services (recommendations hangs {self.s.failure_hang} per request); "
-                f"logs in {work / 'logs'}",
-                flush=True,
+            what = (
+                f"three recommendations processes, the third hanging {self.s.failure_hang} per request, "
+                "and two v2 (scope Service and scope Endpoint)"
+                if self.s.chapter == "endpoints"
+                else f"the four services (recommendations hangs {self.s.failure_hang} per request)"
             )
+            print(f"Starting {what}; logs in {work / 'logs'}", flush=True)
         with self.stack:
             self.timeline["settings"] = self.stack.circuit_status()["settings"]
             for phase in CHAPTERS[self.s.chapter]:

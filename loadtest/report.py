@@ -653,7 +653,8 @@ def render_endpoints_html(summary: dict, series: dict[str, list[dict]]) -> str:
 per request. v1 and v2 spread calls over the three at random, as kube-proxy spreads a Service's;
 Locust ran {run.get("users")} users for {run.get("duration_s"):g} s against each: v1 (no breaker),
 v2 with one breaker for the service (<code>scope: Service</code>), and v2 with a breaker per endpoint as
-well (<code>scope: Endpoint</code>), which takes the bad one out of rotation. Settings: <code>{settings}</code>.</p>
+well (<code>scope: Endpoint</code>), which takes the bad one out of rotation. Settings of the first v2
+(the second runs the same with <code>scope: Endpoint</code>): <code>{settings}</code>.</p>
 <table>
 <thead><tr><th>Metric</th>{head}</tr></thead>
 <tbody>

@@ -449,3 +449,99 @@ def test_loadtest_k8s_tells_the_story_from_the_cluster(cluster: Cluster, tmp_pat
     assert summary["v2"]["failure_pct"] == 0.0 and summary["v2"]["degraded_pct"] > 90, summary["v2"]
     assert summary["recovery"]["closed_at"] is not None, summary["recovery"]
     figure("make loadtest-k8s (20 s phases, 20 users):\n" + report.text_table(summary))
+
+
+def healthy_recommendations_pod(name: str) -> dict:
+    """One more recommendations pod, healthy, behind the chart's Service (same labels)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {
+                "app.kubernetes.io/instance": "circuit-breaker-demo",
+                "app.kubernetes.io/name": "recommendations-service",
+                "app.kubernetes.io/component": "backend",
+            },
+        },
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "recommendations-service",
+                    "image": "circuit-breaker-demo:0.1.0",
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["/usr/local/bin/recommendations-service"],
+                    "env": [{"name": "PORT", "value": "8082"}, {"name": "FAULT_MODE", "value": "none"}],
+                    "ports": [{"name": "http", "containerPort": 8082}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1},
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+        },
+    }
+
+
+def test_scope_endpoint_takes_the_bad_pod_out_and_the_status_names_it(cluster: Cluster):
+    """One recommendations pod of three hangs (the chart's, hanging by default); with
+    scope: Endpoint each v2 replica takes it out of rotation and says which pod it is."""
+    bad = cluster.pods("recommendations-service")
+    assert len(bad) == 1, bad
+    # Hanging again whatever an earlier test healed (the forward is bound to this pod).
+    set_fault(cluster, "hang")
+    extra = ["recommendations-healthy-1", "recommendations-healthy-2"]
+    v2_pods = cluster.pods(V2)
+    try:
+        for name in extra:
+            kubectl("apply", "-f", "-", input=json.dumps(healthy_recommendations_pod(name)))
+        wait_for(
+            "three recommendations pods ready",
+            lambda: len(cluster.pods("recommendations-service", ready=True)) == 3,
+            60,
+            every=1,
+        )
+        patch_policy(
+            {"settings": {"scope": "Endpoint", "failureThreshold": 3, "callTimeout": "500ms", "openDuration": "30s"}}
+        )
+        for pod in v2_pods:
+            wait_for(
+                f"{pod} in scope Endpoint with three endpoints",
+                lambda pod=pod: (
+                    len(replica_status(cluster, pod)["endpoints"]) == 3
+                    and replica_status(cluster, pod)["scope"] == "Endpoint"
+                ),
+                30,
+            )
+
+        def ejected_everywhere() -> bool:
+            for pod in v2_pods:
+                http("GET", pod_url(cluster, pod, 8090, "/product-details/5"), timeout=10)
+            replicas = kubectl_json("get", "breakerpolicy", POLICY)["status"].get("replicas", [])
+            return len(replicas) == 2 and all(r.get("ejected") == bad for r in replicas)
+
+        wait_for("the bad pod ejected by both replicas, in the policy's status", ejected_everywhere, 60, every=0.2)
+        # Once it is out, pages are full again and nobody waits for it.
+        full, slowest = 0, 0.0
+        for n in range(100):
+            pod = v2_pods[n % 2]
+            started = time.monotonic()
+            status, body = http("GET", pod_url(cluster, pod, 8090, f"/product-details/{n % 24 + 1}"), timeout=10)
+            slowest = max(slowest, time.monotonic() - started)
+            full += outcome(status, body) == "full"
+        assert full >= 99 and slowest < 0.5, (full, slowest)
+        replicas = kubectl_json("get", "breakerpolicy", POLICY)["status"]["replicas"]
+        figure(
+            f"scope Endpoint in the cluster: bad pod {bad[0]}; status.replicas: "
+            + json.dumps([{k: r.get(k) for k in ("pod", "state", "ejected")} for r in replicas])
+            + f"; then {full} of 100 pages full, slowest {slowest * 1000:.0f} ms (through the API proxy)"
+        )
+        endpoints = replica_status(cluster, v2_pods[0])["endpoints"]
+        figure(
+            f"{v2_pods[0]} /circuit-status endpoints: "
+            + json.dumps([{k: e[k] for k in ("name", "state", "reason")} for e in endpoints])
+        )
+    finally:
+        patch_policy(
+            {"settings": {"scope": "Service", "failureThreshold": 3, "callTimeout": "2s", "openDuration": "5s"}}
+        )
+        kubectl("delete", "pod", *extra, "--ignore-not-found", "--wait=false")
