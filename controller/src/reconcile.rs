@@ -16,6 +16,7 @@ use breaker_api::configmap;
 use breaker_api::policy::{Reason, READY};
 use breaker_api::{BreakerPolicy, BreakerPolicyStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -110,12 +111,13 @@ impl Context {
     }
 
     async fn event(&self, policy: &BreakerPolicy, type_: EventType, reason: Reason, note: String) {
-        self.publish(policy, type_, reason.as_str(), "Reconcile", note)
+        self.publish(policy, type_, reason.as_str(), "Reconcile", note, None)
             .await;
     }
 
-    /// Records an Event on the policy through the one Recorder (repeats become a series),
-    /// counted by reason.
+    /// Records an Event on the policy, `related` to another object if given, through the
+    /// one Recorder, counted by reason. The Recorder makes repeats of the same type, reason,
+    /// action and related object into one series (the note is not part of that key).
     pub(crate) async fn publish(
         &self,
         policy: &BreakerPolicy,
@@ -123,13 +125,14 @@ impl Context {
         reason: &str,
         action: &str,
         note: String,
+        related: Option<ObjectReference>,
     ) {
         let event = Event {
             type_,
             reason: reason.into(),
             note: Some(note),
             action: action.into(),
-            secondary: None,
+            secondary: related,
         };
         self.metrics.event_written(reason);
         if let Err(err) = self.recorder.publish(&event, &policy.object_ref(&())).await {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use breaker_api::{BreakerPolicy, ReplicaStatus};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
@@ -93,6 +93,8 @@ struct EventGate {
 
 struct PendingEvent {
     group: Group,
+    /// The replica's pod: each pod's Events of a kind are a series of their own.
+    pod: String,
     reason: &'static str,
     note: String,
 }
@@ -284,6 +286,7 @@ impl Replicas {
         };
         let event = PendingEvent {
             group: group.clone(),
+            pod: pod.to_string(),
             reason,
             note: format!(
                 "pod {pod}: the circuit {would}{verb} ({} → {}, {})",
@@ -337,6 +340,13 @@ impl Replicas {
     }
 
     async fn write_event(&self, event: &PendingEvent) {
+        let pod = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(event.group.namespace.clone()),
+            name: Some(event.pod.clone()),
+            ..ObjectReference::default()
+        };
         for policy in self.policies_of(&event.group) {
             self.ctx
                 .publish(
@@ -345,6 +355,7 @@ impl Replicas {
                     event.reason,
                     "Transition",
                     event.note.clone(),
+                    Some(pod.clone()),
                 )
                 .await;
         }

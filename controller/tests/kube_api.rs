@@ -952,6 +952,15 @@ async fn each_replicas_live_breaker_reaches_the_policy_status_and_its_events() {
                 .is_some_and(|r| r.starts_with("Circuit"))
         })
         .map(|e| {
+            // Each pod's Events of a kind are their own series: the pod is the related object.
+            assert_eq!(e["related"]["kind"], "Pod", "{e}");
+            assert!(
+                e["note"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("pod {}:", e["related"]["name"].as_str().unwrap())),
+                "{e}"
+            );
             format!(
                 "{} {}",
                 e["reason"].as_str().unwrap(),

@@ -259,15 +259,9 @@ def test_kubectl_shows_each_replicas_breaker_live(cluster: Cluster):
         30,
     )
     patch_policy({"mode": "Auto", "settings": {"failureThreshold": 1, "callTimeout": "500ms", "openDuration": "3s"}})
-    table, objects = Watch(), Watch("-o", "json")
-    try:
-        # Each replica meets the hanging dependency on its own and opens; nothing is shared.
-        for pod in pods:
-            http("GET", pod_url(cluster, pod, 8090, "/product-details/1"), timeout=10)
-            wait_for(f"{pod} open", lambda pod=pod: replica_status(cluster, pod)["state"] in ("open", "half_open"), 10)
-        wait_for("OPEN 2/2", lambda: kubectl_json("get", "breakerpolicy", POLICY)["status"].get("open") == "2/2", 10)
-        set_fault(cluster, "none")
-        # A probe on each closes it again.
+
+    def close_both() -> None:
+        # A probe on each closes it (earlier tests left them open).
         for pod in pods:
 
             def closed(pod=pod) -> bool:
@@ -276,6 +270,19 @@ def test_kubectl_shows_each_replicas_breaker_live(cluster: Cluster):
 
             wait_for(f"{pod} closed", closed, 20, every=0.5)
         wait_for("OPEN 0/2", lambda: kubectl_json("get", "breakerpolicy", POLICY)["status"].get("open") == "0/2", 10)
+
+    set_fault(cluster, "none")
+    close_both()
+    set_fault(cluster, "hang")
+    table, objects = Watch(), Watch("-o", "json")
+    try:
+        # Each replica meets the hanging dependency on its own and opens; nothing is shared.
+        for pod in pods:
+            http("GET", pod_url(cluster, pod, 8090, "/product-details/1"), timeout=10)
+            wait_for(f"{pod} open", lambda pod=pod: replica_status(cluster, pod)["state"] in ("open", "half_open"), 10)
+        wait_for("OPEN 2/2", lambda: kubectl_json("get", "breakerpolicy", POLICY)["status"].get("open") == "2/2", 10)
+        set_fault(cluster, "none")
+        close_both()
         time.sleep(1)
     finally:
         set_fault(cluster, "hang")
@@ -306,11 +313,16 @@ def test_kubectl_shows_each_replicas_breaker_live(cluster: Cluster):
     # is held back and written when that window ends.
     wanted = [f"pod {pod}: the circuit {verb}" for pod in pods for verb in ("opened", "closed")]
 
-    def described_with_all() -> str | None:
-        described = kubectl("describe", "breakerpolicy", POLICY)
-        return described if all(w in described for w in wanted) else None
+    last: list[str] = []
 
-    described = wait_for("an opened and a closed Event for each replica", described_with_all, 45, every=2)
+    def described_with_all() -> str | None:
+        last[:] = [kubectl("describe", "breakerpolicy", POLICY)]
+        return last[0] if all(w in last[0] for w in wanted) else None
+
+    try:
+        described = wait_for("an opened and a closed Event for each replica", described_with_all, 45, every=2)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{last[0] if last else ''}") from None
     figure("kubectl describe bp (its Events):\n" + described[described.find("Events:") :])
 
 
