@@ -118,31 +118,28 @@ impl Ejections {
         (n * percent as usize / 100).min(n.saturating_sub(1))
     }
 
-    fn try_eject(&self, name: &str) -> bool {
-        let mut out = self.out.lock();
-        if out.contains(name) {
-            return true;
-        }
-        let ceiling = Self::ceiling(
-            self.endpoints.load(Ordering::Relaxed),
-            self.max_percent.load(Ordering::Relaxed),
-        );
-        if out.len() >= ceiling {
-            return false;
-        }
-        out.insert(name.to_string());
-        true
-    }
-
     /// Whether `name` is out, or could be taken out without passing the ceiling.
-    fn room_for(&self, name: &str) -> bool {
-        let out = self.out.lock();
+    fn has_room(&self, out: &HashSet<String>, name: &str) -> bool {
         out.contains(name)
             || out.len()
                 < Self::ceiling(
                     self.endpoints.load(Ordering::Relaxed),
                     self.max_percent.load(Ordering::Relaxed),
                 )
+    }
+
+    /// Takes `name` out if the ceiling allows; whether it is out now.
+    fn try_eject(&self, name: &str) -> bool {
+        let mut out = self.out.lock();
+        let room = self.has_room(&out, name);
+        if room {
+            out.insert(name.to_string());
+        }
+        room
+    }
+
+    fn room_for(&self, name: &str) -> bool {
+        self.has_room(&self.out.lock(), name)
     }
 
     fn restore(&self, name: &str) {
@@ -282,6 +279,14 @@ impl EndpointSet {
         }
     }
 
+    /// A new mode for every endpoint's breaker (each keeps its state and settings).
+    pub fn set_mode(&self, mode: Mode) {
+        self.config.lock().1 = mode;
+        for endpoint in self.endpoints.read().iter() {
+            endpoint.breaker.set_mode(mode);
+        }
+    }
+
     /// Whether a failure of `endpoint` is the set's to answer for: it is out of rotation, or
     /// could be taken out without passing the ceiling. When not, the service must.
     pub fn contains_failure(&self, endpoint: &Endpoint) -> bool {
@@ -291,7 +296,9 @@ impl EndpointSet {
     /// Leave to call one endpoint: the less busy of two drawn at random among those whose
     /// breaker admits the call, else any that admits one.
     pub fn acquire(&self) -> Result<EndpointPermit, NoEndpoint> {
-        let endpoints = self.endpoints.read().clone();
+        // Read, not copied: this runs on every call, and an update waits only as long as a
+        // few breakers' admissions take.
+        let endpoints = self.endpoints.read();
         let n = endpoints.len();
         if n == 0 {
             return Err(NoEndpoint::Empty);
@@ -300,17 +307,15 @@ impl EndpointSet {
             let mut rng = self.rng.lock();
             (rng.usize(..n), rng.usize(..n.max(2) - 1))
         };
-        let mut order: Vec<usize> = (0..n).map(|i| (first + i) % n).collect();
-        if n > 1 {
-            let other = (first + 1 + offset) % n;
-            let pick = if endpoints[other].in_flight() < endpoints[first].in_flight() {
-                other
-            } else {
-                first
-            };
-            order.retain(|&i| i != pick);
-            order.insert(0, pick);
-        }
+        let other = (first + 1 + offset) % n;
+        let pick = if n > 1 && endpoints[other].in_flight() < endpoints[first].in_flight() {
+            other
+        } else {
+            first
+        };
+        // The pick first, then the others from `first` on, as a fallback.
+        let order =
+            std::iter::once(pick).chain((0..n).map(|i| (first + i) % n).filter(|&i| i != pick));
         for i in order {
             let endpoint = &endpoints[i];
             match endpoint.breaker.try_acquire() {

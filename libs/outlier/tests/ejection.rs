@@ -242,3 +242,18 @@ fn the_less_busy_of_two_gets_the_call() {
     drop(held);
     assert!(set.endpoints().iter().all(|e| e.in_flight() == 0));
 }
+
+#[test]
+fn a_mode_reaches_every_endpoint_and_those_added_later() {
+    let (set, _) = set(50, 1);
+    set.set_mode(breaker::Mode::ForceOpen);
+    assert_eq!(set.acquire().err(), Some(NoEndpoint::AllRefused));
+    set.update(&endpoints(&["a", "b", "c", "d"]));
+    assert_eq!(
+        set.acquire().err(),
+        Some(NoEndpoint::AllRefused),
+        "d came in forced open too"
+    );
+    set.set_mode(breaker::Mode::Auto);
+    assert!(set.acquire().is_ok());
+}

@@ -148,7 +148,7 @@ pub fn spawn(
             // New settings, or what /circuit-status says of them (a version, an error): tell
             // whoever waits on it.
             if changed {
-                protected.journal().settings_changed();
+                protected.journal().note_change();
             }
             if is_loaded {
                 loaded.set_ready();

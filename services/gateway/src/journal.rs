@@ -100,8 +100,9 @@ impl Journal {
         *self.revision.borrow()
     }
 
-    /// The settings' source said something: new settings or mode, a version, an error.
-    pub fn settings_changed(&self) {
+    /// Something `/circuit-status` shows has moved (a transition, new settings or mode, a
+    /// settings version or error, the endpoints): wakes whoever waits on the revision.
+    pub fn note_change(&self) {
         self.revision.send_modify(|r| *r += 1);
     }
 
@@ -150,7 +151,7 @@ impl BreakerObserver for Journal {
             records.pop_front();
         }
         records.push_back(record);
-        self.revision.send_modify(|r| *r += 1);
+        self.note_change();
     }
 }
 
@@ -163,6 +164,6 @@ impl EndpointObserver for Journal {
                 to: t.to.as_str(),
             })
             .inc();
-        self.revision.send_modify(|r| *r += 1);
+        self.note_change();
     }
 }

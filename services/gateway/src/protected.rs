@@ -130,9 +130,7 @@ impl Protected {
     }
 
     pub fn apply_mode(&self, mode: Mode) {
-        let settings = self.breaker.settings();
-        let max_ejection = settings.max_ejection_percent;
-        self.endpoints.apply(settings, mode, max_ejection);
+        self.endpoints.set_mode(mode);
         self.breaker.set_mode(mode);
     }
 
@@ -146,7 +144,7 @@ impl Protected {
         let names: Vec<&str> = endpoints.iter().map(|(name, _)| name.as_str()).collect();
         tracing::info!(endpoints = ?names, "recommendations endpoints");
         self.endpoints.update(endpoints);
-        self.journal.settings_changed();
+        self.journal.note_change();
     }
 
     /// Looks at the breaker every [`TICK`]; call once inside the runtime.
