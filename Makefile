@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints build run test test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints build run test test-disk test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -23,7 +23,13 @@ run: build ## Start all four services locally, recommendations hanging (Ctrl-C s
 	@scripts/require-tools.sh python
 	python3 loadtest/stack.py
 
-test: $(VENV)/.test-installed control-plane-bins tools lint-dockerfile ## Run every test tier: unit, property, processes, API server, chart, demo, browser, kind cluster; then the figures and totals
+# What a cold run of the whole suite takes on disk beside the project (a clean clone measured
+# about 7 GB at its peak: builds, images, the kind cluster), with room to spare.
+TEST_DISK_GB ?= 10
+test-disk:
+	@scripts/require-tools.sh disk $(TEST_DISK_GB)
+
+test: test-disk $(VENV)/.test-installed control-plane-bins tools lint-dockerfile ## Run every test tier: unit, property, processes, API server, chart, demo, browser, kind cluster; then the figures and totals
 	@scripts/require-tools.sh
 	@mkdir -p .cache
 	@set -o pipefail; $(MAKE) --no-print-directory test-tiers 2>&1 | tee .cache/test.log; \

@@ -5,6 +5,7 @@
 #   scripts/require-tools.sh chromium   Debian's Chromium (for the browser tests)
 #   scripts/require-tools.sh go         Go 1.24+ (builds etcd and kube-apiserver for the tests)
 #   scripts/require-tools.sh bench      wrk and nginx (make bench)
+#   scripts/require-tools.sh disk GB    GB gigabytes free beside the project (builds, images, kind)
 set -euo pipefail
 
 apt_install() { # package..., after a message saying what is missing
@@ -80,10 +81,24 @@ bench() {
   apt_install wrk nginx-light
 }
 
+# A full disk fails a build or an image far from its cause; say it before starting.
+disk() {
+  local need=$1 free
+  free=$(df -Pk . | awk 'NR == 2 {print int($4 / 1048576)}')
+  if (( free < need )); then
+    echo "only ${free} GB free on $(df -P . | awk 'NR == 2 {print $6}'); the tests need about ${need} GB" \
+      "(a cold build, the images and the kind cluster). Free some: 'cargo clean' in other checkouts," \
+      "'docker system prune'." >&2
+    exit 1
+  fi
+}
+
 if [ $# -eq 0 ]; then set -- rust; fi
-for tool in "$@"; do
+while [ $# -gt 0 ]; do
+  tool=$1; shift
   case $tool in
     rust | python | chromium | bench) "$tool" ;;
+    disk) disk "${1:?disk needs a size in GB}"; shift ;;
     go) golang ;;
     *) echo "require-tools: unknown tool $tool" >&2; exit 2 ;;
   esac
