@@ -12,13 +12,14 @@
 //! in flight), among those whose breaker admits the call. No I/O here: endpoints are names and
 //! addresses, kept up to date by whoever watches them ([`EndpointSet::update`]).
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use breaker::{
     BreakerObserver, CircuitBreaker, Clock, Mode, OpenGate, Outcome, Permit, Settings, Snapshot,
-    State, Transition,
+    State, Transition, TransitionReason,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -34,12 +35,24 @@ pub struct Endpoint {
     /// Where to call it: a base URL such as `http://10.244.1.7:8082`.
     pub address: Arc<str>,
     breaker: Arc<CircuitBreaker>,
+    membership: Arc<Membership>,
     in_flight: AtomicU32,
 }
 
 impl Endpoint {
     pub fn snapshot(&self) -> Snapshot {
         self.breaker.snapshot()
+    }
+
+    /// When and why it left rotation, while it is out.
+    pub fn ejection(&self) -> Option<Ejection> {
+        self.membership
+            .ejections
+            .out
+            .lock()
+            .get(&self.name)
+            .copied()
+            .flatten()
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -105,9 +118,19 @@ impl NoEndpoint {
     }
 }
 
-/// The endpoints out of rotation, by name, and how many may be.
+/// When and why an endpoint left rotation: its breaker's opening from closed. (Its later
+/// transitions, a probe and a failed probe, leave it out; only closing brings it back.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ejection {
+    /// On the set's clock.
+    pub at: Duration,
+    pub reason: TransitionReason,
+}
+
+/// The endpoints out of rotation, by name, and how many may be. A name is out from the moment
+/// the gate lets its breaker open; the opening itself then says when and why.
 struct Ejections {
-    out: Mutex<HashSet<String>>,
+    out: Mutex<HashMap<String, Option<Ejection>>>,
     endpoints: AtomicUsize,
     max_percent: AtomicU32,
 }
@@ -119,8 +142,8 @@ impl Ejections {
     }
 
     /// Whether `name` is out, or could be taken out without passing the ceiling.
-    fn has_room(&self, out: &HashSet<String>, name: &str) -> bool {
-        out.contains(name)
+    fn has_room(&self, out: &HashMap<String, Option<Ejection>>, name: &str) -> bool {
+        out.contains_key(name)
             || out.len()
                 < Self::ceiling(
                     self.endpoints.load(Ordering::Relaxed),
@@ -128,42 +151,66 @@ impl Ejections {
                 )
     }
 
-    /// Takes `name` out if the ceiling allows; whether it is out now.
-    fn try_eject(&self, name: &str) -> bool {
-        let mut out = self.out.lock();
-        let room = self.has_room(&out, name);
-        if room {
-            out.insert(name.to_string());
-        }
-        room
-    }
-
     fn room_for(&self, name: &str) -> bool {
         self.has_room(&self.out.lock(), name)
     }
-
-    fn restore(&self, name: &str) {
-        self.out.lock().remove(name);
-    }
 }
 
-/// One endpoint's view of the ejections: its gate and its observer.
+/// One endpoint's view of the ejections: its gate and its observer. A retired membership (its
+/// endpoint left the set, or the set was reset) neither takes its name out nor puts it back:
+/// a call still in flight to the old breaker must not eject, or restore, the name afresh. Both
+/// are decided under the ejections' lock, so retiring and judging cannot interleave.
 struct Membership {
     name: String,
+    retired: AtomicBool,
     ejections: Arc<Ejections>,
     forward: Option<Arc<dyn EndpointObserver>>,
 }
 
+impl Membership {
+    fn retire(&self) {
+        let mut out = self.ejections.out.lock();
+        self.retired.store(true, Ordering::Relaxed);
+        out.remove(&self.name);
+    }
+}
+
 impl OpenGate for Membership {
+    /// Takes the endpoint out if the ceiling allows; whether it is out now.
     fn may_open(&self) -> bool {
-        self.ejections.try_eject(&self.name)
+        let mut out = self.ejections.out.lock();
+        if self.retired.load(Ordering::Relaxed) {
+            return false;
+        }
+        let room = self.ejections.has_room(&out, &self.name);
+        if room {
+            out.entry(self.name.clone()).or_insert(None);
+        }
+        room
     }
 }
 
 impl BreakerObserver for Membership {
     fn on_transition(&self, t: &Transition) {
-        if t.to == State::Closed {
-            self.ejections.restore(&self.name);
+        {
+            let mut out = self.ejections.out.lock();
+            if self.retired.load(Ordering::Relaxed) {
+                return;
+            }
+            match (t.from, t.to) {
+                (_, State::Closed) => {
+                    out.remove(&self.name);
+                }
+                (State::Closed, State::Open) => {
+                    if let Some(ejection) = out.get_mut(&self.name) {
+                        *ejection = Some(Ejection {
+                            at: t.at,
+                            reason: t.reason,
+                        });
+                    }
+                }
+                _ => {}
+            }
         }
         if let Some(forward) = &self.forward {
             forward.on_transition(&self.name, t);
@@ -196,7 +243,7 @@ impl EndpointSet {
         Self {
             endpoints: RwLock::new(Vec::new()),
             ejections: Arc::new(Ejections {
-                out: Mutex::new(HashSet::new()),
+                out: Mutex::new(HashMap::new()),
                 endpoints: AtomicUsize::new(0),
                 max_percent: AtomicU32::new(max_ejection_percent),
             }),
@@ -214,14 +261,15 @@ impl EndpointSet {
 
     /// Names of the endpoints out of rotation.
     pub fn ejected(&self) -> Vec<String> {
-        let mut out: Vec<String> = self.ejections.out.lock().iter().cloned().collect();
+        let mut out: Vec<String> = self.ejections.out.lock().keys().cloned().collect();
         out.sort();
         out
     }
 
     /// Makes the set these `(name, address)` pairs. An endpoint that stays keeps its breaker
     /// (state, window, counters) and its calls in flight; one that goes is forgotten (calls
-    /// already made to it finish and are judged by its breaker, which no one asks again).
+    /// already made to it finish and are judged by its breaker, which no one asks again and
+    /// which ejects nothing).
     pub fn update(&self, wanted: &[(String, String)]) {
         let mut endpoints = self.endpoints.write();
         endpoints.retain(|e| {
@@ -229,7 +277,7 @@ impl EndpointSet {
                 .iter()
                 .any(|(name, address)| *name == e.name && **address == *e.address);
             if !keep {
-                self.ejections.restore(&e.name);
+                e.membership.retire();
             }
             keep
         });
@@ -247,6 +295,7 @@ impl EndpointSet {
         let (settings, mode) = self.config.lock().clone();
         let membership = Arc::new(Membership {
             name: name.to_string(),
+            retired: AtomicBool::new(false),
             ejections: self.ejections.clone(),
             forward: self.observer.clone(),
         });
@@ -256,14 +305,26 @@ impl EndpointSet {
             Some(membership.clone() as Arc<dyn BreakerObserver>),
         ));
         breaker.set_mode(mode);
-        breaker.set_open_gate(membership);
+        breaker.set_open_gate(membership.clone());
         breaker.set_open_jitter(OPEN_JITTER, self.rng.lock().u64(..));
         Arc::new(Endpoint {
             name: name.to_string(),
             address: address.into(),
             breaker,
+            membership,
             in_flight: AtomicU32::new(0),
         })
+    }
+
+    /// Starts every endpoint's breaker afresh (closed, an empty window), none out of rotation:
+    /// for a change of scope, after which what the old breakers judged no longer holds. Calls
+    /// in flight finish on the old breakers, which eject nothing.
+    pub fn reset(&self) {
+        let mut endpoints = self.endpoints.write();
+        for endpoint in endpoints.iter_mut() {
+            endpoint.membership.retire();
+            *endpoint = self.endpoint(&endpoint.name, &endpoint.address);
+        }
     }
 
     /// New settings and mode for every endpoint's breaker (each keeps its state), and the

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use breaker::{ManualClock, Settings, SettingsSpec, State};
+use breaker::{ManualClock, Settings, SettingsSpec, State, TransitionReason};
 use outlier::{EndpointSet, NoEndpoint};
 
 fn set(max_ejection_percent: u32, half_open_max_calls: u32) -> (Arc<EndpointSet>, ManualClock) {
@@ -256,4 +256,105 @@ fn a_mode_reaches_every_endpoint_and_those_added_later() {
     );
     set.set_mode(breaker::Mode::Auto);
     assert!(set.acquire().is_ok());
+}
+
+/// Three calls let through to `name` and held: their outcomes are not in yet. (The others are
+/// held until then too, or the less busy of two would never be `name` again.)
+fn hold_calls_to(set: &EndpointSet, name: &str) -> Vec<outlier::EndpointPermit> {
+    let (mut held, mut others) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let call = set.acquire().unwrap();
+        if call.endpoint().name == name {
+            held.push(call);
+            if held.len() == 3 {
+                return held;
+            }
+        } else {
+            others.push(call);
+        }
+    }
+    panic!("too few calls went to {name}");
+}
+
+#[test]
+fn a_reset_starts_every_endpoint_afresh_and_calls_in_flight_eject_nothing() {
+    let (set, _) = set(50, 1);
+    let held = hold_calls_to(&set, "a");
+    fail_on(&set, &["b"], 3);
+    assert_eq!(set.ejected(), ["b"]);
+    set.reset();
+    assert!(set.ejected().is_empty());
+    for name in ["a", "b", "c"] {
+        let s = set
+            .endpoints()
+            .into_iter()
+            .find(|e| e.name == name)
+            .unwrap()
+            .snapshot();
+        assert_eq!(
+            (s.state, s.counts.transitions),
+            (State::Closed, 0),
+            "{name}"
+        );
+    }
+    // The old breaker of a opens on its three failures, and takes nothing out.
+    for call in held {
+        call.failure();
+    }
+    assert!(set.ejected().is_empty(), "{:?}", set.ejected());
+    // The new breakers judge afresh: b is out again after three failures of its own.
+    fail_on(&set, &["b"], 3);
+    assert_eq!(set.ejected(), ["b"]);
+}
+
+#[test]
+fn an_endpoint_that_left_with_calls_in_flight_is_not_ejected_by_them() {
+    let (set, _) = set(50, 1);
+    let held = hold_calls_to(&set, "c");
+    set.update(&endpoints(&["a", "b"]));
+    for call in held {
+        call.failure();
+    }
+    assert!(set.ejected().is_empty(), "{:?}", set.ejected());
+    // Back under the same name: a new breaker, in rotation, and the ceiling all there.
+    set.update(&endpoints(&["a", "b", "c"]));
+    assert_eq!(state(&set, "c"), State::Closed);
+    fail_on(&set, &["a"], 3);
+    assert_eq!(set.ejected(), ["a"]);
+}
+
+#[test]
+fn an_ejection_keeps_when_and_why_the_endpoint_went_out_through_failed_probes() {
+    let (set, clock) = set(50, 1);
+    let ejection = |name: &str| {
+        set.endpoints()
+            .into_iter()
+            .find(|e| e.name == name)
+            .unwrap()
+            .ejection()
+    };
+    clock.advance(Duration::from_secs(60));
+    fail_on(&set, &["c"], 3);
+    let out = ejection("c").expect("c is out");
+    assert_eq!(
+        (out.at, out.reason),
+        (
+            Duration::from_secs(60),
+            TransitionReason::ConsecutiveFailures
+        )
+    );
+    assert_eq!(ejection("a"), None);
+    // Its probe fails: open again, still out since the first opening, for the first reason.
+    clock.advance(Duration::from_secs(6));
+    for _ in 0..1000 {
+        let call = set.acquire().unwrap();
+        if call.permit().is_probe() {
+            call.failure();
+            break;
+        }
+        call.success();
+    }
+    let last = set.endpoints()[2].snapshot().last_transition.unwrap();
+    assert_eq!(last.reason, TransitionReason::ProbeFailed);
+    assert_eq!(ejection("c"), Some(out));
 }

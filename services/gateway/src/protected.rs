@@ -121,10 +121,15 @@ impl Protected {
     }
 
     pub fn apply(&self, settings: Settings, mode: Mode) {
-        self.per_endpoint
-            .store(settings.scope == Scope::Endpoint, Ordering::Relaxed);
+        let per_endpoint = settings.scope == Scope::Endpoint;
         let max_ejection = settings.max_ejection_percent;
         self.endpoints.apply(settings.clone(), mode, max_ejection);
+        // The endpoints' breakers judge only under scope Endpoint: across a change of scope
+        // what they knew is stale (nothing is out under Service; all start closed under
+        // Endpoint). The service's breaker keeps its state, as on any settings change.
+        if self.per_endpoint.swap(per_endpoint, Ordering::Relaxed) != per_endpoint {
+            self.endpoints.reset();
+        }
         self.breaker.update_settings(settings);
         self.breaker.set_mode(mode);
     }

@@ -38,6 +38,10 @@ struct EndpointStatus {
     /// Its last transition: when, and why.
     since: Option<String>,
     reason: Option<breaker::TransitionReason>,
+    /// While out of rotation: since when, and why it went out (its opening from closed; a
+    /// failed probe since then does not move it).
+    ejected_since: Option<String>,
+    ejected_reason: Option<breaker::TransitionReason>,
 }
 
 #[derive(Serialize)]
@@ -127,6 +131,7 @@ fn current(sources: &StatusSources) -> HttpResponse {
             .iter()
             .map(|e| {
                 let s = e.snapshot();
+                let ejection = e.ejection();
                 EndpointStatus {
                     name: e.name.clone(),
                     address: e.address.to_string(),
@@ -135,6 +140,8 @@ fn current(sources: &StatusSources) -> HttpResponse {
                     transitions: s.counts.transitions,
                     since: s.last_transition.map(|t| journal.wall(t.at)),
                     reason: s.last_transition.map(|t| t.reason),
+                    ejected_since: ejection.map(|out| journal.wall(out.at)),
+                    ejected_reason: ejection.map(|out| out.reason),
                 }
             })
             .collect(),

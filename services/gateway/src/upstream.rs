@@ -23,8 +23,8 @@ pub struct Recommendations {
 pub struct Upstreams {
     product: Arc<str>,
     recommendations: Arc<str>,
-    /// When set, a call not aimed at one endpoint goes to one of these at random, as
-    /// kube-proxy spreads calls over a Service's pods (the demo's second chapter runs
+    /// When set, a call not aimed at one endpoint goes to one of these at random, call by
+    /// call, as a mesh spreads calls over a Service's pods (the demo's second chapter runs
     /// three recommendations processes without a cluster).
     spread: Arc<[Arc<str>]>,
 }

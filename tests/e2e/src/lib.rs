@@ -345,16 +345,26 @@ pub async fn status(client: &awc::Client, stack: &Stack) -> Value {
     get(client, &stack.v2.url("/circuit-status")).await.body
 }
 
-/// Polls `/circuit-status` until `pred` holds, at most `within`.
+/// Polls v2's `/circuit-status` until `pred` holds, at most `within`.
 pub async fn wait_status(
     client: &awc::Client,
     stack: &Stack,
     within: Duration,
     pred: impl Fn(&Value) -> bool,
 ) -> Value {
+    wait_status_of(client, &stack.v2, within, pred).await
+}
+
+/// Polls this v2's `/circuit-status` until `pred` holds, at most `within`.
+pub async fn wait_status_of(
+    client: &awc::Client,
+    v2: &Proc,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let s = status(client, stack).await;
+        let s = get(client, &v2.url("/circuit-status")).await.body;
         if pred(&s) {
             return s;
         }

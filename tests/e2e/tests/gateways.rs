@@ -320,6 +320,8 @@ async fn with_scope_endpoint_one_hanging_endpoint_of_three_is_ejected_and_pages_
                 (Some("open"), Some("consecutive_failures")),
                 "{s}"
             );
+            assert_eq!(bad["ejected_reason"], "consecutive_failures", "{s}");
+            assert_eq!(bad["ejected_since"], bad["since"], "{s}");
             break;
         }
         assert!(
@@ -342,6 +344,27 @@ async fn with_scope_endpoint_one_hanging_endpoint_of_three_is_ejected_and_pages_
         1.0
     );
     figure!("scope Endpoint, one hanging endpoint of three: {degraded_before} degraded answers before it was ejected, then 100 of 100 full (slowest {slowest:?})");
+
+    // A change of scope starts the endpoints' breakers afresh: nothing is out under Service,
+    // and back under Endpoint rec-bad is judged anew.
+    for scope in ["Service", "Endpoint"] {
+        std::fs::write(
+            stack.breaker_config_path(),
+            format!(
+                "callTimeout: 300ms\nopenDuration: 5s\nscope: {scope}\nmaxEjectionPercent: 50\n"
+            ),
+        )
+        .unwrap();
+        let s = wait_status_of(&c, &v2, Duration::from_secs(10), |s| s["scope"] == scope).await;
+        assert_eq!(s["ejected"], serde_json::json!([]), "{s}");
+        for e in s["endpoints"].as_array().unwrap() {
+            assert_eq!(
+                (&e["state"], &e["transitions"]),
+                (&serde_json::json!("closed"), &serde_json::json!(0)),
+                "{s}"
+            );
+        }
+    }
 }
 
 #[actix_web::test]
