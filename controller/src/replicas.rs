@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use breaker_api::{BreakerPolicy, ReplicaStatus};
+use breaker_api::{BreakerPolicy, EjectedEndpoint, ReplicaStatus};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, Patch, PatchParams};
@@ -58,8 +58,37 @@ struct Report {
     last_transition: Option<TransitionReport>,
     #[serde(default)]
     transitions: Vec<TransitionReport>,
+    /// Names of the endpoints out of rotation; `endpoints` says since when and why.
     #[serde(default)]
     ejected: Vec<String>,
+    #[serde(default)]
+    endpoints: Vec<EndpointReport>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct EndpointReport {
+    name: String,
+    state: String,
+    ejected_since: Option<String>,
+    ejected_reason: Option<String>,
+}
+
+impl Report {
+    /// The ejected endpoints: since when and why each is out.
+    fn ejected(&self) -> Vec<EjectedEndpoint> {
+        self.ejected
+            .iter()
+            .map(|name| {
+                let endpoint = self.endpoints.iter().find(|e| e.name == *name);
+                EjectedEndpoint {
+                    name: name.clone(),
+                    state: endpoint.map_or_else(|| "open".into(), |e| e.state.clone()),
+                    since: endpoint.and_then(|e| e.ejected_since.clone()),
+                    reason: endpoint.and_then(|e| e.ejected_reason.clone()),
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,7 +288,7 @@ impl Replicas {
                 since: report.last_transition.as_ref().map(|t| t.at.clone()),
                 reason: report.last_transition.as_ref().map(|t| t.reason.clone()),
                 config_version: Some(report.config_version.clone()),
-                ejected: report.ejected.clone(),
+                ejected: report.ejected(),
             };
             if known.status != status {
                 known.status = status;
@@ -462,11 +491,23 @@ fn summary(replicas: &[ReplicaStatus], current: Option<&str>) -> serde_json::Val
         .filter(|r| current.is_some() && r.config_version.as_deref() == current)
         .count();
     let total = replicas.len();
-    json!({
+    let mut ejected: BTreeMap<&str, usize> = BTreeMap::new();
+    for endpoint in replicas.iter().flat_map(|r| &r.ejected) {
+        *ejected.entry(&endpoint.name).or_default() += 1;
+    }
+    let mut status = json!({
         "replicas": replicas,
         "open": format!("{open}/{total}"),
         "applied": format!("{applied}/{total}"),
-    })
+    });
+    if !ejected.is_empty() {
+        let ejected: Vec<String> = ejected
+            .iter()
+            .map(|(name, n)| format!("{name} ({n}/{total})"))
+            .collect();
+        status["ejected"] = ejected.join(", ").into();
+    }
+    status
 }
 
 /// A v2 pod's key (`namespace/name`), group, and `ip:port` once it has an address.
@@ -542,5 +583,52 @@ mod tests {
         );
         assert_eq!(summary(&[forced("Observe", "open")], None)["open"], "1/1");
         assert_eq!(summary(&[], Some("7")), json!({}));
+    }
+
+    #[test]
+    fn the_summary_names_each_ejected_endpoint_with_the_replicas_that_have_it_out() {
+        let out = |name: &str| EjectedEndpoint {
+            name: name.into(),
+            state: "open".into(),
+            ..EjectedEndpoint::default()
+        };
+        let a = ReplicaStatus {
+            ejected: vec![out("rec-2"), out("rec-1")],
+            ..replica("a", "closed", "7")
+        };
+        let b = ReplicaStatus {
+            ejected: vec![out("rec-2")],
+            ..replica("b", "closed", "7")
+        };
+        let c = replica("c", "closed", "7");
+        assert_eq!(
+            summary(&[a, b, c.clone()], None)["ejected"],
+            "rec-1 (1/3), rec-2 (2/3)"
+        );
+        assert!(summary(&[c], None).get("ejected").is_none());
+    }
+
+    #[test]
+    fn a_report_says_since_when_and_why_each_ejected_endpoint_is_out() {
+        let report: Report = serde_json::from_value(json!({
+            "revision": 9, "state": "closed", "mode": "Auto", "config_version": "3",
+            "ejected": ["rec-2"],
+            "endpoints": [
+                {"name": "rec-1", "state": "closed", "ejected_since": null, "ejected_reason": null},
+                {"name": "rec-2", "state": "open", "since": "2026-11-28T14:00:09.000Z",
+                 "reason": "probe_failed", "ejected_since": "2026-11-28T14:00:00.000Z",
+                 "ejected_reason": "consecutive_failures"}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(
+            report.ejected(),
+            [EjectedEndpoint {
+                name: "rec-2".into(),
+                state: "open".into(),
+                since: Some("2026-11-28T14:00:00.000Z".into()),
+                reason: Some("consecutive_failures".into()),
+            }]
+        );
     }
 }

@@ -158,7 +158,7 @@ fn crd_installs_shows_its_columns_and_the_api_server_rejects_invalid_policies() 
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "MODE", "OPEN", "APPLIED", "READY", "REASON", "AGE"],
+        ["NAME", "MODE", "OPEN", "APPLIED", "EJECTED", "READY", "REASON", "AGE"],
         "{table}"
     );
     // No controller here and no replica: only NAME, MODE and AGE have values.
@@ -870,7 +870,7 @@ async fn each_replicas_live_breaker_reaches_the_policy_status_and_its_events() {
             .next()
             .unwrap()
             .split_whitespace()
-            .eq(["NAME", "MODE", "OPEN", "APPLIED", "READY", "REASON", "AGE"]),
+            .eq(["NAME", "MODE", "OPEN", "APPLIED", "EJECTED", "READY", "REASON", "AGE"]),
         "{table}"
     );
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
@@ -1096,4 +1096,95 @@ async fn observe_mode_lets_every_call_through_and_says_what_it_would_do() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// An EndpointSlice of recommendations-service with these `(pod, ip, ready)` endpoints.
+fn recommendations_slice(name: &str, service: &str, endpoints: &[(&str, &str, bool)]) -> String {
+    let endpoints: String = endpoints
+        .iter()
+        .map(|(pod, ip, ready)| {
+            format!(
+                "  - addresses: [\"{ip}\"]\n    conditions: {{ready: {ready}}}\n    targetRef: {{kind: Pod, name: {pod}, namespace: {NS}}}\n"
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n  - name: http\n    port: 8082\n    protocol: TCP\nendpoints:\n{endpoints}"
+    )
+}
+
+#[actix_web::test]
+#[ignore = "control-plane tier: needs kube-apiserver and etcd (make control-plane-bins); run by `make test`"]
+async fn v2_follows_the_ready_endpoints_of_recommendations_endpointslices_as_they_change() {
+    let _serial = serial();
+    let plane = control_plane();
+    let dir = tempfile::tempdir().unwrap();
+    let _controller = start_controller(&plane, dir.path());
+    let yaml = policy("gw", "Auto", "scope: Endpoint");
+    assert!(kubectl_apply(&plane, &yaml).status.success());
+    // Under the chart's Role for v2, which may list and watch EndpointSlices.
+    let stack = Stack::start(StackConfig {
+        gateway_env: vec![(
+            "RECOMMENDATIONS_ENDPOINTSLICES",
+            format!("{NS}/recommendations-service"),
+        )],
+        v2_configmap: Some((format!("{NS}/{TARGET}"), plane.kubeconfig(Who::Gateway))),
+        ..Default::default()
+    });
+    let c = client();
+    let names = |s: &Value| -> Vec<String> {
+        s["endpoints"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["name"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let expect = |want: &'static [&'static str]| {
+        let (c, stack) = (&c, &stack);
+        async move {
+            let s = wait_status(c, stack, Duration::from_secs(10), |s| names(s) == want).await;
+            assert_eq!(s["scope"], "Endpoint", "{s}");
+        }
+    };
+
+    let apply = |yaml: String| assert!(kubectl_apply(&plane, &yaml).status.success());
+    apply(recommendations_slice(
+        "recommendations-a",
+        "recommendations-service",
+        &[("rec-1", "10.1.0.1", true), ("rec-2", "10.1.0.2", true)],
+    ));
+    // Another Service's slice is not recommendations'.
+    apply(recommendations_slice(
+        "other-a",
+        "other-service",
+        &[("other-1", "10.1.0.9", true)],
+    ));
+    expect(&["rec-1", "rec-2"]).await;
+    // A second slice adds its endpoints.
+    apply(recommendations_slice(
+        "recommendations-b",
+        "recommendations-service",
+        &[("rec-3", "10.1.0.3", true)],
+    ));
+    expect(&["rec-1", "rec-2", "rec-3"]).await;
+    // Not ready: out of the set; ready again: back.
+    apply(recommendations_slice(
+        "recommendations-a",
+        "recommendations-service",
+        &[("rec-1", "10.1.0.1", true), ("rec-2", "10.1.0.2", false)],
+    ));
+    expect(&["rec-1", "rec-3"]).await;
+    // A slice deleted takes its endpoints with it.
+    let out = plane.kubectl(
+        Who::Admin,
+        &["delete", "endpointslice", "recommendations-b", "-n", NS],
+        None,
+    );
+    assert!(out.status.success());
+    expect(&["rec-1"]).await;
+    let s = status(&c, &stack).await;
+    assert_eq!(s["endpoints"][0]["address"], "http://10.1.0.1:8082", "{s}");
 }

@@ -11,6 +11,8 @@ pub mod policy;
 mod rewatch;
 mod settings;
 
-pub use policy::{BreakerPolicy, BreakerPolicySpec, BreakerPolicyStatus, ReplicaStatus, Target};
+pub use policy::{
+    BreakerPolicy, BreakerPolicySpec, BreakerPolicyStatus, EjectedEndpoint, ReplicaStatus, Target,
+};
 pub use rewatch::RewatchBackoff;
 pub use settings::{BreakerSettings, Mode, Scope, DURATION_PATTERN};

@@ -26,6 +26,7 @@ pub const READY: &str = "Ready";
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode","description":"Auto, ForceOpen, ForceClosed or Observe"}"#,
     printcolumn = r#"{"name":"Open","type":"string","jsonPath":".status.open","description":"v2 replicas that reject calls as open (forced open included; in Observe: would), of those reporting"}"#,
     printcolumn = r#"{"name":"Applied","type":"string","jsonPath":".status.applied","description":"v2 replicas running the ConfigMap as last written, of those reporting"}"#,
+    printcolumn = r#"{"name":"Ejected","type":"string","jsonPath":".status.ejected","description":"With scope Endpoint: endpoints out of rotation, each with the replicas that have it out"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
@@ -153,6 +154,10 @@ pub struct BreakerPolicyStatus {
     /// Replicas running `configMapVersion`, of those reporting: `2/2`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub applied: Option<String>,
+    /// With scope Endpoint: the endpoints out of rotation, each with the replicas that have it
+    /// out, of those reporting: `recommendations-7d9f-x2 (2/2)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected: Option<String>,
 }
 
 /// One v2 replica's breaker.
@@ -176,7 +181,24 @@ pub struct ReplicaStatus {
     pub config_version: Option<String>,
     /// With scope Endpoint: recommendations' endpoints this replica has out of rotation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ejected: Vec<String>,
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub ejected: Vec<EjectedEndpoint>,
+}
+
+/// An endpoint a replica has out of rotation: which, since when and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EjectedEndpoint {
+    /// The endpoint: its pod's name in Kubernetes.
+    pub name: String,
+    /// Its breaker's state: open, or half_open while a probe runs.
+    pub state: String,
+    /// When it went out of rotation (failed probes since then keep it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Why its breaker opened: consecutive_failures, failure_rate or slow_call_rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Why `Ready` is what it is.
