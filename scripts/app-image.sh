@@ -26,3 +26,5 @@ if offline "$runtime_base"; then
 else
   docker build -t "$image" --build-arg VERSION="$version" .
 fi
+# The image this tag named before is left untagged by each build: remove those, not others.
+docker image prune -f --filter "label=org.opencontainers.image.title=circuit-breaker-demo" >/dev/null
