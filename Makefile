@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints build run test test-disk test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints build run test test-disk test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s loadtest-k8s-endpoints kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -151,6 +151,9 @@ port-forward: ## Forward v1 to 127.0.0.1:8080, v2 to :8090, recommendations to :
 
 loadtest-k8s: $(VENV)/.demo-installed ## The demo's three phases against the forwarded cluster gateways (after make port-forward), results/ as make demo
 	DEMO_TARGET=cluster ADMIN_TOKEN=$(ADMIN_TOKEN) $(PY) loadtest/demo.py
+
+loadtest-k8s-endpoints: $(VENV)/.demo-installed ## The second chapter in the cluster (recommendations at 3 replicas, see the README): v1, v2 scope Service, v2 scope Endpoint
+	DEMO_TARGET=cluster DEMO_CHAPTER=endpoints ADMIN_TOKEN=$(ADMIN_TOKEN) $(PY) loadtest/demo.py
 
 kind-down: $(KIND) ## Delete the kind cluster (and kind's network when no other cluster uses it), stop the dockerd that kind-up started
 	$(KIND) delete cluster --name $(CLUSTER)

@@ -12,6 +12,11 @@ With ``DEMO_TARGET=cluster`` (``make loadtest-k8s``) nothing is started: the sam
 against the chart's gateways in a cluster, reached through ``make port-forward`` (``V1_URL``,
 ``V2_URL``, ``RECOMMENDATIONS_URL``), and the heal goes through recommendations' admin endpoint.
 
+``DEMO_CHAPTER=endpoints`` (``make demo-endpoints``, ``make loadtest-k8s-endpoints``) tells the
+second chapter: one recommendations pod of three hangs; v1, v2 with ``scope: Service`` and v2
+with ``scope: Endpoint``. In the cluster the scope is switched in the BreakerPolicy between the
+two v2 phases, and the policy as ``kubectl get bp`` shows it goes into the results.
+
 Settings come from the environment (see ``Settings.from_env``); every process started here is
 stopped on exit, error, Ctrl-C or SIGTERM.
 """
@@ -104,8 +109,6 @@ class Settings:
         chapter = env.get("DEMO_CHAPTER", "story")
         if chapter not in CHAPTERS:
             raise DemoError(f"DEMO_CHAPTER={chapter!r}: use {' or '.join(CHAPTERS)}")
-        if chapter == "endpoints" and target == "cluster":
-            raise DemoError("DEMO_CHAPTER=endpoints runs locally (make demo-endpoints); the cluster's is not built yet")
         results = Path(env.get("RESULTS_DIR", str(ROOT / "results"))).resolve()
         try:
             local = StackConfig.from_env(env, log_dir=work_dir(results) / "logs") if target == "local" else None
@@ -131,6 +134,8 @@ class Phase:
     label: str
     gateway: str
     heal_midway: bool = False
+    # The second chapter's v2 phases: the scope v2 runs.
+    scope: str | None = None
 
 
 CHAPTERS = {
@@ -143,8 +148,8 @@ CHAPTERS = {
     # One recommendations pod of three hangs: one breaker for the service, or one per endpoint.
     "endpoints": (
         Phase("v1", "v1, no breaker", "api-gateway-v1"),
-        Phase("v2_service", "v2, scope Service", "api-gateway-v2"),
-        Phase("v2_endpoint", "v2, scope Endpoint", "api-gateway-v2-endpoint"),
+        Phase("v2_service", "v2, scope Service", "api-gateway-v2", scope="Service"),
+        Phase("v2_endpoint", "v2, scope Endpoint", "api-gateway-v2-endpoint", scope="Endpoint"),
     ),
 }
 
@@ -185,7 +190,7 @@ class Demo:
         self.s = settings
         self.stack: Services
         if settings.cluster is not None:
-            self.stack = ClusterStack(settings.cluster)
+            self.stack = ClusterStack(settings.cluster, endpoints_chapter=settings.chapter == "endpoints")
         else:
             self.stack = Stack(settings.local)
         self.locust_bin = Path(sys.executable).parent / "locust"
@@ -200,9 +205,10 @@ class Demo:
         shutil.rmtree(work, ignore_errors=True)
         (work / "logs").mkdir(parents=True)
         if self.s.cluster is not None:
+            which = "the recommendations pod behind its forward" if self.s.chapter == "endpoints" else "recommendations"
             print(
                 f"Against the cluster through the port-forwards (v1 {self.s.cluster.v1}, v2 {self.s.cluster.v2}); "
-                f"recommendations set to hang {self.s.failure_hang} per request",
+                f"{which} set to hang {self.s.failure_hang} per request",
                 flush=True,
             )
         else:
@@ -220,6 +226,7 @@ class Demo:
             self.timeline["transitions"] = self.stack.circuit_status()["transitions"]
             if self.s.chapter == "endpoints":
                 self.timeline["per_endpoint"] = self.stack.circuit_status("api-gateway-v2-endpoint")
+                self.timeline["policy"] = self.stack.policy_view()
         self.timeline["chapter"] = self.s.chapter
         self.timeline["run"] = {
             "target": "cluster" if self.s.cluster is not None else "local",
@@ -235,6 +242,8 @@ class Demo:
         return summary
 
     def run_phase(self, phase: Phase) -> None:
+        if phase.scope:
+            self.stack.use_scope(phase.scope)
         gateway = self.stack.url(phase.gateway)
         prefix = self.s.work / phase.name
         ledger = self.s.work / f"{phase.name}_requests.csv"

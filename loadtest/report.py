@@ -394,6 +394,7 @@ svg text.marker { font-weight: 600; }
 svg .grid { stroke: #eee; }
 .note { color: #616161; font-size: .9rem; }
 code { background: #f5f5f5; padding: 0 .25rem; }
+pre { background: #f5f5f5; padding: .5rem; overflow-x: auto; }
 """
 
 
@@ -532,20 +533,25 @@ def build_endpoints(results: Path, timeline: dict) -> dict:
     }
     for name, _ in ENDPOINT_PHASES:
         summary[name] = summarize(results, name)
-    # scope Service: the one breaker's transitions in its phase (the flapping)
-    start, end = (parse_time(phases["v2_service"][k]) for k in ("start", "end"))
-    flaps = [t for t in timeline.get("transitions", []) if start <= parse_time(t["at"]) <= end]
-    summary["v2_service"]["breaker_transitions"] = len(flaps)
-    summary["v2_service"]["breaker_opened"] = sum(1 for t in flaps if t["to"] == "open")
-    # scope Endpoint: each endpoint's breaker, and what users got once the bad one was out
     per = timeline.get("per_endpoint") or {}
+    # The service breaker's transitions in each v2 phase (under scope Service, the flapping).
+    # Each phase's own: in the cluster both phases run on one v2, whose journal has both.
+    journals = {"v2_service": timeline.get("transitions", []), "v2_endpoint": per.get("transitions", [])}
+    for name, journal in journals.items():
+        start, end = (parse_time(phases[name][k]) for k in ("start", "end"))
+        flaps = [t for t in journal if start <= parse_time(t["at"]) <= end]
+        summary[name]["breaker_transitions"] = len(flaps)
+        summary[name]["breaker_opened"] = sum(1 for t in flaps if t["to"] == "open")
+    # scope Endpoint: each endpoint's breaker, and what users got once the bad one was out
     endpoint = summary["v2_endpoint"]
-    endpoint["breaker_transitions"] = per.get("counts", {}).get("transitions")
     endpoint["endpoints"] = [
-        {k: e.get(k) for k in ("name", "state", "transitions", "since", "reason")} for e in per.get("endpoints", [])
+        {k: e.get(k) for k in ("name", "state", "transitions", "since", "reason", "ejected_since", "ejected_reason")}
+        for e in per.get("endpoints", [])
     ]
     ejected_at = timeline.get("first_ejection", {}).get("v2_endpoint")
     endpoint["first_ejection"] = ejected_at
+    # In the cluster: the BreakerPolicy as kubectl showed it at the end.
+    summary["policy"] = timeline.get("policy")
     endpoint["after_ejection"] = (
         after(read_ledger(results, "v2_endpoint"), parse_time(ejected_at)) if ejected_at else None
     )
@@ -605,7 +611,11 @@ def endpoints_text_table(summary: dict) -> str:
         lines.append(
             f"scope Endpoint, {e['name']}: {e['state']}, {e['transitions']} transitions"
             + (f", last {e['reason']} at {e['since']}" if e.get("since") else "")
+            + (f"; out since {e['ejected_since']} ({e['ejected_reason']})" if e.get("ejected_since") else "")
         )
+    policy = summary.get("policy")
+    if policy:
+        lines += ["", f"kubectl get bp {policy['name']} -n {policy['namespace']} -o wide:", policy["table"].rstrip()]
     return "\n".join(lines)
 
 
@@ -637,10 +647,37 @@ def render_endpoints_html(summary: dict, series: dict[str, list[dict]]) -> str:
     )
     endpoints = "\n".join(
         f"<tr><td>{html.escape(e['name'])}</td><td>{html.escape(str(e['state']))}</td><td>{e['transitions']}</td>"
-        f"<td>{html.escape(str(e.get('reason') or ''))}</td><td>{html.escape(str(e.get('since') or ''))}</td></tr>"
+        f"<td>{html.escape(str(e.get('reason') or ''))}</td><td>{html.escape(str(e.get('since') or ''))}</td>"
+        f"<td>{html.escape(str(e.get('ejected_since') or ''))}</td><td>{html.escape(str(e.get('ejected_reason') or ''))}</td></tr>"
         for e in summary["v2_endpoint"].get("endpoints", [])
     )
     settings = html.escape(json.dumps(run.get("breaker_settings"), separators=(", ", ": ")))
+    if run.get("target") == "cluster":
+        setup = """Three recommendations pods; the one behind the port-forward hung for"""
+        spread = (
+            "v1 and v2 with <code>scope: Service</code> call the Service: kube-proxy picks a pod per connection "
+            "and the gateways keep connections alive, so the hanging pod holds the connections that landed on it"
+        )
+        second = "the same v2 pod after the BreakerPolicy switched it to"
+    else:
+        setup = "Three recommendations processes; the third hung for"
+        spread = "v1 and v2 spread calls over the three at random, call by call, as a mesh would"
+        second = "a second v2, the same settings with"
+    policy = summary.get("policy")
+    policy_html = ""
+    if policy:
+        replicas = "\n".join(
+            f"<tr><td>{html.escape(r['pod'])}</td><td>{html.escape(e['name'])}</td><td>{html.escape(e['state'])}</td>"
+            f"<td>{html.escape(str(e.get('reason') or ''))}</td><td>{html.escape(str(e.get('since') or ''))}</td></tr>"
+            for r in policy["status"].get("replicas", [])
+            for e in r.get("ejected", [])
+        )
+        policy_html = f"""<h2>The BreakerPolicy at the end: <code>kubectl get bp {html.escape(policy["name"])} -o wide</code></h2>
+<pre data-testid="policy-table">{html.escape(policy["table"].rstrip())}</pre>
+<table><thead><tr><th>v2 replica</th><th>ejected endpoint</th><th>state</th><th>why it went out</th><th>since</th></tr></thead>
+<tbody>
+{replicas}
+</tbody></table>"""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -649,12 +686,12 @@ def render_endpoints_html(summary: dict, series: dict[str, list[dict]]) -> str:
 <style>{CSS}</style></head>
 <body>
 <h1>One bad pod of three: one breaker for the service, or one per endpoint</h1>
-<p>Three recommendations processes; the third hung for <code>{html.escape(str(run.get("failure_hang")))}</code>
-per request. v1 and v2 spread calls over the three at random, as kube-proxy spreads a Service's;
+<p>{setup} <code>{html.escape(str(run.get("failure_hang")))}</code>
+per request. {spread};
 Locust ran {run.get("users")} users for {run.get("duration_s"):g} s against each: v1 (no breaker),
 v2 with one breaker for the service (<code>scope: Service</code>), and v2 with a breaker per endpoint as
 well (<code>scope: Endpoint</code>), which takes the bad one out of rotation. Settings of the first v2
-(the second runs the same with <code>scope: Endpoint</code>): <code>{settings}</code>.</p>
+phase (the second: {second} <code>scope: Endpoint</code>): <code>{settings}</code>.</p>
 <table>
 <thead><tr><th>Metric</th>{head}</tr></thead>
 <tbody>
@@ -665,10 +702,12 @@ well (<code>scope: Endpoint</code>), which takes the bad one out of rotation. Se
 <h2>Throughput</h2>
 {throughput}
 <h2>scope Endpoint: each endpoint's breaker at the end</h2>
-<table><thead><tr><th>endpoint</th><th>state</th><th>transitions</th><th>last reason</th><th>since</th></tr></thead>
+<table><thead><tr><th>endpoint</th><th>state</th><th>transitions</th><th>last reason</th><th>since</th>
+<th>out of rotation since</th><th>why</th></tr></thead>
 <tbody>
 {endpoints}
 </tbody></table>
+{policy_html}
 <h2>Raw data</h2>
 <p><a href="comparison_report.json">comparison_report.json</a>, <a href="timeline.json">timeline.json</a>,
 Locust's reports and CSVs per phase, and the ledger of every request, <code>&lt;phase&gt;_requests.csv</code>.</p>

@@ -97,7 +97,7 @@ class StackConfig:
     admin_token: str = "demo-admin-token"
     ready_timeout: float = 15.0
     # The second chapter: three recommendations processes of which the last hangs, v1 and v2
-    # spreading calls over them as kube-proxy would, and a second v2 with scope Endpoint.
+    # spreading calls over them at random call by call, and a second v2 with scope Endpoint.
     endpoints_chapter: bool = False
 
     @staticmethod
@@ -229,10 +229,10 @@ class Service:
         self._log.close()
 
 
-def with_scope_endpoint(settings: str) -> str:
-    """The settings document with `scope: Endpoint` in place of any scope it gave."""
+def with_scope(settings: str, scope: str) -> str:
+    """The settings document with this scope in place of any scope it gave."""
     kept = [line for line in settings.splitlines() if not line.startswith("scope:")]
-    return "\n".join([*kept, "scope: Endpoint", ""])
+    return "\n".join([*kept, f"scope: {scope}", ""])
 
 
 class Services:
@@ -248,6 +248,14 @@ class Services:
 
     def stop(self) -> None:
         raise NotImplementedError
+
+    def use_scope(self, scope: str) -> None:
+        """Makes the v2 of the next phase run this scope. Locally each v2 process runs one
+        scope from its start (api-gateway-v2: Service, api-gateway-v2-endpoint: Endpoint)."""
+
+    def policy_view(self) -> dict | None:
+        """The BreakerPolicy as kubectl shows it, where there is one."""
+        return None
 
     def circuit_status(self, gateway: str = "api-gateway-v2") -> dict:
         status, body = http("GET", f"{self.url(gateway)}/circuit-status", timeout=2)
@@ -314,18 +322,23 @@ class Stack(Services):
             settings = {"BREAKER_CONFIGMAP": c.breaker_configmap}
             if "KUBECONFIG" in os.environ:
                 settings["KUBECONFIG"] = os.environ["KUBECONFIG"]
+        elif c.endpoints_chapter:
+            settings = {"BREAKER_CONFIG": str(self._scoped_settings("Service"))}
         else:
             settings = {"BREAKER_CONFIG": str(c.breaker_config)}
         self._start("api-gateway-v2", c.ports.v2, {**upstreams, **settings})
         if c.endpoints_chapter:
-            per_endpoint = c.log_dir / "breaker-scope-endpoint.yaml"
-            per_endpoint.write_text(with_scope_endpoint(c.breaker_config.read_text()))
             self._start(
                 "api-gateway-v2-endpoint",
                 0,
-                {**upstreams, "BREAKER_CONFIG": str(per_endpoint)},
+                {**upstreams, "BREAKER_CONFIG": str(self._scoped_settings("Endpoint"))},
                 binary="api-gateway-v2",
             )
+
+    def _scoped_settings(self, scope: str) -> Path:
+        path = self.config.log_dir / f"breaker-scope-{scope.lower()}.yaml"
+        path.write_text(with_scope(self.config.breaker_config.read_text(), scope))
+        return path
 
     def _start(self, name: str, port: int, env: dict[str, str], binary: str | None = None) -> None:
         service = Service(name, self.config, port, env, binary)
@@ -342,7 +355,7 @@ class Stack(Services):
 
 @dataclass
 class ClusterConfig:
-    """Where make port-forward exposes the cluster's services."""
+    """Where make port-forward exposes the cluster's services, and the policy the demo steers."""
 
     v1: str = "http://127.0.0.1:8080"
     v2: str = "http://127.0.0.1:8090"
@@ -351,10 +364,15 @@ class ClusterConfig:
     # What the chart gives v1 (apiGatewayV1.upstreamTimeout); only reported.
     v1_timeout: str = "30s"
     admin_token: str = "demo-admin-token"
+    # The second chapter switches v2's scope through this BreakerPolicy (the chart's).
+    kubectl: str = "kubectl"
+    namespace: str = "demo"
+    policy: str = "api-gateway-v2"
 
     @staticmethod
     def from_env(env: dict[str, str]) -> ClusterConfig:
-        """V1_URL, V2_URL, RECOMMENDATIONS_URL, FAILURE_HANG, V1_UPSTREAM_TIMEOUT, ADMIN_TOKEN."""
+        """V1_URL, V2_URL, RECOMMENDATIONS_URL, FAILURE_HANG, V1_UPSTREAM_TIMEOUT, ADMIN_TOKEN,
+        KUBECTL, NAMESPACE, BREAKER_POLICY."""
         d = ClusterConfig()
         return ClusterConfig(
             v1=env.get("V1_URL", d.v1),
@@ -363,28 +381,49 @@ class ClusterConfig:
             failure_hang=env_duration(env, "FAILURE_HANG", d.failure_hang, low=0.001),
             v1_timeout=env_duration(env, "V1_UPSTREAM_TIMEOUT", d.v1_timeout, low=0.001),
             admin_token=env.get("ADMIN_TOKEN", d.admin_token),
+            kubectl=env.get("KUBECTL") or d.kubectl,
+            namespace=env.get("NAMESPACE") or d.namespace,
+            policy=env.get("BREAKER_POLICY") or d.policy,
         )
 
 
 class ClusterStack(Services):
     """The chart's services in a cluster: nothing to start, but the fault is set to the seed's
-    hang first, so that every run starts broken whatever the last one healed."""
+    hang first, so that every run starts broken whatever the last one healed. The hang goes to
+    the one recommendations pod the port-forward is bound to: with the chart's
+    `recommendations.replicas=3` and `faultMode=none`, one bad pod of three.
 
-    def __init__(self, config: ClusterConfig):
+    The second chapter's two v2 phases run on the same v2 pod, the scope switched between them
+    in the BreakerPolicy; the scope the policy had is put back at the end."""
+
+    def __init__(self, config: ClusterConfig, endpoints_chapter: bool = False):
         self.config = config
         self.admin_token = config.admin_token
+        self.endpoints_chapter = endpoints_chapter
         self.urls = {
             "api-gateway-v1": config.v1,
             "api-gateway-v2": config.v2,
+            "api-gateway-v2-endpoint": config.v2,
             "recommendations-service": config.recommendations,
         }
+        self.scope_before: str | None = None
+        self.scope_changed = False
 
     def url(self, name: str) -> str:
         return self.urls[name]
 
     def start(self) -> None:
-        for name, url in self.urls.items():
-            self._wait_ready(name, url)
+        for name in ("api-gateway-v1", "api-gateway-v2", "recommendations-service"):
+            self._wait_ready(name, self.urls[name])
+        if self.endpoints_chapter:
+            endpoints = self.circuit_status()["endpoints"]
+            if len(endpoints) < 3:
+                raise StackError(
+                    f"v2 sees {len(endpoints)} recommendations endpoint(s); the chapter needs three pods, "
+                    f"two of them healthy: make deploy HELM_ARGS='--set recommendations.replicas=3 "
+                    f"--set recommendations.faultMode=none'"
+                )
+            self.scope_before = self.policy()["spec"].get("settings", {}).get("scope")
         try:
             self.set_fault("hang", hang=self.config.failure_hang)
         except StackError as err:
@@ -392,8 +431,55 @@ class ClusterStack(Services):
                 f"{err}: ADMIN_TOKEN must be the chart's recommendations.adminToken (make deploy sets it)"
             ) from None
 
+    def use_scope(self, scope: str) -> None:
+        """Sets the policy's scope and waits until the v2 pod behind the forward runs it."""
+        self._patch_scope(scope)
+        self.scope_changed = True
+        deadline = time.monotonic() + 30
+        while self.circuit_status()["scope"] != scope:
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"v2 did not take scope {scope} from BreakerPolicy {self.config.policy} within 30 s: "
+                    "is breaker-controller running?"
+                )
+            time.sleep(0.2)
+
+    def policy(self) -> dict:
+        return json.loads(self.kubectl("get", "breakerpolicy", self.config.policy, "-o", "json"))
+
+    def policy_view(self) -> dict:
+        """The policy as kubectl shows it: its table, and the status the controller wrote."""
+        return {
+            "name": self.config.policy,
+            "namespace": self.config.namespace,
+            "table": self.kubectl("get", "breakerpolicy", self.config.policy, "-o", "wide"),
+            "status": self.policy().get("status", {}),
+        }
+
+    def kubectl(self, *args: str) -> str:
+        try:
+            done = subprocess.run(
+                [self.config.kubectl, "--namespace", self.config.namespace, *args],
+                capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise StackError(f"kubectl {' '.join(args)}: {err} (KUBECTL={self.config.kubectl})") from None
+        if done.returncode != 0:
+            raise StackError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def _patch_scope(self, scope: str | None) -> None:
+        # A merge patch: null removes the key, and the default applies again.
+        patch = json.dumps({"spec": {"settings": {"scope": scope}}})
+        self.kubectl("patch", "breakerpolicy", self.config.policy, "--type", "merge", "-p", patch)
+
     def stop(self) -> None:
-        pass
+        if self.scope_changed:
+            self.scope_changed = False
+            try:
+                self._patch_scope(self.scope_before)
+            except StackError as err:
+                print(f"demo: could not put the policy's scope back: {err}", file=sys.stderr)
 
     @staticmethod
     def _wait_ready(name: str, url: str, timeout: float = 15.0) -> None:

@@ -17,6 +17,7 @@ import report
 from conftest import (
     ENV,
     HANG,
+    HELM_ARGS,
     KUBECTL,
     NAMESPACE,
     Cluster,
@@ -463,97 +464,51 @@ def test_loadtest_k8s_tells_the_story_from_the_cluster(cluster: Cluster, tmp_pat
     figure("make loadtest-k8s (20 s phases, 20 users):\n" + report.text_table(summary))
 
 
-def healthy_recommendations_pod(name: str) -> dict:
-    """One more recommendations pod, healthy, behind the chart's Service (same labels)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "app.kubernetes.io/instance": "circuit-breaker-demo",
-                "app.kubernetes.io/name": "recommendations-service",
-                "app.kubernetes.io/component": "backend",
-            },
-        },
-        "spec": {
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "recommendations-service",
-                    "image": "circuit-breaker-demo:0.1.0",
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["/usr/local/bin/recommendations-service"],
-                    "env": [{"name": "PORT", "value": "8082"}, {"name": "FAULT_MODE", "value": "none"}],
-                    "ports": [{"name": "http", "containerPort": 8082}],
-                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1},
-                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-                }
-            ],
-        },
-    }
-
-
-def test_scope_endpoint_takes_the_bad_pod_out_and_the_status_names_it(cluster: Cluster):
-    """One recommendations pod of three hangs (the chart's, hanging by default); with
-    scope: Endpoint each v2 replica takes it out of rotation and says which pod it is."""
-    bad = cluster.pods("recommendations-service")
-    assert len(bad) == 1, bad
-    # Hanging again whatever an earlier test healed (the forward is bound to this pod).
-    set_fault(cluster, "hang")
-    extra = ["recommendations-healthy-1", "recommendations-healthy-2"]
-    v2_pods = cluster.pods(V2)
+def test_loadtest_k8s_endpoints_tells_the_second_chapter_and_the_policy_names_the_bad_pod(cluster: Cluster, tmp_path):
+    """The second chapter as a user runs it: recommendations at three replicas, none hanging;
+    the demo hangs the one behind the forward and switches v2's scope in the BreakerPolicy."""
+    make("deploy", f"HELM_ARGS={HELM_ARGS} --set recommendations.replicas=3 --set recommendations.faultMode=none")
+    results = tmp_path / "results"
     try:
-        for name in extra:
-            kubectl("apply", "-f", "-", input=json.dumps(healthy_recommendations_pod(name)))
         wait_for(
             "three recommendations pods ready",
             lambda: len(cluster.pods("recommendations-service", ready=True)) == 3,
-            60,
+            120,
             every=1,
         )
-        patch_policy(
-            {"settings": {"scope": "Endpoint", "failureThreshold": 3, "callTimeout": "500ms", "openDuration": "30s"}}
+        # Short enough to flap within a phase, long enough for the hang to count.
+        patch_policy({"settings": {"failureThreshold": 3, "callTimeout": "1s", "openDuration": "5s"}})
+        make(
+            "loadtest-k8s-endpoints",
+            f"V1_URL={cluster.forwards['api-gateway-v1']}",
+            f"V2_URL={cluster.forwards[V2]}",
+            f"RECOMMENDATIONS_URL={cluster.forwards['recommendations-service']}",
+            "DEMO_DURATION=15s",
+            "DEMO_USERS=20",
+            f"FAILURE_HANG={HANG}",
+            f"RESULTS_DIR={results}",
         )
-        for pod in v2_pods:
-            wait_for(
-                f"{pod} in scope Endpoint with three endpoints",
-                lambda pod=pod: (
-                    len(replica_status(cluster, pod)["endpoints"]) == 3
-                    and replica_status(cluster, pod)["scope"] == "Endpoint"
-                ),
-                30,
-            )
-
-        def ejected_everywhere() -> bool:
-            for pod in v2_pods:
-                http("GET", pod_url(cluster, pod, 8090, "/product-details/5"), timeout=10)
-            replicas = kubectl_json("get", "breakerpolicy", POLICY)["status"].get("replicas", [])
-            return len(replicas) == 2 and all(r.get("ejected") == bad for r in replicas)
-
-        wait_for("the bad pod ejected by both replicas, in the policy's status", ejected_everywhere, 60, every=0.2)
-        # Once it is out, pages are full again and nobody waits for it.
-        full, slowest = 0, 0.0
-        for n in range(100):
-            pod = v2_pods[n % 2]
-            started = time.monotonic()
-            status, body = http("GET", pod_url(cluster, pod, 8090, f"/product-details/{n % 24 + 1}"), timeout=10)
-            slowest = max(slowest, time.monotonic() - started)
-            full += outcome(status, body) == "full"
-        assert full >= 99 and slowest < 0.5, (full, slowest)
-        replicas = kubectl_json("get", "breakerpolicy", POLICY)["status"]["replicas"]
-        figure(
-            f"scope Endpoint in the cluster: bad pod {bad[0]}; status.replicas: "
-            + json.dumps([{k: r.get(k) for k in ("pod", "state", "ejected")} for r in replicas])
-            + f"; then {full} of 100 pages full, slowest {slowest * 1000:.0f} ms (through the API proxy)"
-        )
-        endpoints = replica_status(cluster, v2_pods[0])["endpoints"]
-        figure(
-            f"{v2_pods[0]} /circuit-status endpoints: "
-            + json.dumps([{k: e[k] for k in ("name", "state", "reason")} for e in endpoints])
-        )
+        summary = json.loads((results / "comparison_report.json").read_text())
+        assert (results / "report.html").is_file()
+        v1, service, endpoint = (summary[p] for p in ("v1", "v2_service", "v2_endpoint"))
+        assert v1["failure_pct"] > 0 and v1["full_pct"] > 0, v1
+        assert service["breaker_opened"] >= 1 and service["degraded_pct"] > 0, service
+        # The one bad pod: out of rotation in v2 and named in the policy's status and table.
+        (bad,) = [e["name"] for e in endpoint["endpoints"] if e["state"] != "closed"]
+        assert bad in cluster.pods("recommendations-service"), (bad, endpoint["endpoints"])
+        after = endpoint["after_ejection"]
+        assert after["full_pct"] >= 99 and after["max_ms"] < 1000, after
+        policy = summary["policy"]
+        assert policy["status"]["ejected"].startswith(f"{bad} (1/"), policy["status"]
+        (replica,) = [r for r in policy["status"]["replicas"] if r.get("ejected")]
+        (ejected,) = replica["ejected"]
+        assert ejected["name"] == bad and ejected["since"], replica
+        # Why it went out: its breaker's opening (a failed probe since does not move it).
+        assert ejected["reason"] in ("consecutive_failures", "failure_rate"), replica
+        assert bad in policy["table"] and "EJECTED" in policy["table"], policy["table"]
+        # The scope the policy had is back.
+        assert kubectl_json("get", "breakerpolicy", POLICY)["spec"]["settings"].get("scope") in (None, "Service")
+        figure("make loadtest-k8s-endpoints (15 s phases, 20 users):\n" + report.text_table(summary))
     finally:
-        patch_policy(
-            {"settings": {"scope": "Service", "failureThreshold": 3, "callTimeout": "2s", "openDuration": "5s"}}
-        )
-        kubectl("delete", "pod", *extra, "--ignore-not-found", "--wait=false")
+        patch_policy({"settings": {"failureThreshold": 3, "callTimeout": "2s", "openDuration": "5s"}})
+        make("deploy", f"HELM_ARGS={HELM_ARGS}")
