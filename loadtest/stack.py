@@ -504,6 +504,9 @@ def run_until_stopped(env: dict[str, str]) -> int:
     config = StackConfig.from_env(env, log_dir=Path(env.get("RUN_LOGS", str(ROOT / ".run/logs"))))
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    # Ctrl-C stops everything, also when started from a shell that ignores SIGINT for its
+    # background jobs (Python then leaves it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with Stack(config) as stack:
         settings = (
             f"ConfigMap {config.breaker_configmap} (a BreakerPolicy writes it)"
