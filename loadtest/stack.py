@@ -263,7 +263,8 @@ class Services:
             raise StackError(f"/circuit-status answered {status}")
         return body
 
-    def set_fault(self, mode: str, **fields: str) -> None:
+    def set_fault(self, mode: str, **fields: str) -> dict:
+        """Switches recommendations' fault; its answer: the fault, and the pod that took it."""
         status, body = http(
             "PUT",
             f"{self.url('recommendations-service')}/admin/fault",
@@ -272,6 +273,7 @@ class Services:
         )
         if status != 200:
             raise StackError(f"PUT /admin/fault answered {status}: {body}")
+        return body
 
     def __enter__(self):
         try:
@@ -416,20 +418,42 @@ class ClusterStack(Services):
         for name in ("api-gateway-v1", "api-gateway-v2", "recommendations-service"):
             self._wait_ready(name, self.urls[name])
         if self.endpoints_chapter:
-            endpoints = self.circuit_status()["endpoints"]
-            if len(endpoints) < 3:
-                raise StackError(
-                    f"v2 sees {len(endpoints)} recommendations endpoint(s); the chapter needs three pods, "
-                    f"two of them healthy: make deploy HELM_ARGS='--set recommendations.replicas=3 "
-                    f"--set recommendations.faultMode=none'"
-                )
             self.scope_before = self.policy()["spec"].get("settings", {}).get("scope")
+            self._hang_one_of_three()
+        else:
+            self._hang()
+
+    def _hang(self) -> dict:
         try:
-            self.set_fault("hang", hang=self.config.failure_hang)
+            return self.set_fault("hang", hang=self.config.failure_hang)
         except StackError as err:
             raise StackError(
                 f"{err}: ADMIN_TOKEN must be the chart's recommendations.adminToken (make deploy sets it)"
             ) from None
+
+    def _hang_one_of_three(self, timeout: float = 60.0) -> None:
+        """Hangs the pod behind the forward, once it is one of the three v2 calls. Just after a
+        rollout the forward may still reach a terminating pod, which v2 no longer calls:
+        make port-forward moves to a live one when that pod goes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            endpoints = [e["name"] for e in self.circuit_status()["endpoints"]]
+            try:
+                pod = self._hang().get("pod")
+            except (OSError, StackError):
+                pod = "unreachable"
+            if pod is None:
+                raise StackError("recommendations does not say its pod (POD_NAME): deploy this version's chart")
+            if pod in endpoints and len(endpoints) >= 3:
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"the recommendations forward reaches {pod}, v2 calls {', '.join(endpoints) or 'nothing'}: "
+                    "the chapter needs three pods, two of them healthy, and the forward on one of them "
+                    "(make deploy HELM_ARGS='--set recommendations.replicas=3 --set recommendations.faultMode=none', "
+                    "then make port-forward)"
+                )
+            time.sleep(1)
 
     def use_scope(self, scope: str) -> None:
         """Sets the policy's scope and waits until the v2 pod behind the forward runs it."""

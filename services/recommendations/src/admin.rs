@@ -2,10 +2,27 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
 use service_runtime::ApiError;
 
 use crate::AppState;
-use fault::FaultUpdate;
+use fault::{Fault, FaultUpdate};
+
+/// The fault in force, and whose it is.
+#[derive(Serialize)]
+struct FaultAnswer<'a> {
+    #[serde(flatten)]
+    fault: Fault,
+    /// POD_NAME: which replica answered (null when unset).
+    pod: Option<&'a str>,
+}
+
+fn answer(state: &AppState, fault: Fault) -> HttpResponse {
+    HttpResponse::Ok().json(FaultAnswer {
+        fault,
+        pod: state.pod_name.as_deref(),
+    })
+}
 
 fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
     // Without a configured token the endpoint does not exist.
@@ -39,7 +56,7 @@ pub(crate) async fn show(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    Ok(HttpResponse::Ok().json(state.fault()))
+    Ok(answer(&state, state.fault()))
 }
 
 pub(crate) async fn update(
@@ -54,5 +71,5 @@ pub(crate) async fn update(
         .map_err(|err| ApiError::bad_request(err.to_string()))?;
     tracing::info!(from = ?fault.mode, to = ?next.mode, "fault switched");
     *fault = next;
-    Ok(HttpResponse::Ok().json(next))
+    Ok(answer(&state, next))
 }

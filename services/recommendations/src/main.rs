@@ -31,12 +31,17 @@ struct Args {
     /// Bearer token for `/admin/fault`; without it the admin endpoint is disabled.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// This replica's name (the chart sets the pod's), told with each `/admin/fault` answer:
+    /// the fault is this replica's alone, and behind a Service one needs to know which it is.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
 }
 
 /// Shared by all workers.
 pub(crate) struct AppState {
     fault: RwLock<Fault>,
     admin_token: Option<String>,
+    pod_name: Option<String>,
     /// Counted when a request arrives, so hanging requests are seen before they end.
     received: Counter,
     in_flight: Gauge,
@@ -87,6 +92,7 @@ async fn main() -> std::io::Result<()> {
     let state = web::Data::new(AppState {
         fault: RwLock::new(fault),
         admin_token: args.admin_token.filter(|t| !t.is_empty()),
+        pod_name: args.pod_name.filter(|n| !n.is_empty()),
         received: Counter::default(),
         in_flight: Gauge::default(),
     });

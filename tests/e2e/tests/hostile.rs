@@ -90,7 +90,10 @@ async fn malformed_ids_unknown_paths_and_methods_get_json_4xx() {
 #[actix_web::test]
 #[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn admin_endpoint_refuses_missing_or_wrong_tokens_and_bad_bodies() {
-    let stack = Stack::start(StackConfig::default());
+    let stack = Stack::start(StackConfig {
+        recommendations_env: vec![("POD_NAME", "recommendations-7".into())],
+        ..Default::default()
+    });
     let c = client();
     let url = stack.recommendations.url("/admin/fault");
     let body = Some(r#"{"mode":"hang"}"#);
@@ -146,6 +149,8 @@ async fn admin_endpoint_refuses_missing_or_wrong_tokens_and_bad_bodies() {
     .await;
     assert_eq!(a.status, 200, "{}", a.raw);
     assert_eq!(a.body["mode"], "error");
+    // Which replica took it: behind a Service, the fault is that pod's alone.
+    assert_eq!(a.body["pod"], "recommendations-7", "{}", a.raw);
     assert_eq!(
         get(&c, &stack.recommendations.url("/recommendations/1"))
             .await
