@@ -490,8 +490,12 @@ def test_loadtest_k8s_endpoints_tells_the_second_chapter_and_the_policy_names_th
         # The one bad pod: out of rotation in v2 and named in the policy's status and table.
         (bad,) = [e["name"] for e in endpoint["endpoints"] if e["state"] != "closed"]
         assert bad in cluster.pods("recommendations-service"), (bad, endpoint["endpoints"])
-        after = endpoint["after_ejection"]
-        assert after["full_pct"] >= 99 and after["max_ms"] < 1000, after
+        # Once it is out, only a probe's user gets the fallback (within 100 ms), one a
+        # half-open spell: in a 15 s phase that is a share of a few percent, in 2 minutes
+        # under 1% (the README's figures).
+        after, spells = endpoint["after_ejection"], next(e for e in endpoint["endpoints"] if e["name"] == bad)
+        not_full = after["answers"] - round(after["answers"] * after["full_pct"] / 100)
+        assert not_full <= spells["transitions"] // 2 and after["max_ms"] < 1000, (after, spells)
         policy = summary["policy"]
         assert policy["status"]["ejected"].startswith(f"{bad} (1/"), policy["status"]
         (replica,) = [r for r in policy["status"]["replicas"] if r.get("ejected")]
