@@ -23,8 +23,8 @@ run: build ## Start all four services locally, recommendations hanging (Ctrl-C s
 	@scripts/require-tools.sh python
 	python3 loadtest/stack.py
 
-# What a run of the whole suite from a clean clone takes on disk at its peak (measured: 8.7 GB,
-# of which the clone's builds 4.6 GB; the rest images, the kind cluster, Go's cache), with room.
+# What a run of the whole suite from a clean clone takes on disk at its peak (measured: 8 to 9
+# GB, of which the clone's builds 4.6 GB; the rest images, the kind cluster, Go's cache), with room.
 TEST_DISK_GB ?= 12
 test-disk:
 	@scripts/require-tools.sh disk $(TEST_DISK_GB)
