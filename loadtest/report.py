@@ -653,7 +653,7 @@ def render_endpoints_html(summary: dict, series: dict[str, list[dict]]) -> str:
     )
     settings = html.escape(json.dumps(run.get("breaker_settings"), separators=(", ", ": ")))
     if run.get("target") == "cluster":
-        setup = """Three recommendations pods; the one behind the port-forward hung for"""
+        setup = "Three recommendations pods; the one behind the port-forward hung for"
         spread = (
             "v1 and v2 with <code>scope: Service</code> call the Service: kube-proxy picks a pod per connection "
             "and the gateways keep connections alive, so the hanging pod holds the connections that landed on it"

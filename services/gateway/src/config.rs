@@ -27,8 +27,8 @@ pub struct CommonArgs {
     pub recommendations_service_url: String,
     /// recommendations' endpoints, as `name=http://host:port,...`: v1 and v2 in scope Service
     /// spread calls over them at random, call by call (as a mesh or a client-side balancer
-    /// does; kube-proxy picks per connection); v2 in scope Endpoint gives each its own breaker. Without it, RECOMMENDATIONS_SERVICE_URL is the
-    /// one endpoint.
+    /// does; kube-proxy picks per connection); v2 in scope Endpoint gives each its own
+    /// breaker. Without it, RECOMMENDATIONS_SERVICE_URL is the one endpoint.
     #[arg(long, env = "RECOMMENDATIONS_ENDPOINTS")]
     pub recommendations_endpoints: Option<String>,
 }
