@@ -372,6 +372,13 @@ def state_timeline(timeline: dict, summary: dict) -> str:
     return "\n".join(parts)
 
 
+def throughput_chart(series: list[tuple[str, str, list[tuple[float, float]]]]) -> str:
+    """Answers per second, one line a phase: the same chart in both chapters' reports."""
+    return line_chart(
+        f"Answers per second, completed in the last {WINDOW_S:g} s", "rps", series, log_y=False, unit="req/s"
+    )
+
+
 def chart_points(windows: list[dict], key: str) -> list[tuple[float, float]]:
     """(seconds into the phase, value) of one series from a phase's windows."""
     return [(w["t"], w[key]) for w in windows]
@@ -425,12 +432,8 @@ def render_html(summary: dict, series: dict[str, list[dict]], timeline: dict) ->
         unit="ms",
         dashed={"v1 p95", "v2 p95"},
     )
-    throughput = line_chart(
-        f"Answers per second, completed in the last {window}",
-        "rps",
-        [(name, PHASE_COLORS[name], points(name, "answered_per_s")) for name in ("v1", "v2", "recovery")],
-        log_y=False,
-        unit="req/s",
+    throughput = throughput_chart(
+        [(name, PHASE_COLORS[name], points(name, "answered_per_s")) for name in ("v1", "v2", "recovery")]
     )
     waiting = line_chart(
         "Requests waiting for an answer",
@@ -638,12 +641,8 @@ def render_endpoints_html(summary: dict, series: dict[str, list[dict]]) -> str:
         log_y=True,
         unit="ms",
     )
-    throughput = line_chart(
-        f"Answers per second, completed in the last {window}",
-        "rps",
-        [(label, colors[name], points(name, "answered_per_s")) for name, label in ENDPOINT_PHASES],
-        log_y=False,
-        unit="req/s",
+    throughput = throughput_chart(
+        [(label, colors[name], points(name, "answered_per_s")) for name, label in ENDPOINT_PHASES]
     )
     endpoints = "\n".join(
         f"<tr><td>{html.escape(e['name'])}</td><td>{html.escape(str(e['state']))}</td><td>{e['transitions']}</td>"
