@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints build run test test-disk test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s loadtest-k8s-endpoints kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s loadtest-k8s-endpoints kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -29,11 +29,18 @@ TEST_DISK_GB ?= 12
 test-disk:
 	@scripts/require-tools.sh disk $(TEST_DISK_GB)
 
-test: test-disk $(VENV)/.test-installed control-plane-bins tools lint-dockerfile ## Run every test tier: unit, property, processes, API server, chart, demo, browser, kind cluster; then the figures and totals
+test: test-disk $(VENV)/.test-installed control-plane-bins tools lint-dockerfile msrv ## Run every test tier: unit, property, processes, API server, chart, demo, browser, kind cluster; then the figures and totals
 	@scripts/require-tools.sh
 	@mkdir -p .cache
 	@set -o pipefail; $(MAKE) --no-print-directory test-tiers 2>&1 | tee .cache/test.log; \
 	  status=$$?; scripts/test-summary.sh .cache/test.log; exit $$status
+
+# The one minimum Rust: the workspace's rust-version, which the Dockerfile's builder pins too.
+RUST_VERSION := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
+msrv: ## Check the workspace with exactly its rust-version (rustup installs it), as the Dockerfile's builder compiles it
+	@grep -qx 'ARG RUST_VERSION=$(RUST_VERSION)' Dockerfile || { echo "Dockerfile: ARG RUST_VERSION is not $(RUST_VERSION), the workspace's rust-version" >&2; exit 1; }
+	rustup toolchain install $(RUST_VERSION) --profile minimal --no-self-update
+	$(CARGO) +$(RUST_VERSION) check --locked --workspace --bins
 
 # The tiers past `cargo test`'s own (which needs nothing built) are #[ignore]d with their tier
 # as the reason; --include-ignored is the one switch that runs them.

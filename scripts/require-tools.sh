@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the tools are there; installs what a fresh machine lacks (as root, with apt).
-#   scripts/require-tools.sh            Rust 1.89+ and curl
+#   scripts/require-tools.sh            Rust (the workspace's rust-version or newer) and curl
 #   scripts/require-tools.sh python     Python 3.10+ with venv (for Locust)
 #   scripts/require-tools.sh chromium   Debian's Chromium (for the browser tests)
 #   scripts/require-tools.sh go         Go 1.24+ (builds etcd and kube-apiserver for the tests)
@@ -23,11 +23,12 @@ rust() {
     # shellcheck disable=SC1091
     . "$HOME/.cargo/env"
   fi
+  local need have
+  need=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
   if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo not found: install Rust 1.89 or newer (https://rustup.rs), then retry." >&2
+    echo "cargo not found: install Rust $need or newer (https://rustup.rs), then retry." >&2
     exit 1
   fi
-  local need=1.89 have
   have=$(rustc --version | awk '{print $2}')
   if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]; then
     echo "rustc $have is older than $need: run 'rustup update stable'." >&2
