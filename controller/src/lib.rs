@@ -2,8 +2,10 @@
 //! ConfigMap, which the gateway hot-reloads. The Kubernetes glue lives here; the resource's
 //! types and the ConfigMap's format are in `breaker-api`, the breaker itself in `breaker`.
 
+pub mod leader;
 mod metrics;
 pub mod reconcile;
+pub mod release;
 pub mod replicas;
 pub mod startup;
 

@@ -1,18 +1,22 @@
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use breaker_api::BreakerPolicy;
 use clap::{Parser, Subcommand};
-use controller::reconcile::{error_policy, reconcile, Context};
+use controller::leader::{Leadership, LeaseSettings};
+use controller::reconcile::{error_policy, reconcile, Context, TARGET_LABEL};
+use controller::release;
 use controller::replicas::Replicas;
 use controller::Metrics;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::runtime::controller::Error as ControllerError;
-use kube::runtime::{watcher, Controller};
-use kube::Api;
-use service_runtime::{ServeArgs, Service};
+use kube::runtime::reflector::{store, ObjectRef};
+use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
+use kube::{Api, ResourceExt};
+use service_runtime::{resource, ReadinessGate, ServeArgs, Service};
 
 // mimalloc, as in every binary of this project (why: services/gateway/src/bin/api-gateway-v2.rs).
 #[global_allocator]
@@ -32,6 +36,23 @@ struct Cli {
     /// Watch BreakerPolicies in this namespace only (needs only a Role); all namespaces when unset.
     #[arg(long, env = "WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
+    /// The one ConfigMap name the controller's Role lets it write (and watch by that name); any
+    /// name carrying the label resilience.demo.dev/breaker-target=true when unset (which needs
+    /// list and watch on ConfigMaps).
+    #[arg(long, env = "TARGET_CONFIGMAP")]
+    target_configmap: Option<String>,
+    /// The Lease its replicas elect a leader on.
+    #[arg(long, env = "LEASE_NAME", default_value = "breaker-controller")]
+    lease_name: String,
+    /// The Lease's namespace; the watched namespace (or `default`) when unset.
+    #[arg(long, env = "LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Whole seconds without a renewal after which a standby takes the Lease over.
+    #[arg(long, env = "LEASE_DURATION", default_value = "4s", value_parser = service_runtime::parse_duration)]
+    lease_duration: Duration,
+    /// How long before it lapses the leader renews the Lease (whole seconds).
+    #[arg(long, env = "LEASE_GRACE", default_value = "2s", value_parser = service_runtime::parse_duration)]
+    lease_grace: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,45 +85,118 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let client = kube::Client::try_default().await?;
     let mut service = Service::new("breaker-controller");
     let metrics = Metrics::register(service.registry());
-    let synced = service.readiness_gate();
-    let policies: Api<BreakerPolicy> = match &cli.watch_namespace {
+    let ready = service.readiness_gate();
+    let policies: Api<BreakerPolicy> = namespaced_or_all(&client, &cli.watch_namespace);
+    controller::startup::check_crd(&policies).await?;
+    let lease = LeaseSettings {
+        namespace: cli
+            .lease_namespace
+            .clone()
+            .or_else(|| cli.watch_namespace.clone())
+            .unwrap_or_else(|| "default".into()),
+        name: cli.lease_name.clone(),
+        identity: std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("breaker-controller-{}", std::process::id())),
+        duration: cli.lease_duration,
+        grace: cli.lease_grace,
+    };
+    let leadership = Leadership::start(client.clone(), lease).await?;
+    let (identity, is_leading) = (leadership.identity.clone(), leadership.is_leading.clone());
+    let server = service.run(&cli.serve, 8083, move |config| {
+        let (identity, is_leading) = (identity.clone(), is_leading.clone());
+        config.service(resource("/leader").get(move || {
+            let body = serde_json::json!({
+                "identity": identity,
+                "leading": is_leading.load(Ordering::Acquire),
+            });
+            async move { actix_web::HttpResponse::Ok().json(body) }
+        }));
+    });
+    let ctx = Arc::new(Context::new(client, metrics).allow_only(cli.target_configmap.clone()));
+    let lead = async {
+        // A free Lease is taken at once; one still held keeps this replica a standby, which is
+        // healthy and ready (a rollout must be able to count it) while it waits.
+        if tokio::time::timeout(FIRST_ELECTION, leadership.acquired())
+            .await
+            .is_err()
+        {
+            tracing::info!(identity = %leadership.identity, "standing by for the Lease");
+            ready.set_ready();
+        }
+        leadership.acquired().await?;
+        ctx.metrics.set_leading(true);
+        tracing::info!(identity = %leadership.identity, "leading");
+        tokio::select! {
+            () = run_controllers(&cli, policies, ctx.clone(), ready) => Ok(()),
+            lost = leadership.lost() => Err(lost),
+        }
+    };
+    let result: Result<(), Box<dyn std::error::Error>> = tokio::select! {
+        served = server => served.map_err(Into::into),
+        led = lead => led.map_err(Into::into),
+    };
+    ctx.metrics.set_leading(false);
+    leadership.release().await;
+    result
+}
+
+/// How long a replica tries for the Lease before it calls itself a standby.
+const FIRST_ELECTION: Duration = Duration::from_secs(1);
+
+fn namespaced_or_all<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    }
+}
+
+/// What the leader runs until SIGTERM: the policy reconciler, the release of deleted policies'
+/// fields, and the replica watcher.
+async fn run_controllers(
+    cli: &Cli,
+    policies: Api<BreakerPolicy>,
+    ctx: Arc<Context>,
+    ready: ReadinessGate,
+) {
+    let client = ctx.client.clone();
+    // The target ConfigMaps: by name when the Role names it (what RBAC can grant), else by label.
+    let targets = match &cli.target_configmap {
+        Some(name) => watcher::Config::default().fields(&format!("metadata.name={name}")),
+        None => watcher::Config::default().labels(&format!("{TARGET_LABEL}=true")),
     };
-    controller::startup::check_crd(&policies).await?;
-    let ctx = Arc::new(Context::new(client, metrics));
-    tracing::info!(
-        namespace = cli.watch_namespace.as_deref().unwrap_or("(all)"),
-        "watching BreakerPolicies"
-    );
-    let controller = Controller::new(policies, watcher::Config::default().any_semantic())
-        .trigger_backoff(breaker_api::RewatchBackoff::default());
-    // Ready once the first list has been seen: before that, the controller cannot act.
-    // Asked again every 250 ms: the store's readiness wakes only the last task that waited on
-    // it, and the controller's own queue waits on it too (kube-runtime 5's DelayedInit).
-    let store = controller.store();
-    let pods: Api<Pod> = match &cli.watch_namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    actix_web::rt::spawn(Replicas::new(ctx.clone(), store.clone()).run(pods));
-    actix_web::rt::spawn(async move {
-        loop {
-            match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
-                Ok(Ok(())) => {
-                    tracing::info!("BreakerPolicies synced");
-                    synced.set_ready();
-                    return;
-                }
-                // The watch has ended: the controller is stopping.
-                Ok(Err(_)) => return,
-                Err(_) => {}
-            }
-        }
-    });
-    let controller = controller
+    let configmaps: Api<ConfigMap> = namespaced_or_all(&client, &cli.watch_namespace);
+    let (store, writer) = store();
+    // Reconciles follow spec changes only: status writes (the replica watcher's, up to 2/s
+    // per policy while a breaker flaps) would each wake a reconcile for nothing.
+    let spec_changes = reflector(
+        writer,
+        watcher(policies.clone(), watcher::Config::default().any_semantic()),
+    )
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default());
+    let by_target = store.clone();
+    let policy_controller = Controller::for_stream(spec_changes, store.clone())
+        // A hand edit is taken back, and a deleted target reported, as soon as it happens.
+        // Its own writes (the version its status records) wake nothing.
+        .watches(configmaps.clone(), targets.clone(), move |cm| {
+            let (ns, name, version) = (cm.namespace(), cm.name_any(), cm.resource_version());
+            by_target
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns && p.spec.target.config_map == name)
+                .filter(|p| p.status.as_ref().and_then(|s| s.config_map_version.clone()) != version)
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
+        // One backoff paces all of a controller's watches after an error (kube's default
+        // grows to 30 s and more: changes made meanwhile would wait with it).
+        .trigger_backoff(breaker_api::RewatchBackoff::default())
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok(_) => {}
@@ -114,10 +208,55 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 Err(err) => tracing::warn!(error = %err, "BreakerPolicy watch failed; retrying"),
             }
         });
-    let server = service.run(&cli.serve, 8083, |_| {});
-    tokio::select! {
-        served = server => served?,
-        () = controller => tracing::info!("controller stopped"),
-    }
-    Ok(())
+    // A deleted policy's fields are released from the ConfigMap's side; its deletion wakes it.
+    let deletions = watcher(policies, watcher::Config::default().any_semantic()).filter_map(
+        |event| async move {
+            match event {
+                Ok(watcher::Event::Delete(policy)) => Some(Ok(policy)),
+                Ok(_) => None,
+                Err(err) => Some(Err(err)),
+            }
+        },
+    );
+    let release_controller = Controller::new(configmaps, targets)
+        .watches_stream(deletions, |policy: BreakerPolicy| {
+            let target = ObjectRef::new(&policy.spec.target.config_map);
+            Some(match policy.namespace() {
+                Some(ns) => target.within(&ns),
+                None => target,
+            })
+        })
+        .trigger_backoff(breaker_api::RewatchBackoff::default())
+        .shutdown_on_signal()
+        .run(release::reconcile, release::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(err @ ControllerError::QueueError(_)) = result {
+                tracing::warn!(error = %err, "ConfigMap watch failed; retrying");
+            }
+        });
+    let pods: Api<Pod> = namespaced_or_all(&client, &cli.watch_namespace);
+    actix_web::rt::spawn(Replicas::new(ctx.clone(), store.clone()).run(pods));
+    actix_web::rt::spawn(async move {
+        // Ready once the first list has been seen: before that, the controller cannot act.
+        // Asked again every 250 ms: the store's readiness wakes only the last task that waited
+        // on it, and the controller's own queue waits on it too (kube-runtime 5's DelayedInit).
+        loop {
+            match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    tracing::info!("BreakerPolicies synced");
+                    ready.set_ready();
+                    return;
+                }
+                // The watch has ended: the controller is stopping.
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
+        }
+    });
+    tracing::info!(
+        namespace = cli.watch_namespace.as_deref().unwrap_or("(all)"),
+        "watching BreakerPolicies"
+    );
+    futures::join!(policy_controller, release_controller);
+    tracing::info!("controller stopped");
 }

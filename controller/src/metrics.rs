@@ -1,12 +1,13 @@
 //! Reconcile metrics: counts by result, errors by variant, and the duration of every run,
 //! failed ones included; and what the replica watcher wrote: Events by reason, status writes,
-//! and the transitions it saw.
+//! and the transitions it saw; and whether this replica leads.
 
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -33,6 +34,7 @@ pub struct Metrics {
     event_writes: Family<ReasonLabels, Counter>,
     transitions: Family<ReasonLabels, Counter>,
     status_writes: Counter,
+    leading: Gauge,
 }
 
 impl Metrics {
@@ -46,7 +48,13 @@ impl Metrics {
             event_writes: Family::default(),
             transitions: Family::default(),
             status_writes: Counter::default(),
+            leading: Gauge::default(),
         };
+        registry.register(
+            "controller_leading",
+            "1 while this replica holds the Lease and writes, 0 while it stands by",
+            metrics.leading.clone(),
+        );
         registry.register(
             "controller_event_writes",
             "Events written to the API (created, or a series bumped), by reason",
@@ -86,6 +94,10 @@ impl Metrics {
 
     pub fn transition_seen(&self, reason: &str) {
         count(&self.transitions, reason);
+    }
+
+    pub fn set_leading(&self, leading: bool) {
+        self.leading.set(i64::from(leading));
     }
 
     pub fn status_written(&self) {

@@ -5,8 +5,16 @@
 //! controller's Role may touch that one ConfigMap and no other. It is written with server-side
 //! apply under a field manager named after the policy and without force, so a second policy
 //! aiming at the same ConfigMap gets a conflict from the API server itself and is marked
-//! `Ready=False` (Conflict); nothing is overwritten. Deleting a policy re-applies an empty
-//! configuration under its manager, which removes exactly the fields it wrote.
+//! `Ready=False` (Conflict); nothing is overwritten. The label [`POLICY_LABEL`], written with
+//! the settings, names the policy that holds the ConfigMap.
+//!
+//! No finalizer, and no owner reference from the ConfigMap to the policy: a finalizer waits on a
+//! controller that may be gone (`helm uninstall` removes the controller before the chart's
+//! policy, and a deleted namespace takes both at once), which left the policy and its namespace
+//! terminating for ever; an owner reference would have the garbage collector delete the
+//! installer's ConfigMap with the policy. What a deleted policy wrote is taken back from the
+//! ConfigMap's side instead ([`crate::release`]), whenever a controller runs. Policies and
+//! ConfigMaps from the finalizer's days are brought over as they are reconciled.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,19 +25,20 @@ use breaker_api::policy::{Reason, READY};
 use breaker_api::{BreakerPolicy, BreakerPolicyStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{self, finalizer, Event as FinalizerEvent};
 use kube::{Resource, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::metrics::Metrics;
+use crate::release;
 
-pub const FINALIZER: &str = "resilience.demo.dev/configmap";
+/// The finalizer earlier versions put on every policy; removed wherever it is seen.
+pub const LEGACY_FINALIZER: &str = "resilience.demo.dev/configmap";
 pub const POLICY_LABEL: &str = "resilience.demo.dev/policy";
 /// Marks a ConfigMap as one a BreakerPolicy may write.
 pub const TARGET_LABEL: &str = "resilience.demo.dev/breaker-target";
@@ -48,8 +57,6 @@ const MAX_TRACKED_FAILURES: usize = 4096;
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
-    #[error("cannot add or remove the finalizer: {0}")]
-    Finalizer(#[source] kube::Error),
     #[error("the BreakerPolicy has no name or no namespace")]
     Unnamed,
 }
@@ -57,19 +64,6 @@ pub enum Error {
 impl From<kube::Error> for Error {
     fn from(err: kube::Error) -> Self {
         Error::Kube(err)
-    }
-}
-
-impl From<finalizer::Error<Error>> for Error {
-    /// The finalizer helper wraps our own errors; unwrap them so their variant shows.
-    fn from(err: finalizer::Error<Error>) -> Self {
-        match err {
-            finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner,
-            finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => {
-                Error::Finalizer(e)
-            }
-            finalizer::Error::UnnamedObject | finalizer::Error::InvalidFinalizer => Error::Unnamed,
-        }
     }
 }
 
@@ -82,7 +76,6 @@ impl Error {
                 format!("kube_{}", status.reason)
             }
             Error::Kube(_) => "kube".into(),
-            Error::Finalizer(_) => "finalizer".into(),
             Error::Unnamed => "unnamed".into(),
         }
     }
@@ -94,6 +87,8 @@ pub struct Context {
     pub metrics: Metrics,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
+    /// The one ConfigMap name the controller's Role lets it write, when it was told.
+    allowed_target: Option<String>,
 }
 
 impl Context {
@@ -107,7 +102,19 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            allowed_target: None,
         }
+    }
+
+    /// The controller may write ConfigMaps of this name only (what its Role allows): a policy
+    /// aiming elsewhere is told so in its status instead of failing on `Forbidden`.
+    pub fn allow_only(mut self, config_map: Option<String>) -> Self {
+        self.allowed_target = config_map;
+        self
+    }
+
+    pub fn allowed_target(&self) -> Option<&str> {
+        self.allowed_target.as_deref()
     }
 
     async fn event(&self, policy: &BreakerPolicy, type_: EventType, reason: Reason, note: String) {
@@ -184,14 +191,51 @@ pub async fn reconcile(policy: Arc<BreakerPolicy>, ctx: Arc<Context>) -> Result<
 
 async fn reconcile_policy(policy: Arc<BreakerPolicy>, ctx: &Context) -> Result<Action, Error> {
     let ns = policy.namespace().ok_or(Error::Unnamed)?;
-    let policies: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    Ok(finalizer(&policies, FINALIZER, policy, |event| async {
-        match event {
-            FinalizerEvent::Apply(policy) => apply(policy, ctx, &ns).await,
-            FinalizerEvent::Cleanup(policy) => cleanup(policy, ctx, &ns).await,
+    if policy.meta().deletion_timestamp.is_some() {
+        // Seen only while another finalizer (or the legacy one) holds the policy: take back
+        // what it wrote now rather than after it is gone.
+        let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+        let target = &policy.spec.target.config_map;
+        if let Some(cm) = configmaps.get_opt(target).await? {
+            release::release(&configmaps, &cm, &policy.name_any()).await?;
         }
-    })
-    .await?)
+        drop_legacy_finalizer(&policy, ctx, &ns).await?;
+        ctx.forget_failures(&key(&policy));
+        return Ok(Action::await_change());
+    }
+    let action = apply(policy.clone(), ctx, &ns).await?;
+    drop_legacy_finalizer(&policy, ctx, &ns).await?;
+    Ok(action)
+}
+
+/// Removes the finalizer earlier versions added, once the policy's ConfigMap no longer has
+/// the owner reference that came with it (the apply before this took it back). The patch
+/// carries the resourceVersion, so a concurrent change of the list fails it and it is retried.
+async fn drop_legacy_finalizer(
+    policy: &BreakerPolicy,
+    ctx: &Context,
+    ns: &str,
+) -> Result<(), Error> {
+    let finalizers = policy.finalizers();
+    if !finalizers.iter().any(|f| f == LEGACY_FINALIZER) {
+        return Ok(());
+    }
+    let kept: Vec<&String> = finalizers
+        .iter()
+        .filter(|f| *f != LEGACY_FINALIZER)
+        .collect();
+    let patch =
+        json!({"metadata": {"finalizers": kept, "resourceVersion": policy.resource_version()}});
+    let policies: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    policies
+        .patch(
+            &policy.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    tracing::info!(policy = %key(policy), finalizer = LEGACY_FINALIZER, "removed the legacy finalizer");
+    Ok(())
 }
 
 /// Exponential backoff per object: 1 s, 2 s, 4 s … up to 5 minutes.
@@ -202,16 +246,53 @@ pub fn error_policy(policy: Arc<BreakerPolicy>, err: &Error, ctx: Arc<Context>) 
     Action::requeue(delay)
 }
 
-fn controller_owner(cm: &ConfigMap) -> Option<&OwnerReference> {
-    cm.metadata
-        .owner_references
+/// Why the ConfigMap is not this policy's to write, if it is not: something else controls it,
+/// it was not made a breaker target, or another live policy holds it. A policy that held it
+/// and is gone has its fields released here, so the next one takes over at once.
+async fn held_elsewhere(
+    cm: &ConfigMap,
+    policy: &BreakerPolicy,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Option<String>, Error> {
+    let target = cm.name_any();
+    // Owner references to a BreakerPolicy are the finalizer days' mark of the holder, which
+    // the label carries now; the apply removes them.
+    if let Some(owner) = cm
+        .owner_references()
         .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
+        .find(|o| o.controller == Some(true) && o.kind != BreakerPolicy::kind(&()))
+    {
+        return Ok(Some(format!(
+            "ConfigMap {target} is managed by {} {}",
+            owner.kind, owner.name
+        )));
+    }
+    if cm.labels().get(TARGET_LABEL).map(String::as_str) != Some("true") {
+        return Ok(Some(format!(
+            "ConfigMap {target} is not a breaker target (label {TARGET_LABEL}=true is missing)"
+        )));
+    }
+    let ours = policy.name_any();
+    match cm.labels().get(POLICY_LABEL) {
+        Some(holder) if *holder != ours => {
+            let policies: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), ns);
+            if release::is_live(&policies, holder).await? {
+                return Ok(Some(format!(
+                    "ConfigMap {target} is managed by BreakerPolicy {holder}"
+                )));
+            }
+            let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+            release::release(&configmaps, cm, holder).await?;
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
 }
 
-fn manager_name(policy: &BreakerPolicy) -> String {
-    format!("{MANAGER}.{}", policy.name_any())
+/// The field manager a policy's writes to its ConfigMap go under.
+pub(crate) fn manager_name(policy: &str) -> String {
+    format!("{MANAGER}.{policy}")
 }
 
 /// Another policy's field manager on the ConfigMap, if one applied fields there.
@@ -240,40 +321,35 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
         .await;
         return Ok(Action::await_change());
     }
-    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let uid = policy.uid().unwrap_or_default();
-    let Some(existing) = configmaps.get_opt(target).await? else {
+    if let Some(allowed) = ctx.allowed_target().filter(|allowed| *allowed != target) {
         let message = format!(
-            "ConfigMap {target} not found: it is created with the gateway (label {TARGET_LABEL}=true); the controller only writes it"
+            "this controller may write ConfigMap {allowed} only (its Role; the chart's gatewayV2.configMapName): set spec.target.configMap to {allowed}"
         );
-        set_ready(&policy, ctx, ns, Reason::TargetMissing, &message, None).await?;
-        return Ok(Action::requeue(CONFLICT_RETRY));
-    };
-    let owner = controller_owner(&existing);
-    if owner.map(|o| o.uid.as_str()) != Some(uid.as_str()) {
-        let prepared = existing.labels().get(TARGET_LABEL).map(String::as_str) == Some("true");
-        let message = match owner {
-            Some(o) => Some(format!(
-                "ConfigMap {target} is managed by {} {}",
-                o.kind, o.name
-            )),
-            None if !prepared => Some(format!(
-                "ConfigMap {target} is not a breaker target (label {TARGET_LABEL}=true is missing)"
-            )),
-            None => None,
-        };
-        if let Some(message) = message {
-            return conflict(&policy, ctx, ns, message).await;
-        }
+        return forbidden(&policy, ctx, ns, message, Action::await_change()).await;
     }
-    let owner = policy
-        .controller_owner_ref(&())
-        .expect("a stored object has a name and uid");
+    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let existing = match configmaps.get_opt(target).await {
+        Ok(Some(existing)) => existing,
+        Ok(None) => {
+            let message = format!(
+                "ConfigMap {target} not found: it is created with the gateway (label {TARGET_LABEL}=true); the controller only writes it"
+            );
+            set_ready(&policy, ctx, ns, Reason::TargetMissing, &message, None).await?;
+            return Ok(Action::requeue(CONFLICT_RETRY));
+        }
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            let message = forbidden_message(target, &status.message);
+            return forbidden(&policy, ctx, ns, message, Action::requeue(CONFLICT_RETRY)).await;
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if let Some(message) = held_elsewhere(&existing, &policy, ctx, ns).await? {
+        return conflict(&policy, ctx, ns, message).await;
+    }
     let configmap = ConfigMap {
         metadata: ObjectMeta {
             name: Some(target.clone()),
             namespace: Some(ns.into()),
-            owner_references: Some(vec![owner]),
             labels: Some([(POLICY_LABEL.to_string(), policy.name_any())].into()),
             ..ObjectMeta::default()
         },
@@ -282,7 +358,7 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
     };
     // No force at first: another policy's fields are a conflict, not something to take over.
     // Hand edits (any other manager) are taken back: the policy is the source of truth.
-    let manager = manager_name(&policy);
+    let manager = manager_name(&policy.name_any());
     let apply = Patch::Apply(&configmap);
     let written = match configmaps
         .patch(target, &PatchParams::apply(&manager), &apply)
@@ -298,6 +374,10 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
             configmaps
                 .patch(target, &PatchParams::apply(&manager).force(), &apply)
                 .await?
+        }
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            let message = forbidden_message(target, &status.message);
+            return forbidden(&policy, ctx, ns, message, Action::requeue(CONFLICT_RETRY)).await;
         }
         Err(err) => return Err(err.into()),
     };
@@ -337,34 +417,27 @@ async fn conflict(
     Ok(Action::requeue(CONFLICT_RETRY))
 }
 
-/// Deleting a policy takes back what it wrote to the ConfigMap (settings, mode, owner
-/// reference, label) and leaves the ConfigMap itself; the gateway then keeps its last settings
-/// and returns to mode Auto.
-async fn cleanup(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Action, Error> {
-    let target = &policy.spec.target.config_map;
-    let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-    let ours = configmaps
-        .get_opt(target)
-        .await?
-        .is_some_and(|cm| controller_owner(&cm).map(|o| o.uid.as_str()) == policy.uid().as_deref());
-    if ours {
-        let empty = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": target, "namespace": ns}});
-        match configmaps
-            .patch(
-                target,
-                &PatchParams::apply(&manager_name(&policy)),
-                &Patch::Apply(&empty),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(err) => return Err(err.into()),
-        }
-        tracing::info!(policy = %key(&policy), configmap = %target, "released its ConfigMap");
+fn forbidden_message(target: &str, api_message: &str) -> String {
+    format!(
+        "the controller may not write ConfigMap {target} ({api_message}): its Role must allow get, list, watch and patch on it (the chart grants exactly gatewayV2.configMapName)"
+    )
+}
+
+/// The controller's Role does not cover the target: said in the status and once as an Event.
+async fn forbidden(
+    policy: &BreakerPolicy,
+    ctx: &Context,
+    ns: &str,
+    message: String,
+    then: Action,
+) -> Result<Action, Error> {
+    tracing::warn!(policy = %key(policy), %message, "target not allowed");
+    set_ready(policy, ctx, ns, Reason::Forbidden, &message, None).await?;
+    if !has_reason(policy, Reason::Forbidden) {
+        ctx.event(policy, EventType::Warning, Reason::Forbidden, message)
+            .await;
     }
-    ctx.forget_failures(&key(&policy));
-    Ok(Action::await_change())
+    Ok(then)
 }
 
 /// Whether the policy's `Ready` condition already says this.

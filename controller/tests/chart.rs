@@ -308,6 +308,13 @@ fn two_releases_share_a_namespace_without_sharing_an_object() {
             env_of(docs, &v2, "PRODUCT_SERVICE_URL"),
             format!("http://{release}-product-service:8081")
         );
+        // each release's controller writes its own ConfigMap and elects on its own Lease
+        let controller = format!("{release}-breaker-controller");
+        assert_eq!(
+            env_of(docs, &controller, "TARGET_CONFIGMAP"),
+            format!("{release}-api-gateway-v2-breaker")
+        );
+        assert_eq!(env_of(docs, &controller, "LEASE_NAME"), controller);
         let policy = docs.iter().find(|d| d["kind"] == "BreakerPolicy").unwrap();
         assert_eq!(
             policy["spec"]["target"]["configMap"],

@@ -20,6 +20,7 @@ from conftest import (
     HELM_ARGS,
     KUBECTL,
     NAMESPACE,
+    ROOT,
     Cluster,
     figure,
     http,
@@ -413,7 +414,7 @@ def test_with_the_controller_away_changes_wait_and_v2_serves_on(cluster: Cluster
         time.sleep(5)
         assert threshold_everywhere(3), "the change must wait for the controller"
         back_at = time.monotonic()
-        kubectl("scale", "deployment", "breaker-controller", "--replicas=1")
+        kubectl("scale", "deployment", "breaker-controller", "--replicas=2")
         applied = wait_for(
             "the change, once the controller is back", lambda: threshold_everywhere(9) and time.monotonic(), 120
         )
@@ -423,6 +424,44 @@ def test_with_the_controller_away_changes_wait_and_v2_serves_on(cluster: Cluster
         f"was scaled back up; meanwhile v2 served {load.summary()}"
     )
     assert load.counts["failed"] == 0, load.summary()
+
+
+def lease_holder() -> str:
+    return kubectl_json("get", "lease", "breaker-controller")["spec"].get("holderIdentity", "")
+
+
+def test_the_leader_killed_under_a_change_stream_the_standby_takes_over(cluster: Cluster):
+    """Two controllers, one Lease: the leader's pod is killed (no grace, so it cannot give the
+    Lease up) while the policy keeps changing; the standby applies the next change within the
+    Lease's 4 s, and the last change wins on every replica."""
+    pods = cluster.pods(V2)
+    wait_for("two controllers ready", lambda: len(cluster.pods("breaker-controller", ready=True)) == 2, 120)
+    leader = wait_for("a leader", lambda: lease_holder() or None, 30)
+    assert leader in cluster.pods("breaker-controller"), leader
+
+    def threshold_everywhere(value: int) -> bool:
+        return all(replica_status(cluster, p)["settings"]["failureThreshold"] == value for p in pods)
+
+    kubectl("delete", "pod", leader, "--grace-period=0", "--force", "--wait=false")
+    killed = time.monotonic()
+    first_applied, value = None, 20
+    while time.monotonic() - killed < 10:
+        value += 1
+        patch_policy({"settings": {"failureThreshold": value}})
+        time.sleep(0.25)
+        if first_applied is None and threshold_everywhere(value):
+            first_applied = time.monotonic() - killed
+    wait_for(f"the last change ({value}) on every replica", lambda: threshold_everywhere(value), 15)
+    new_leader = lease_holder()
+    policy = kubectl_json("get", "breakerpolicy", POLICY)
+    patch_policy({"settings": {"failureThreshold": 3}})
+    assert new_leader and new_leader != leader, (leader, new_leader)
+    assert policy["status"]["observedGeneration"] == policy["metadata"]["generation"], policy["status"]
+    assert first_applied is not None and first_applied < 5, first_applied
+    figure(
+        f"leader {leader} killed under a change every 250 ms: {new_leader} applied the next change "
+        f"{first_applied:.1f} s after the kill (Lease 4 s)"
+    )
 
 
 def test_recommendations_scaled_to_zero(cluster: Cluster):
@@ -510,3 +549,38 @@ def test_loadtest_k8s_endpoints_tells_the_second_chapter_and_the_policy_names_th
     finally:
         patch_policy({"settings": {"failureThreshold": 3, "callTimeout": "2s", "openDuration": "5s"}})
         make("deploy", f"HELM_ARGS={HELM_ARGS}")
+
+
+def test_helm_uninstall_and_the_namespace_deletion_finish_and_keep_what_users_made(cluster: Cluster):
+    """Last, as it takes the release away: `helm uninstall --wait` with the chart's policy and
+    one a user made, then the namespace; neither waits on the controller Helm removed first."""
+    mine = {
+        "apiVersion": "resilience.demo.dev/v1alpha1",
+        "kind": "BreakerPolicy",
+        "metadata": {"name": "mine", "namespace": NAMESPACE},
+        "spec": {"target": {"configMap": "api-gateway-v2-breaker"}, "settings": {"failureThreshold": 4}},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(mine))
+    wait_for(
+        "mine has a Ready condition", lambda: kubectl_json("get", "bp", "mine").get("status", {}).get("conditions"), 30
+    )
+    started = time.monotonic()
+    subprocess.run(
+        [str(ROOT / ".cache/tools/bin/helm"), "uninstall", "circuit-breaker-demo", "-n", NAMESPACE, "--wait",
+         "--timeout", "180s"], env=ENV, check=True, capture_output=True, timeout=200,
+    )  # fmt: skip
+    uninstalled = time.monotonic() - started
+    left = kubectl("get", "bp", "-o", "name")
+    assert left.split() == ["breakerpolicy.resilience.demo.dev/mine"], left
+    assert not kubectl("get", "deployments", "-o", "name"), "the release's Deployments are gone"
+    started = time.monotonic()
+    subprocess.run(
+        [KUBECTL, "delete", "namespace", NAMESPACE, "--wait", "--timeout=180s"], env=ENV, check=True,
+        capture_output=True, timeout=200,
+    )  # fmt: skip
+    deleted = time.monotonic() - started
+    assert kubectl("get", "namespace", NAMESPACE, "--ignore-not-found", "-o", "name", check=False) == ""
+    figure(
+        f"helm uninstall --wait with the chart's policy and a user's: {uninstalled:.1f} s; "
+        f"kubectl delete namespace: {deleted:.1f} s (the user's policy went with it)"
+    )

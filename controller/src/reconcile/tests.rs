@@ -31,7 +31,7 @@ fn policy(settings: BreakerSettings) -> BreakerPolicy {
     meta.namespace = Some(NS.into());
     meta.uid = Some("uid-gw".into());
     meta.generation = Some(1);
-    meta.finalizers = Some(vec![FINALIZER.into()]);
+    meta.resource_version = Some("7".into());
     policy
 }
 
@@ -55,6 +55,8 @@ fn test_context() -> (Arc<Context>, ApiHandle, Registry) {
 struct Step {
     method: Method,
     path: String,
+    /// A part the request's query must contain (a field manager, say).
+    query: Option<&'static str>,
     status: u16,
     answer: Value,
 }
@@ -63,8 +65,16 @@ fn step(method: Method, path: &str, status: u16, answer: Value) -> Step {
     Step {
         method,
         path: path.into(),
+        query: None,
         status,
         answer,
+    }
+}
+
+impl Step {
+    fn with_query(mut self, part: &'static str) -> Self {
+        self.query = Some(part);
+        self
     }
 }
 
@@ -119,6 +129,10 @@ async fn serve(mut handle: ApiHandle, script: Vec<Step>) -> (Vec<Value>, ApiHand
             (&step.method, step.path.as_str()),
             "unexpected request"
         );
+        if let Some(part) = step.query {
+            let query = request.uri().query().unwrap_or_default();
+            assert!(query.contains(part), "{} {query}: wants {part}", step.path);
+        }
         let body = request.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         // An event is answered with itself, as the API server would.
@@ -316,18 +330,15 @@ async fn hand_edits_are_taken_back_with_force_and_the_policy_is_ready() {
 async fn an_api_error_keeps_its_variant_and_reason_in_the_metrics_and_is_timed() {
     let (ctx, handle, registry) = test_context();
     let p = policy(BreakerSettings::default());
-    let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "configmaps is forbidden"});
-    let script = vec![configmap_read(403, forbidden)];
+    let unavailable = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "ServiceUnavailable", "code": 503, "message": "etcd is away"});
+    let script = vec![configmap_read(503, unavailable)];
     let (result, _, _) = run(p, ctx, handle, script).await;
     let err = result.unwrap_err();
-    assert!(
-        matches!(err, Error::Kube(_)),
-        "the finalizer wrapper is gone: {err:?}"
-    );
-    assert_eq!(err.metric_label(), "kube_Forbidden");
+    assert!(matches!(err, Error::Kube(_)), "{err:?}");
+    assert_eq!(err.metric_label(), "kube_ServiceUnavailable");
     let text = metrics_text(&registry);
     assert!(
-        text.contains("controller_reconcile_errors_total{error=\"kube_Forbidden\"} 1"),
+        text.contains("controller_reconcile_errors_total{error=\"kube_ServiceUnavailable\"} 1"),
         "{text}"
     );
     assert!(
@@ -337,6 +348,185 @@ async fn an_api_error_keeps_its_variant_and_reason_in_the_metrics_and_is_timed()
     assert!(
         text.contains("controller_reconcile_duration_seconds_count{result=\"error\"} 1"),
         "failed runs are timed too: {text}"
+    );
+}
+
+#[tokio::test]
+async fn a_target_the_role_does_not_cover_is_not_ready_and_says_what_it_allows() {
+    let (ctx, handle, _) = test_context();
+    let p = policy(BreakerSettings::default());
+    let forbidden = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "configmaps \"gw-breaker\" is forbidden"});
+    let script = vec![
+        configmap_read(403, forbidden),
+        status_patched(&p),
+        event_created(),
+    ];
+    let (result, bodies, _) = run(p, ctx, handle, script).await;
+    assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
+    let condition = ready(&bodies[1]);
+    assert_eq!(
+        (&condition["status"], &condition["reason"]),
+        (&json!("False"), &json!("Forbidden"))
+    );
+    assert!(
+        condition["message"]
+            .as_str()
+            .unwrap()
+            .contains("may not write ConfigMap gw-breaker"),
+        "{condition}"
+    );
+    assert_eq!(bodies[2]["reason"], "Forbidden");
+
+    // Told its Role's one name, the controller says so without asking the API server.
+    let (ctx, handle, _) = test_context();
+    let ctx = Arc::new(
+        Arc::into_inner(ctx)
+            .unwrap()
+            .allow_only(Some("api-gateway-v2-breaker".into())),
+    );
+    let p = policy(BreakerSettings::default());
+    let script = vec![status_patched(&p), event_created()];
+    let (result, bodies, _) = run(p, ctx, handle, script).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    let message = ready(&bodies[0])["message"].as_str().unwrap();
+    assert!(
+        message.contains("may write ConfigMap api-gateway-v2-breaker only")
+            && message.contains("set spec.target.configMap to api-gateway-v2-breaker"),
+        "{message}"
+    );
+}
+
+fn held_configmap(holder: &str) -> Value {
+    let mut cm = prepared_configmap(&["helm", &format!("breaker-controller.{holder}")]);
+    cm["metadata"]["labels"][POLICY_LABEL] = json!(holder);
+    cm
+}
+
+fn policy_path(name: &str) -> String {
+    format!("/apis/resilience.demo.dev/v1alpha1/namespaces/{NS}/breakerpolicies/{name}")
+}
+
+#[tokio::test]
+async fn a_configmap_held_by_a_live_policy_is_a_conflict_that_names_it() {
+    let (ctx, handle, _) = test_context();
+    let p = policy(BreakerSettings::default());
+    let mut holder = policy(BreakerSettings::default());
+    holder.meta_mut().name = Some("first".into());
+    let script = vec![
+        configmap_read(200, held_configmap("first")),
+        step(
+            Method::GET,
+            &policy_path("first"),
+            200,
+            serde_json::to_value(&holder).unwrap(),
+        ),
+        status_patched(&p),
+        event_created(),
+    ];
+    let (result, bodies, _) = run(p, ctx, handle, script).await;
+    assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
+    assert_eq!(ready(&bodies[2])["reason"], "Conflict");
+    assert!(ready(&bodies[2])["message"]
+        .as_str()
+        .unwrap()
+        .contains("managed by BreakerPolicy first"));
+}
+
+#[tokio::test]
+async fn a_deleted_holders_fields_are_released_and_the_policy_takes_over_at_once() {
+    let (ctx, handle, _) = test_context();
+    let p = policy(BreakerSettings::default());
+    let script = vec![
+        configmap_read(200, held_configmap("gone")),
+        step(Method::GET, &policy_path("gone"), 404, not_found()),
+        step(
+            Method::PATCH,
+            &configmap_path(),
+            200,
+            prepared_configmap(&["helm"]),
+        )
+        .with_query("fieldManager=breaker-controller.gone"),
+        step(
+            Method::PATCH,
+            &configmap_path(),
+            200,
+            prepared_configmap(&[]),
+        )
+        .with_query("fieldManager=breaker-controller.gw"),
+        status_patched(&p),
+        event_created(),
+    ];
+    let (result, bodies, _) = run(p, ctx, handle, script).await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    // the release is an empty apply: the gone policy's manager keeps no field
+    assert!(bodies[2].get("data").is_none(), "{}", bodies[2]);
+    assert!(
+        bodies[2]["metadata"].get("labels").is_none(),
+        "{}",
+        bodies[2]
+    );
+    assert_eq!(bodies[3]["metadata"]["labels"][POLICY_LABEL], "gw");
+    assert!(
+        bodies[3]["metadata"].get("ownerReferences").is_none(),
+        "no owner reference: the garbage collector would delete the ConfigMap with the policy"
+    );
+    assert_eq!(ready(&bodies[4])["reason"], "Applied");
+}
+
+#[tokio::test]
+async fn the_legacy_finalizer_is_removed_after_the_apply_and_on_deletion_after_the_release() {
+    let (ctx, handle, _) = test_context();
+    let mut p = policy(BreakerSettings::default());
+    p.meta_mut().finalizers = Some(vec![LEGACY_FINALIZER.into(), "example.dev/keep".into()]);
+    let script = vec![
+        configmap_read(200, prepared_configmap(&["helm"])),
+        step(
+            Method::PATCH,
+            &configmap_path(),
+            200,
+            prepared_configmap(&[]),
+        ),
+        status_patched(&p),
+        event_created(),
+        step(
+            Method::PATCH,
+            &policy_path("gw"),
+            200,
+            serde_json::to_value(&p).unwrap(),
+        ),
+    ];
+    let (result, bodies, handle) = run(p.clone(), ctx.clone(), handle, script).await;
+    assert_eq!(result.unwrap(), Action::requeue(RESYNC));
+    assert_eq!(
+        bodies[4]["metadata"],
+        json!({"finalizers": ["example.dev/keep"], "resourceVersion": "7"}),
+        "only ours goes, and only from the list this reconcile saw"
+    );
+
+    // Deleting (another finalizer holds it): its fields are released, then ours goes.
+    p.meta_mut().deletion_timestamp = Some(Time(Timestamp::now()));
+    let script = vec![
+        configmap_read(200, held_configmap("gw")),
+        step(
+            Method::PATCH,
+            &configmap_path(),
+            200,
+            prepared_configmap(&["helm"]),
+        )
+        .with_query("fieldManager=breaker-controller.gw"),
+        step(
+            Method::PATCH,
+            &policy_path("gw"),
+            200,
+            serde_json::to_value(&p).unwrap(),
+        ),
+    ];
+    let (result, bodies, _) = run(p, ctx, handle, script).await;
+    assert_eq!(result.unwrap(), Action::await_change());
+    assert!(bodies[1].get("data").is_none(), "{}", bodies[1]);
+    assert_eq!(
+        bodies[2]["metadata"]["finalizers"],
+        json!(["example.dev/keep"])
     );
 }
 

@@ -212,6 +212,8 @@ pub enum Reason {
     TargetMissing,
     /// Another policy, or something else, manages the target ConfigMap.
     Conflict,
+    /// The controller's Role does not let it write the target ConfigMap.
+    Forbidden,
 }
 
 impl Reason {
@@ -221,6 +223,7 @@ impl Reason {
             Reason::InvalidSettings => "InvalidSettings",
             Reason::TargetMissing => "TargetMissing",
             Reason::Conflict => "Conflict",
+            Reason::Forbidden => "Forbidden",
         }
     }
 
