@@ -16,7 +16,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use breaker_api::{BreakerPolicy, EjectedEndpoint, ReplicaStatus};
+use breaker_api::policy::MAX_EJECTED_NAMED;
+use breaker_api::{BreakerPolicy, EjectedEndpoint, Mode, ReplicaStatus};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::api::{Api, Patch, PatchParams};
@@ -48,12 +49,22 @@ const RECHECK: Duration = Duration::from_secs(2);
 pub const EVENT_EVERY: Duration = Duration::from_secs(30);
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
 
+/// A replica's answer is read up to this size: pods are not trusted (any pod with the label
+/// is asked), so what one says is bounded before it is parsed and checked after
+/// ([`Report::checked`]) before any of it reaches the API.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// At most this many ejected endpoints of one replica reach the status (the CRD says so too).
+pub const MAX_EJECTED: usize = breaker_api::policy::MAX_EJECTED;
+/// At most this many replicas of one policy are listed in the status (all are counted).
+pub const MAX_REPLICAS: usize = breaker_api::policy::MAX_REPLICAS;
+
 /// The part of a replica's `/circuit-status` read here.
 #[derive(Debug, Clone, Deserialize)]
 struct Report {
     revision: u64,
     state: String,
-    mode: String,
+    /// A mode outside the known set fails the parse: Event keys come from a fixed set.
+    mode: Mode,
     config_version: String,
     last_transition: Option<TransitionReport>,
     #[serde(default)]
@@ -97,9 +108,81 @@ struct TransitionReport {
     from: String,
     to: String,
     reason: String,
-    mode: String,
+    mode: Mode,
     at: String,
 }
+
+/// A state or reason as the breaker spells it: a short snake_case word.
+fn is_word(s: &str) -> bool {
+    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+}
+
+/// An RFC 3339 time as the gateway writes it.
+fn is_time(s: &str) -> bool {
+    (1..=40).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b"TZ:.+-".contains(&b))
+}
+
+/// A pod's name (DNS subdomain) or a resourceVersion.
+fn is_name(s: &str) -> bool {
+    (1..=253).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+impl Report {
+    /// The report, if every field that reaches the status or an Event has the form the gateway
+    /// gives it; lists cut to their bounds.
+    fn checked(mut self) -> Result<Self, String> {
+        let words = [&self.state]
+            .into_iter()
+            .chain(
+                self.last_transition
+                    .iter()
+                    .chain(&self.transitions)
+                    .flat_map(|t| [&t.from, &t.to, &t.reason]),
+            )
+            .chain(self.endpoints.iter().map(|e| &e.state))
+            .chain(
+                self.endpoints
+                    .iter()
+                    .filter_map(|e| e.ejected_reason.as_ref()),
+            );
+        if let Some(bad) = words.into_iter().find(|w| !is_word(w)) {
+            return Err(format!("not a state or reason: {:.40?}", bad));
+        }
+        let times = self
+            .last_transition
+            .iter()
+            .chain(&self.transitions)
+            .map(|t| &t.at)
+            .chain(
+                self.endpoints
+                    .iter()
+                    .filter_map(|e| e.ejected_since.as_ref()),
+            );
+        if let Some(bad) = times.into_iter().find(|t| !is_time(t)) {
+            return Err(format!("not a time: {:.40?}", bad));
+        }
+        // (no version yet is an empty one)
+        let names = std::iter::once(&self.config_version)
+            .filter(|v| !v.is_empty())
+            .chain(&self.ejected)
+            .chain(self.endpoints.iter().map(|e| &e.name));
+        if let Some(bad) = names.into_iter().find(|n| !is_name(n)) {
+            return Err(format!("not a name: {:.40?}", bad));
+        }
+        self.ejected.truncate(MAX_EJECTED);
+        // Only the newest transitions are Events; older ones were seen on an earlier ask.
+        let keep_from = self.transitions.len().saturating_sub(MAX_TRANSITIONS);
+        self.transitions.drain(..keep_from);
+        Ok(self)
+    }
+}
+
+/// Transitions read from one answer, the newest last.
+const MAX_TRANSITIONS: usize = 64;
 
 /// A group of replicas: those in one namespace watching one ConfigMap.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,7 +227,7 @@ pub struct Replicas {
     polls: Mutex<HashMap<String, actix_web::rt::task::JoinHandle<()>>>,
     /// Per replica, mode and kind of Event: when one was last written, and the latest held
     /// back since.
-    events: Mutex<HashMap<(String, String, &'static str), EventGate>>,
+    events: Mutex<HashMap<(String, Mode, &'static str), EventGate>>,
 }
 
 impl Replicas {
@@ -153,7 +236,11 @@ impl Replicas {
         Rc::new(Self {
             ctx,
             policies,
-            http: awc::Client::builder().timeout(ASK_TIMEOUT).finish(),
+            // A pod's redirect would send the controller's asks wherever the pod likes.
+            http: awc::Client::builder()
+                .timeout(ASK_TIMEOUT)
+                .disable_redirects()
+                .finish(),
             groups: Mutex::new(HashMap::new()),
             polls: Mutex::new(HashMap::new()),
             events: Mutex::new(HashMap::new()),
@@ -229,9 +316,10 @@ impl Replicas {
             let answer = match self.http.get(&url).send().await {
                 Ok(mut response) if response.status().is_success() => response
                     .json::<Report>()
-                    .limit(1 << 20)
+                    .limit(MAX_ANSWER_BYTES)
                     .await
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| e.to_string())
+                    .and_then(Report::checked),
                 Ok(response) => Err(format!("HTTP {}", response.status())),
                 Err(err) => Err(err.to_string()),
             };
@@ -284,7 +372,7 @@ impl Replicas {
             let status = ReplicaStatus {
                 pod: pod.to_string(),
                 state: report.state.clone(),
-                mode: Some(report.mode.clone()),
+                mode: Some(report.mode.as_str().into()),
                 since: report.last_transition.as_ref().map(|t| t.at.clone()),
                 reason: report.last_transition.as_ref().map(|t| t.reason.clone()),
                 config_version: Some(report.config_version.clone()),
@@ -308,7 +396,7 @@ impl Replicas {
             _ => ("CircuitClosed", "closed"),
         };
         self.ctx.metrics.transition_seen(reason);
-        let would = if t.mode == "Observe" {
+        let would = if t.mode == Mode::Observe {
             "would have "
         } else {
             ""
@@ -322,7 +410,7 @@ impl Replicas {
                 t.from, t.to, t.reason
             ),
         };
-        let key = (format!("{}/{pod}", group.namespace), t.mode.clone(), reason);
+        let key = (format!("{}/{pod}", group.namespace), t.mode, reason);
         {
             let mut gates = self.events.lock();
             if gates.len() >= 4096 {
@@ -496,16 +584,20 @@ fn summary(replicas: &[ReplicaStatus], current: Option<&str>) -> serde_json::Val
         *ejected.entry(&endpoint.name).or_default() += 1;
     }
     let mut status = json!({
-        "replicas": replicas,
+        "replicas": &replicas[..total.min(MAX_REPLICAS)],
         "open": format!("{open}/{total}"),
         "applied": format!("{applied}/{total}"),
     });
     if !ejected.is_empty() {
-        let ejected: Vec<String> = ejected
+        let mut named: Vec<String> = ejected
             .iter()
+            .take(MAX_EJECTED_NAMED)
             .map(|(name, n)| format!("{name} ({n}/{total})"))
             .collect();
-        status["ejected"] = ejected.join(", ").into();
+        if ejected.len() > MAX_EJECTED_NAMED {
+            named.push(format!("{} more", ejected.len() - MAX_EJECTED_NAMED));
+        }
+        status["ejected"] = named.join(", ").into();
     }
     status
 }
@@ -606,6 +698,86 @@ mod tests {
             "rec-1 (1/3), rec-2 (2/3)"
         );
         assert!(summary(&[c], None).get("ejected").is_none());
+    }
+
+    fn answer() -> serde_json::Value {
+        json!({
+            "revision": 9, "state": "open", "mode": "Auto", "config_version": "3",
+            "last_transition": {"seq": 1, "from": "closed", "to": "open", "reason": "consecutive_failures",
+                                "mode": "Auto", "at": "2026-11-28T14:00:00.000Z"},
+            "transitions": [],
+            "ejected": ["rec-2"],
+            "endpoints": [{"name": "rec-2", "state": "open", "ejected_since": "2026-11-28T14:00:00.000Z",
+                           "ejected_reason": "consecutive_failures"}]
+        })
+    }
+
+    fn checked(answer: serde_json::Value) -> Result<Report, String> {
+        serde_json::from_value::<Report>(answer)
+            .map_err(|e| e.to_string())
+            .and_then(Report::checked)
+    }
+
+    #[test]
+    fn a_replicas_answer_is_untrusted_input_checked_field_by_field_and_cut_to_its_bounds() {
+        assert!(checked(answer()).is_ok());
+        let hostile: [(&str, serde_json::Value); 8] = [
+            ("/state", json!("open\nInjected: yes")),
+            ("/state", json!("x".repeat(33))),
+            ("/mode", json!("Sometimes")),
+            ("/last_transition/reason", json!("a <b>reason</b>")),
+            ("/last_transition/at", json!("yesterday at noon")),
+            ("/config_version", json!("x".repeat(254))),
+            ("/ejected/0", json!("Rec 2")),
+            ("/endpoints/0/ejected_since", json!("9".repeat(41))),
+        ];
+        for (path, value) in hostile {
+            let mut bad = answer();
+            *bad.pointer_mut(path).unwrap() = value.clone();
+            assert!(checked(bad).is_err(), "{path} = {value} was taken");
+        }
+        let mut many = answer();
+        many["ejected"] = (0..500).map(|i| json!(format!("rec-{i}"))).collect();
+        many["transitions"] = (1..=1000)
+            .map(|seq| json!({"seq": seq, "from": "open", "to": "half_open", "reason": "open_duration_elapsed",
+                              "mode": "Auto", "at": "2026-11-28T14:00:00.000Z"}))
+            .collect();
+        let report = checked(many).unwrap();
+        assert_eq!(report.ejected.len(), MAX_EJECTED);
+        assert_eq!(report.transitions.len(), MAX_TRANSITIONS);
+        assert_eq!(
+            report.transitions.last().unwrap().seq,
+            1000,
+            "the newest are kept"
+        );
+    }
+
+    #[test]
+    fn the_summary_lists_at_most_its_bound_of_replicas_and_counts_them_all() {
+        let replicas: Vec<ReplicaStatus> = (0..MAX_REPLICAS + 20)
+            .map(|i| ReplicaStatus {
+                ejected: (0..3)
+                    .map(|e| EjectedEndpoint {
+                        name: format!("rec-{i}-{e}"),
+                        state: "open".into(),
+                        ..EjectedEndpoint::default()
+                    })
+                    .collect(),
+                ..replica(&format!("v2-{i:03}"), "open", "7")
+            })
+            .collect();
+        let s = summary(&replicas, Some("7"));
+        assert_eq!(s["replicas"].as_array().unwrap().len(), MAX_REPLICAS);
+        assert_eq!(s["open"], format!("{0}/{0}", MAX_REPLICAS + 20));
+        let ejected = s["ejected"].as_str().unwrap();
+        assert!(
+            ejected.ends_with(&format!(
+                "{} more",
+                3 * (MAX_REPLICAS + 20) - MAX_EJECTED_NAMED
+            )),
+            "{ejected}"
+        );
+        assert!(ejected.len() <= 4096);
     }
 
     #[test]

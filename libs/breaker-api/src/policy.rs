@@ -125,6 +125,14 @@ pub struct Target {
     pub config_map: String,
 }
 
+/// Replicas listed in a policy's status (all are counted in `open` and `applied`): the bound
+/// the schema states and the controller keeps.
+pub const MAX_REPLICAS: usize = 100;
+/// Ejected endpoints listed for one replica.
+pub const MAX_EJECTED: usize = 32;
+/// Endpoints named in `status.ejected`; more are counted after them.
+pub const MAX_EJECTED_NAMED: usize = 8;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BreakerPolicyStatus {
@@ -137,26 +145,35 @@ pub struct BreakerPolicyStatus {
     pub observed_generation: Option<i64>,
     /// The ConfigMap last written, as namespace/name.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 317))]
     pub config_map: Option<String>,
     /// The ConfigMap's resourceVersion as last written: a replica running it has applied
     /// the policy.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub config_map_version: Option<String>,
     /// The live breaker of each v2 replica watching the ConfigMap, as it last told the
     /// controller; a replica that goes away leaves the list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
+    #[schemars(
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]),
+        length(max = MAX_REPLICAS)
+    )]
     pub replicas: Vec<ReplicaStatus>,
     /// Replicas that reject calls as open (forced open included; in Observe: would), of
     /// those reporting: `1/2`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     pub open: Option<String>,
     /// Replicas running `configMapVersion`, of those reporting: `2/2`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
     pub applied: Option<String>,
     /// With scope Endpoint: the endpoints out of rotation, each with the replicas that have it
-    /// out, of those reporting: `recommendations-7d9f-x2 (2/2)`.
+    /// out, of those reporting: `recommendations-7d9f-x2 (2/2)`; past the first few, how many
+    /// more.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub ejected: Option<String>,
 }
 
@@ -164,24 +181,33 @@ pub struct BreakerPolicyStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaStatus {
+    #[schemars(length(max = 253))]
     pub pod: String,
     /// closed, open, half_open; `unreachable` when the last ask failed.
+    #[schemars(length(max = 32))]
     pub state: String,
     /// The mode the replica runs.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub mode: Option<String>,
     /// When it entered this state (its last transition).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 40))]
     pub since: Option<String>,
     /// Why, as the breaker says it (consecutive_failures, probe_failed …).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub reason: Option<String>,
     /// The ConfigMap resourceVersion it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub config_version: Option<String>,
     /// With scope Endpoint: recommendations' endpoints this replica has out of rotation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[schemars(
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]),
+        length(max = MAX_EJECTED)
+    )]
     pub ejected: Vec<EjectedEndpoint>,
 }
 
@@ -190,14 +216,18 @@ pub struct ReplicaStatus {
 #[serde(rename_all = "camelCase")]
 pub struct EjectedEndpoint {
     /// The endpoint: its pod's name in Kubernetes.
+    #[schemars(length(max = 253))]
     pub name: String,
     /// Its breaker's state: open, or half_open while a probe runs.
+    #[schemars(length(max = 32))]
     pub state: String,
     /// When it went out of rotation (failed probes since then keep it out).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 40))]
     pub since: Option<String>,
     /// Why its breaker opened: consecutive_failures, failure_rate or slow_call_rate.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub reason: Option<String>,
 }
 
