@@ -134,8 +134,10 @@ lint-dockerfile: $(VENV)/.test-installed ## hadolint the Dockerfiles
 # registry, the node and app images are built here (OFFLINE=auto|1|0, see scripts/offline.sh).
 KIND_NODE_IMAGE ?= kindest/node:v1.34.0
 NAMESPACE ?= demo
-# The recommendations admin token in the cluster, for the heal in make loadtest-k8s.
-ADMIN_TOKEN ?= demo-admin-token
+# The recommendations admin token in the cluster, for the heal in make loadtest-k8s: the one the
+# chart generated and keeps in its Secret, unless given.
+ADMIN_SECRET := recommendations-admin
+CLUSTER_ADMIN_TOKEN = $${ADMIN_TOKEN:-$$($(KUBECTL) get secret $(ADMIN_SECRET) -n $(NAMESPACE) -o jsonpath='{.data.token}' | base64 -d)}
 export KIND CLUSTER IMAGE KUBE_VERSION KIND_VERSION KIND_NODE_IMAGE KUBE_BIN KUBECTL NAMESPACE
 
 images: ## Build the image with all five binaries from the Dockerfile (locally when no registry answers)
@@ -151,16 +153,16 @@ deploy: tools ## Install the chart into namespace demo (restricted Pod Security)
 	@# Helm installs crds/ once and never upgrades it: apply the CRD first, so an upgrade brings it too.
 	$(KUBECTL) apply --server-side --force-conflicts -f helm/circuit-breaker-demo/crds/
 	$(HELM) upgrade --install circuit-breaker-demo helm/circuit-breaker-demo --namespace $(NAMESPACE) --wait --timeout 5m \
-	  --set-string recommendations.adminToken=$(ADMIN_TOKEN) $(HELM_ARGS)
+	  $(HELM_ARGS)
 
 port-forward: ## Forward v1 to 127.0.0.1:8080, v2 to :8090, recommendations to :8082, restarting when a pod goes (Ctrl-C stops)
 	scripts/port-forward.sh api-gateway-v1:8080 api-gateway-v2:8090 recommendations-service:8082
 
 loadtest-k8s: $(VENV)/.demo-installed ## The demo's three phases against the forwarded cluster gateways (after make port-forward), results/ as make demo
-	DEMO_TARGET=cluster ADMIN_TOKEN=$(ADMIN_TOKEN) $(PY) loadtest/demo.py
+	DEMO_TARGET=cluster ADMIN_TOKEN=$(CLUSTER_ADMIN_TOKEN) $(PY) loadtest/demo.py
 
 loadtest-k8s-endpoints: $(VENV)/.demo-installed ## The second chapter in the cluster (recommendations at 3 replicas, see the README): v1, v2 scope Service, v2 scope Endpoint
-	DEMO_TARGET=cluster DEMO_CHAPTER=endpoints ADMIN_TOKEN=$(ADMIN_TOKEN) $(PY) loadtest/demo.py
+	DEMO_TARGET=cluster DEMO_CHAPTER=endpoints ADMIN_TOKEN=$(CLUSTER_ADMIN_TOKEN) $(PY) loadtest/demo.py
 
 kind-down: $(KIND) ## Delete the kind cluster (and kind's network when no other cluster uses it), stop the dockerd that kind-up started
 	$(KIND) delete cluster --name $(CLUSTER)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -94,7 +95,8 @@ class StackConfig:
     breaker_config: Path = ROOT / "config/breaker.yaml"
     # namespace/name of a ConfigMap to read v2's settings from instead (KUBECONFIG says where)
     breaker_configmap: str | None = None
-    admin_token: str = "demo-admin-token"
+    # A new one each run unless given: nothing anyone could read elsewhere opens the endpoint.
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     ready_timeout: float = 15.0
     # The second chapter: three recommendations processes of which the last hangs, v1 and v2
     # spreading calls over them at random call by call, and a second v2 with scope Endpoint.
@@ -365,7 +367,8 @@ class ClusterConfig:
     failure_hang: str = "30s"
     # What the chart gives v1 (apiGatewayV1.upstreamTimeout); only reported.
     v1_timeout: str = "30s"
-    admin_token: str = "demo-admin-token"
+    # The chart's generated token (make loadtest-k8s reads it from its Secret).
+    admin_token: str = ""
     # The second chapter switches v2's scope through this BreakerPolicy (the chart's).
     kubectl: str = "kubectl"
     namespace: str = "demo"
@@ -428,7 +431,8 @@ class ClusterStack(Services):
             return self.set_fault("hang", hang=self.config.failure_hang)
         except StackError as err:
             raise StackError(
-                f"{err}: ADMIN_TOKEN must be the chart's recommendations.adminToken (make deploy sets it)"
+                f"{err}: ADMIN_TOKEN must be the token in the chart's Secret recommendations-admin "
+                "(make loadtest-k8s reads it from there)"
             ) from None
 
     def _hang_one_of_three(self, timeout: float = 60.0) -> None:

@@ -4,6 +4,7 @@ only a cluster has. `make test-cluster` runs this; see conftest.py for the clust
 
 from __future__ import annotations
 
+import base64
 import json
 import statistics
 import subprocess
@@ -199,12 +200,23 @@ def test_force_open_rejects_on_every_replica(cluster: Cluster):
         patch_policy({"mode": "Auto"})
 
 
+TOKENS_SEEN: set[str] = set()
+
+
+def admin_token() -> str:
+    """The token the chart generated and keeps in its Secret (each one seen is remembered: the
+    last test checks that upgrades kept it)."""
+    token = base64.b64decode(kubectl_json("get", "secret", "recommendations-admin")["data"]["token"]).decode()
+    TOKENS_SEEN.add(token)
+    return token
+
+
 def set_fault(cluster: Cluster, mode: str) -> None:
     status, body = http(
         "PUT",
         f"{cluster.forwards['recommendations-service']}/admin/fault",
         body={"mode": mode},
-        headers={"Authorization": "Bearer demo-admin-token"},
+        headers={"Authorization": f"Bearer {admin_token()}"},
     )
     assert status == 200, body
 
@@ -560,6 +572,8 @@ def test_helm_uninstall_and_the_namespace_deletion_finish_and_keep_what_users_ma
         "metadata": {"name": "mine", "namespace": NAMESPACE},
         "spec": {"target": {"configMap": "api-gateway-v2-breaker"}, "settings": {"failureThreshold": 4}},
     }
+    # The admin token the chart generated at install survived every make deploy since.
+    assert len(TOKENS_SEEN | {admin_token()}) == 1, "the admin token changed on an upgrade"
     kubectl("apply", "-f", "-", input=json.dumps(mine))
     wait_for(
         "mine has a Ready condition", lambda: kubectl_json("get", "bp", "mine").get("status", {}).get("conditions"), 30

@@ -19,6 +19,21 @@ dict: root, name
 {{- end }}
 
 {{/* The Secret holding recommendations' admin token (key `token`): the user's, or the chart's. */}}
+{{/*
+recommendations' admin token: the one given, else the one this release's Secret already holds
+(kept across upgrades), else a new random one. `helm template` sees no Secret: a new one each time.
+*/}}
+{{- define "cbd.adminToken" -}}
+{{- $secret := lookup "v1" "Secret" .Release.Namespace (include "cbd.adminSecretName" .) -}}
+{{- if .Values.recommendations.adminToken -}}
+{{ .Values.recommendations.adminToken }}
+{{- else if and $secret $secret.data (index $secret.data "token") -}}
+{{ index $secret.data "token" | b64dec }}
+{{- else -}}
+{{ randAlphaNum 32 }}
+{{- end -}}
+{{- end -}}
+
 {{- define "cbd.adminSecretName" -}}
 {{ .Values.recommendations.existingSecret | default (include "cbd.objectName" (dict "root" . "name" "recommendations-admin")) }}
 {{- end }}

@@ -4,6 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 use service_runtime::ApiError;
+use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use fault::{Fault, FaultUpdate};
@@ -41,14 +42,10 @@ fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
             StatusCode::UNAUTHORIZED,
             "missing bearer token",
         )),
-        Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
+        // Constant time: how long a refusal takes does not tell how much of a guess was right.
+        Some(given) if bool::from(given.as_bytes().ct_eq(token.as_bytes())) => Ok(()),
         Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong bearer token")),
     }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a guess is right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub(crate) async fn show(
@@ -59,15 +56,27 @@ pub(crate) async fn show(
     Ok(answer(&state, state.fault()))
 }
 
+/// The largest body an update may have.
+const MAX_BODY: usize = 16 * 1024;
+
 pub(crate) async fn update(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Json<FaultUpdate>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    // The caller is authorized before a byte of what it sent is parsed.
     authorize(&state, &req)?;
+    if body.len() > MAX_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body over {MAX_BODY} bytes"),
+        ));
+    }
+    let update: FaultUpdate =
+        serde_json::from_slice(&body).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let mut fault = state.fault.write().unwrap_or_else(|e| e.into_inner());
     let next = fault
-        .updated(body.into_inner())
+        .updated(update)
         .map_err(|err| ApiError::bad_request(err.to_string()))?;
     tracing::info!(from = ?fault.mode, to = ?next.mode, "fault switched");
     *fault = next;

@@ -120,11 +120,27 @@ async fn admin_endpoint_refuses_missing_or_wrong_tokens_and_bad_bodies() {
             .status,
         403
     );
+    // Authorized before the body is read: a bad body without the token is 401/403, not 400.
+    for (auth, status) in [(None, 401), (Some("Bearer wrong"), 403)] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let a = request(&c, "PUT", &url, &headers, Some("not json")).await;
+        assert_eq!(a.status, status, "{auth:?}: {}", a.raw);
+    }
+    let huge = format!(r#"{{"mode":"none","pad":"{}"}}"#, "x".repeat(20_000));
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let a = request(
+        &c,
+        "PUT",
+        &url,
+        &[("authorization", auth.as_str())],
+        Some(&huge),
+    )
+    .await;
+    assert_eq!(a.status, 413, "{}", a.raw);
     // Still healthy: none of those switched the fault.
     let a = get(&c, &stack.recommendations.url("/recommendations/1")).await;
     assert_eq!(a.status, 200);
 
-    let auth = format!("Bearer {ADMIN_TOKEN}");
     let ok = [("authorization", auth.as_str())];
     for bad in [
         r#"{"mode":"explode"}"#,
