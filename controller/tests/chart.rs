@@ -23,7 +23,15 @@ fn helm(args: &[&str]) -> Output {
         "{} is missing: run `make tools`",
         helm.display()
     );
-    Command::new(helm).args(args).output().expect("helm runs")
+    let mut command = Command::new(helm);
+    command.args(args);
+    // Offline, helm assumes Kubernetes 1.20, under the chart's kubeVersion: render for the
+    // version the tests' control plane and kind nodes run (the Makefile's KUBE_VERSION).
+    if matches!(args.first(), Some(&"template" | &"lint")) {
+        let version = std::env::var("KUBE_VERSION").unwrap_or_else(|_| "v1.34.4".into());
+        command.args(["--kube-version", &version]);
+    }
+    command.output().expect("helm runs")
 }
 
 fn text(out: &Output) -> String {

@@ -1156,8 +1156,18 @@ async fn observe_mode_lets_every_call_through_and_says_what_it_would_do() {
     );
 }
 
-/// An EndpointSlice of recommendations-service with these `(pod, ip, ready)` endpoints.
+/// An EndpointSlice of `service` with these `(pod, ip, ready)` endpoints, as Kubernetes'
+/// EndpointSlice controller writes them (no such controller runs here).
 fn recommendations_slice(name: &str, service: &str, endpoints: &[(&str, &str, bool)]) -> String {
+    slice_managed_by(name, service, endpoints, "endpointslice-controller.k8s.io")
+}
+
+fn slice_managed_by(
+    name: &str,
+    service: &str,
+    endpoints: &[(&str, &str, bool)],
+    manager: &str,
+) -> String {
     let endpoints: String = endpoints
         .iter()
         .map(|(pod, ip, ready)| {
@@ -1167,7 +1177,7 @@ fn recommendations_slice(name: &str, service: &str, endpoints: &[(&str, &str, bo
         })
         .collect();
     format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n  - name: http\n    port: 8082\n    protocol: TCP\nendpoints:\n{endpoints}"
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels:\n    kubernetes.io/service-name: {service}\n    endpointslice.kubernetes.io/managed-by: {manager}\naddressType: IPv4\nports:\n  - name: http\n    port: 8082\n    protocol: TCP\nendpoints:\n{endpoints}"
     )
 }
 
@@ -1214,11 +1224,19 @@ async fn v2_follows_the_ready_endpoints_of_recommendations_endpointslices_as_the
         "recommendations-service",
         &[("rec-1", "10.1.0.1", true), ("rec-2", "10.1.0.2", true)],
     ));
-    // Another Service's slice is not recommendations'.
+    // Another Service's slice is not recommendations', nor is one that something other than
+    // Kubernetes' EndpointSlice controller wrote (anyone who may write a slice could otherwise
+    // send v2's calls anywhere).
     apply(recommendations_slice(
         "other-a",
         "other-service",
         &[("other-1", "10.1.0.9", true)],
+    ));
+    apply(slice_managed_by(
+        "recommendations-forged",
+        "recommendations-service",
+        &[("forged-1", "10.1.0.66", true)],
+        "someone-else",
     ));
     expect(&["rec-1", "rec-2"]).await;
     // A second slice adds its endpoints.

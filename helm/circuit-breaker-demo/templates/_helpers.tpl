@@ -132,6 +132,9 @@ spec:
         runAsNonRoot: true
         seccompProfile:
           type: RuntimeDefault
+      # The preStop sleep, then the server's graceful shutdown, then 5 s to exit: a pod is never
+      # killed in the middle of either.
+      terminationGracePeriodSeconds: {{ add $v.shutdownDelaySeconds $v.shutdownTimeoutSeconds 5 }}
       containers:
         - name: {{ .name }}
           image: {{ include "cbd.image" $root }}
@@ -144,6 +147,8 @@ spec:
               value: "0.0.0.0"
             - name: LOG_FORMAT
               value: {{ $root.Values.logFormat | quote }}
+            - name: SHUTDOWN_TIMEOUT
+              value: "{{ $v.shutdownTimeoutSeconds }}s"
             {{- with .env }}
             {{- toYaml . | nindent 12 }}
             {{- end }}

@@ -3,7 +3,9 @@
 //!
 //! kube's default backoff grows to 30 s with jitter, so after a short API server outage a
 //! watch could wait half a minute to resume; changes made meanwhile would wait with it. This
-//! one doubles from 250 ms to a 4 s cap and starts over once a watch succeeds.
+//! one doubles from 250 ms to a 4 s cap and starts over once a watch succeeds. Each delay is
+//! drawn from its upper half, so the watches of many pods that lost the API server together
+//! do not all come back in the same instant.
 
 use std::time::Duration;
 
@@ -27,9 +29,9 @@ impl Iterator for RewatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let delay = self.next;
+        let ceiling = self.next;
         self.next = (self.next * 2).min(CAP);
-        Some(delay)
+        Some(ceiling.mul_f64(0.5 + fastrand::f64() / 2.0))
     }
 }
 
@@ -44,11 +46,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn doubles_to_the_cap_and_resets() {
-        let mut b = RewatchBackoff::default();
-        let first: Vec<u64> = b.by_ref().take(7).map(|d| d.as_millis() as u64).collect();
-        assert_eq!(first, [250, 500, 1000, 2000, 4000, 4000, 4000]);
-        b.reset();
-        assert_eq!(b.next(), Some(FIRST));
+    fn doubles_to_the_cap_each_delay_in_its_upper_half_and_resets() {
+        let ceilings = [250, 500, 1000, 2000, 4000, 4000, 4000];
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let mut b = RewatchBackoff::default();
+            for (delay, ceiling) in b.by_ref().take(7).zip(ceilings) {
+                let ms = delay.as_secs_f64() * 1000.0;
+                assert!(
+                    (ceiling as f64 / 2.0..=ceiling as f64).contains(&ms),
+                    "{ms} of {ceiling}"
+                );
+                seen.insert(delay);
+            }
+            b.reset();
+            let first = b.next().unwrap();
+            assert!(first >= FIRST / 2 && first <= FIRST, "{first:?}");
+        }
+        assert!(
+            seen.len() > 100,
+            "the delays are jittered: {} distinct",
+            seen.len()
+        );
     }
 }

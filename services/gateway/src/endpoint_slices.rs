@@ -13,6 +13,9 @@ use kube::{Api, ResourceExt};
 
 /// The label Kubernetes puts on a Service's EndpointSlices.
 const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+/// Only the slices Kubernetes' own EndpointSlice controller writes for the Service are read:
+/// a slice anyone else made with the Service's label would send v2's calls wherever it says.
+const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io";
 
 /// `(name, base URL)` of each ready endpoint in one slice, on its port named `http` (else its
 /// first port).
@@ -58,7 +61,8 @@ pub fn spawn_watch(
     actix_web::rt::spawn(async move {
         let client = crate::sources::kube_client("recommendations' EndpointSlices", |_| {}).await;
         let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
-        let config = watcher::Config::default().labels(&format!("{SERVICE_LABEL}={service}"));
+        let config =
+            watcher::Config::default().labels(&format!("{SERVICE_LABEL}={service},{MANAGED_BY}"));
         let mut events = watcher::watcher(api, config)
             .backoff(breaker_api::RewatchBackoff::default())
             .boxed();
