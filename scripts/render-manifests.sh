@@ -31,5 +31,5 @@ render rbac.yaml --show-only templates/rbac.yaml
 render gateway-configmap.yaml --show-only templates/gateway-configmap.yaml
 # No admin token in a file anyone can read: the kubectl install has the admin endpoint off
 # (create a Secret and set recommendations.existingSecret to turn it on).
-render circuit-breaker-demo.yaml --set recommendations.generateAdminToken=false
+render circuit-breaker-demo.yaml --skip-tests --set recommendations.generateAdminToken=false
 render examples/seed.yaml --show-only templates/breakerpolicy.yaml

@@ -4,6 +4,7 @@
 
 pub mod leader;
 mod metrics;
+pub mod probe;
 pub mod reconcile;
 pub mod release;
 pub mod replicas;

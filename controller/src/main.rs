@@ -61,13 +61,25 @@ enum Command {
     Crd,
     /// Run the controller, with health and metrics on PORT (default 8083).
     Run,
+    /// GET each URL and exit 0 only if every one answers 2xx within 10 s: the chart's
+    /// `helm test` pod (the image has no curl).
+    Probe {
+        #[arg(required = true)]
+        urls: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Crd) = cli.command {
-        print!("{}", breaker_api::policy::crd_yaml());
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Some(Command::Crd) => {
+            print!("{}", breaker_api::policy::crd_yaml());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Probe { urls }) => {
+            return actix_web::rt::System::new().block_on(controller::probe::all(urls));
+        }
+        Some(Command::Run) | None => {}
     }
     service_runtime::init_logging(cli.serve.log_format);
     let result = actix_web::rt::System::new().block_on(run(cli));

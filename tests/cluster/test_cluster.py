@@ -563,6 +563,23 @@ def test_loadtest_k8s_endpoints_tells_the_second_chapter_and_the_policy_names_th
         make("deploy", f"HELM_ARGS={HELM_ARGS}")
 
 
+def helm(*args: str, timeout: float = 200) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(ROOT / ".cache/tools/bin/helm"), *args, "-n", NAMESPACE], env=ENV, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def test_helm_test_checks_the_release(cluster: Cluster):
+    """The chart's own test pod, as Helm users run it: every gateway and the controller answer
+    through their Services, and v2 serves a page."""
+    started = time.monotonic()
+    done = helm("test", "circuit-breaker-demo", "--timeout", "120s")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Phase:          Succeeded" in done.stdout, done.stdout
+    figure(f"helm test: succeeded in {time.monotonic() - started:.1f} s")
+
+
 def test_helm_uninstall_and_the_namespace_deletion_finish_and_keep_what_users_made(cluster: Cluster):
     """Last, as it takes the release away: `helm uninstall --wait` with the chart's policy and
     one a user made, then the namespace; neither waits on the controller Helm removed first."""
@@ -579,10 +596,8 @@ def test_helm_uninstall_and_the_namespace_deletion_finish_and_keep_what_users_ma
         "mine has a Ready condition", lambda: kubectl_json("get", "bp", "mine").get("status", {}).get("conditions"), 30
     )
     started = time.monotonic()
-    subprocess.run(
-        [str(ROOT / ".cache/tools/bin/helm"), "uninstall", "circuit-breaker-demo", "-n", NAMESPACE, "--wait",
-         "--timeout", "180s"], env=ENV, check=True, capture_output=True, timeout=200,
-    )  # fmt: skip
+    done = helm("uninstall", "circuit-breaker-demo", "--wait", "--timeout", "180s")
+    assert done.returncode == 0, done.stdout + done.stderr
     uninstalled = time.monotonic() - started
     left = kubectl("get", "bp", "-o", "name")
     assert left.split() == ["breakerpolicy.resilience.demo.dev/mine"], left
