@@ -4,10 +4,12 @@
 //! A half-open probe is not its user's problem: it runs on a task of its own, the user waits
 //! at most [`PROBE_WAIT`] for it (a fast probe still serves the full page), and a slow probe
 //! runs on to the call timeout and is judged while its user already has the fallback. With
-//! `fallbackAfter` set every call runs that way, and the user waits at most that long.
+//! `fallbackAfter` set every call runs that way, and the user waits at most that long. Such
+//! detached calls are capped ([`MAX_DETACHED`]): past it a call is not made and its user gets
+//! the fallback at once, so a slow dependency cannot pile up tasks without a bulkhead set.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +32,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// How long a user waits for the half-open probe made on their request: a healthy dependency
 /// answers well within it; a hanging one costs the user this, not the call timeout.
 pub const PROBE_WAIT: Duration = Duration::from_millis(100);
+/// Calls running on their own task (`fallbackAfter`, probes) at once, at most. Each ends within
+/// the call timeout, so this is far above what a healthy replica runs (its request rate times
+/// its call timeout) and bounds what a hanging dependency can pile up.
+pub const MAX_DETACHED: usize = 2048;
 /// Each open duration is up to this share longer, drawn per replica, so that replicas which
 /// opened together probe apart.
 const OPEN_JITTER: f64 = 0.1;
@@ -52,6 +58,8 @@ pub struct Protected {
     calls: Family<OutcomeLabels, Counter>,
     fallbacks: Family<OutcomeLabels, Counter>,
     would_reject: Family<OutcomeLabels, Counter>,
+    /// Calls running detached from their users now.
+    detached: Arc<AtomicUsize>,
 }
 
 impl Protected {
@@ -105,6 +113,7 @@ impl Protected {
             calls,
             fallbacks,
             would_reject,
+            detached: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -256,11 +265,18 @@ impl Protected {
     where
         Fut: Future<Output = Result<Vec<Product>, UpstreamError>> + 'static,
     {
+        let Some(slot) = DetachedSlot::take(&self.detached) else {
+            // The permits go back unjudged: no call was made.
+            drop(call);
+            self.count(&self.calls, "detached_full");
+            return self.serve(Err("detached_full"));
+        };
         let (answer, answered) = tokio::sync::oneshot::channel();
         let this = self.clone();
         actix_web::rt::spawn(async move {
             let result = made.await;
             let _ = answer.send(this.judge(call, result));
+            drop(slot);
         });
         match tokio::time::timeout(wait, answered).await {
             Ok(Ok(judged)) => self.serve(judged),
@@ -273,6 +289,11 @@ impl Protected {
                 self.serve(Err(cause))
             }
         }
+    }
+
+    #[cfg(test)]
+    fn fill_detached(&self, n: usize) {
+        self.detached.store(n, Ordering::Relaxed);
     }
 
     /// Records what the call says about the dependency (and its endpoint).
@@ -343,5 +364,100 @@ impl Call {
                 }
             }
         }
+    }
+}
+
+/// One of the [`MAX_DETACHED`] places for a call running on its own task; freed when dropped.
+struct DetachedSlot(Arc<AtomicUsize>);
+
+impl DetachedSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Option<Self> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_DETACHED).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(count.clone()))
+    }
+}
+
+impl Drop for DetachedSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_fallback_after() -> Arc<Protected> {
+        let settings = Settings::new(breaker::SettingsSpec {
+            fallback_after: Some(Duration::from_millis(50)),
+            ..breaker::SettingsSpec::default()
+        })
+        .unwrap();
+        Arc::new(Protected::new(settings, &[], 1, &mut Registry::default()))
+    }
+
+    #[actix_web::test]
+    async fn detached_calls_are_capped_and_a_call_past_the_cap_is_not_made() {
+        let protected = with_fallback_after();
+        let made = Arc::new(AtomicUsize::new(0));
+        let call = |made: Arc<AtomicUsize>| {
+            move |_timeout: Duration, _at: Option<Arc<str>>| async move {
+                made.fetch_add(1, Ordering::Relaxed);
+                Ok(Vec::new())
+            }
+        };
+        // Room: the call is made and answers within the budget.
+        let answer = protected.call(call(made.clone())).await;
+        assert!(!answer.degraded);
+        assert_eq!(made.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            protected.detached.load(Ordering::Relaxed),
+            0,
+            "its slot is free again"
+        );
+        // Full: no call, the fallback at once, the breaker's permit back unjudged.
+        protected.fill_detached(MAX_DETACHED);
+        let answer = protected.call(call(made.clone())).await;
+        assert!(answer.degraded);
+        assert_eq!(
+            made.load(Ordering::Relaxed),
+            1,
+            "a call was made past the cap"
+        );
+        assert_eq!(protected.snapshot().counts.in_flight, 0);
+        let calls = protected.calls.get_or_create(&OutcomeLabels {
+            outcome: "detached_full",
+        });
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[test]
+    fn a_detached_slot_is_never_handed_out_past_the_cap_under_concurrency() {
+        let count = Arc::new(AtomicUsize::new(MAX_DETACHED - 100));
+        let taken: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    let count = count.clone();
+                    scope.spawn(move || {
+                        let mut mine = Vec::new();
+                        for _ in 0..50 {
+                            if let Some(slot) = DetachedSlot::take(&count) {
+                                mine.push(slot);
+                            }
+                        }
+                        let n = mine.len();
+                        std::mem::forget(mine);
+                        n
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(taken.iter().sum::<usize>(), 100);
+        assert_eq!(count.load(Ordering::Relaxed), MAX_DETACHED);
     }
 }
