@@ -34,7 +34,6 @@ from conftest import (
 V2 = "api-gateway-v2"
 POLICY = "api-gateway-v2"
 PROBE_IMAGE = "circuit-breaker-demo/debian:bookworm"
-BACKENDS = (("product-service", 8081), ("recommendations-service", 8082))
 
 
 def patch_policy(spec: dict) -> None:
@@ -371,23 +370,46 @@ def connects(pod: str, host: str, port: int) -> bool:
     return "connected" in done
 
 
-def test_network_policy_lets_only_gateways_reach_the_backends(cluster: Cluster):
+def test_network_policies_let_each_component_make_its_own_calls_and_no_other(cluster: Cluster):
+    """A probe pod wearing each component's labels (and a stranger with none): who reaches what.
+    Ingress: the backends answer the gateways only; gateways and controller answer anyone on
+    their port. Egress: the backends call nothing, the gateways only the backends (and DNS, which
+    every name below needs), the controller only v2 (and the API server)."""
     release = "circuit-breaker-demo"
+
+    def component(name: str) -> dict[str, str]:
+        # No app.kubernetes.io/name: the probes must not become endpoints of the Services.
+        return {"app.kubernetes.io/instance": release, "app.kubernetes.io/component": name}
+
     pods = {
         "np-stranger": {"app": "np-probe"},
-        "np-gateway": {"app.kubernetes.io/instance": release, "app.kubernetes.io/component": "gateway"},
+        "np-gateway": component("gateway"),
+        "np-backend": component("backend"),
+        "np-controller": component("controller"),
+    }
+    targets = {
+        "product": ("product-service", 8081),
+        "recommendations": ("recommendations-service", 8082),
+        "v1": ("api-gateway-v1", 8080),
+        "v2": ("api-gateway-v2", 8090),
+        "controller": ("breaker-controller", 8083),
+    }
+    allowed = {
+        "np-stranger": {"v1", "v2", "controller"},
+        "np-gateway": {"product", "recommendations"},
+        "np-backend": set(),
+        "np-controller": {"v2"},
     }
     for name, labels in pods.items():
         kubectl("apply", "-f", "-", input=json.dumps(probe_pod(name, labels)))
     try:
         for name in pods:
             kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=60s")
-        # The stranger reaches what no policy guards (a gateway), so the network itself works.
-        assert connects("np-stranger", "api-gateway-v1", 8080)
-        reached = {name: {svc: connects(name, svc, port) for svc, port in BACKENDS} for name in pods}
-        figure(f"NetworkPolicy (kube-router), who reaches the backends: {reached}")
-        assert reached["np-gateway"] == {svc: True for svc, _ in BACKENDS}, reached
-        assert reached["np-stranger"] == {svc: False for svc, _ in BACKENDS}, reached
+        reached = {
+            name: {target for target, (host, port) in targets.items() if connects(name, host, port)} for name in pods
+        }
+        figure(f"NetworkPolicies (kube-router), who reaches what: {reached}")
+        assert reached == allowed, reached
     finally:
         kubectl("delete", "pod", *pods, "--wait=false", check=False)
 
