@@ -325,7 +325,15 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
         let message = format!(
             "this controller may write ConfigMap {allowed} only (its Role; the chart's gatewayV2.configMapName): set spec.target.configMap to {allowed}"
         );
-        return forbidden(&policy, ctx, ns, message, Action::await_change()).await;
+        return not_ready(
+            &policy,
+            ctx,
+            ns,
+            Reason::Forbidden,
+            message,
+            Action::await_change(),
+        )
+        .await;
     }
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     let existing = match configmaps.get_opt(target).await {
@@ -339,12 +347,12 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
         }
         Err(kube::Error::Api(status)) if status.code == 403 => {
             let message = forbidden_message(target, &status.message);
-            return forbidden(&policy, ctx, ns, message, Action::requeue(CONFLICT_RETRY)).await;
+            return retry_later(&policy, ctx, ns, Reason::Forbidden, message).await;
         }
         Err(err) => return Err(err.into()),
     };
     if let Some(message) = held_elsewhere(&existing, &policy, ctx, ns).await? {
-        return conflict(&policy, ctx, ns, message).await;
+        return retry_later(&policy, ctx, ns, Reason::Conflict, message).await;
     }
     let configmap = ConfigMap {
         metadata: ObjectMeta {
@@ -368,7 +376,7 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
         Err(kube::Error::Api(status)) if status.code == 409 => {
             if let Some(other) = other_policy_manager(&existing, &manager) {
                 let message = format!("ConfigMap {target}: its fields are managed by {other}");
-                return conflict(&policy, ctx, ns, message).await;
+                return retry_later(&policy, ctx, ns, Reason::Conflict, message).await;
             }
             tracing::warn!(policy = %key(&policy), configmap = %target, conflict = %status.message, "taking back hand edits of the ConfigMap");
             configmaps
@@ -377,7 +385,7 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
         }
         Err(kube::Error::Api(status)) if status.code == 403 => {
             let message = forbidden_message(target, &status.message);
-            return forbidden(&policy, ctx, ns, message, Action::requeue(CONFLICT_RETRY)).await;
+            return retry_later(&policy, ctx, ns, Reason::Forbidden, message).await;
         }
         Err(err) => return Err(err.into()),
     };
@@ -402,40 +410,45 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
     Ok(Action::requeue(RESYNC))
 }
 
-async fn conflict(
-    policy: &BreakerPolicy,
-    ctx: &Context,
-    ns: &str,
-    message: String,
-) -> Result<Action, Error> {
-    tracing::warn!(policy = %key(policy), %message, "conflict");
-    set_ready(policy, ctx, ns, Reason::Conflict, &message, None).await?;
-    if !has_reason(policy, Reason::Conflict) {
-        ctx.event(policy, EventType::Warning, Reason::Conflict, message)
-            .await;
-    }
-    Ok(Action::requeue(CONFLICT_RETRY))
-}
-
 fn forbidden_message(target: &str, api_message: &str) -> String {
     format!(
         "the controller may not write ConfigMap {target} ({api_message}): its Role must allow get, list, watch and patch on it (the chart grants exactly gatewayV2.configMapName)"
     )
 }
 
-/// The controller's Role does not cover the target: said in the status and once as an Event.
-async fn forbidden(
+/// [`not_ready`], looked at again in [`CONFLICT_RETRY`]: what holds the policy back may go.
+async fn retry_later(
     policy: &BreakerPolicy,
     ctx: &Context,
     ns: &str,
+    reason: Reason,
+    message: String,
+) -> Result<Action, Error> {
+    not_ready(
+        policy,
+        ctx,
+        ns,
+        reason,
+        message,
+        Action::requeue(CONFLICT_RETRY),
+    )
+    .await
+}
+
+/// Not Ready for `reason` (a conflict, a target outside the Role): said in the status, and as
+/// a Warning Event when the reason is new.
+async fn not_ready(
+    policy: &BreakerPolicy,
+    ctx: &Context,
+    ns: &str,
+    reason: Reason,
     message: String,
     then: Action,
 ) -> Result<Action, Error> {
-    tracing::warn!(policy = %key(policy), %message, "target not allowed");
-    set_ready(policy, ctx, ns, Reason::Forbidden, &message, None).await?;
-    if !has_reason(policy, Reason::Forbidden) {
-        ctx.event(policy, EventType::Warning, Reason::Forbidden, message)
-            .await;
+    tracing::warn!(policy = %key(policy), reason = reason.as_str(), %message, "not ready");
+    set_ready(policy, ctx, ns, reason, &message, None).await?;
+    if !has_reason(policy, reason) {
+        ctx.event(policy, EventType::Warning, reason, message).await;
     }
     Ok(then)
 }

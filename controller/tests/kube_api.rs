@@ -438,8 +438,8 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     .into_iter()
     .enumerate()
     {
-        let out = plane.kubectl(
-            Who::Admin,
+        kubectl_ok(
+            &plane,
             &[
                 "patch",
                 "configmap",
@@ -452,11 +452,6 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
                 bad,
             ],
             None,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
         );
         let edited = Instant::now();
         wait_for(Duration::from_secs(5), "hand edit taken back", || {
@@ -1274,6 +1269,17 @@ fn kubectl_ok(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) {
     );
 }
 
+/// Applies policy `name` (mode Auto) and waits until it is Ready (Applied).
+async fn apply_until_applied(plane: &ControlPlane, name: &str, settings: &str) {
+    assert!(kubectl_apply(plane, &policy(name, "Auto", settings))
+        .status
+        .success());
+    wait_for(Duration::from_secs(10), "Applied", || {
+        (ready_reason(plane, name)?.0 == "Applied").then_some(())
+    })
+    .await;
+}
+
 fn ready_reason(plane: &ControlPlane, name: &str) -> Option<(String, String)> {
     let bp = get_json(plane, &["bp", name])?;
     let ready = ready_condition(&bp)?;
@@ -1293,15 +1299,7 @@ async fn deletion_waits_on_no_controller_and_what_a_deleted_policy_wrote_is_rele
     let plane = control_plane();
     let dir = tempfile::tempdir().unwrap();
     let mut controller = start_controller(&plane, dir.path());
-    assert!(
-        kubectl_apply(&plane, &policy("gw", "Auto", "failureThreshold: 7"))
-            .status
-            .success()
-    );
-    wait_for(Duration::from_secs(10), "gw Applied", || {
-        (ready_reason(&plane, "gw")?.0 == "Applied").then_some(())
-    })
-    .await;
+    apply_until_applied(&plane, "gw", "failureThreshold: 7").await;
 
     // No controller: the deletion does not wait, and the fields stay until one runs.
     controller.terminate();
@@ -1390,15 +1388,7 @@ async fn deletion_waits_on_no_controller_and_what_a_deleted_policy_wrote_is_rele
     .await;
 
     // A deleted target is reported at once, and a new one taken as soon as it exists.
-    assert!(
-        kubectl_apply(&plane, &policy("gw", "Auto", "failureThreshold: 8"))
-            .status
-            .success()
-    );
-    wait_for(Duration::from_secs(10), "gw Applied", || {
-        (ready_reason(&plane, "gw")?.0 == "Applied").then_some(())
-    })
-    .await;
+    apply_until_applied(&plane, "gw", "failureThreshold: 8").await;
     let removing = Instant::now();
     kubectl_ok(&plane, &["delete", "configmap", TARGET, "-n", NS], None);
     let (_, message) = wait_for(Duration::from_secs(5), "TargetMissing", || {
