@@ -11,6 +11,8 @@ use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+const RELEASE_WITHIN: Duration = Duration::from_secs(3);
+
 /// How the Lease is held: renewed `grace` before it lapses, taken over once `duration` has
 /// passed without a renewal.
 #[derive(Debug, Clone)]
@@ -92,13 +94,15 @@ impl Leadership {
         LeaderError::Lost
     }
 
-    /// Gives the Lease up (if held) so a standby takes over without waiting for it to lapse.
+    /// Gives the Lease up (if held) so a standby takes over without waiting for it to lapse;
+    /// at most [`RELEASE_WITHIN`], so an unreachable API server does not hold up the exit.
     pub async fn release(self) {
         drop(self.leading);
-        match self.task.await {
-            Ok(Ok(_)) => tracing::info!(identity = %self.identity, "Lease released"),
-            Ok(Err(err)) => tracing::warn!(error = %err, "could not release the Lease"),
-            Err(err) => tracing::warn!(error = %err, "the Lease task failed"),
+        match tokio::time::timeout(RELEASE_WITHIN, self.task).await {
+            Ok(Ok(Ok(_))) => tracing::info!(identity = %self.identity, "Lease released"),
+            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "could not release the Lease"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "the Lease task failed"),
+            Err(_) => tracing::warn!("the Lease was not released in time; it lapses instead"),
         }
     }
 }
