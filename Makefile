@@ -133,12 +133,14 @@ lint-dockerfile: $(VENV)/.test-installed ## hadolint the Dockerfiles
 # ---- Kubernetes in kind. Docker is started (and installed, as root) when missing; with no
 # registry, the node and app images are built here (OFFLINE=auto|1|0, see scripts/offline.sh).
 KIND_NODE_IMAGE ?= kindest/node:v1.34.0
+# One worker by default (this machine's size); kind-config-3-workers.yaml spreads pods over three.
+KIND_CONFIG ?= kind-config.yaml
 NAMESPACE ?= demo
 # The recommendations admin token in the cluster, for the heal in make loadtest-k8s: the one the
 # chart generated and keeps in its Secret, unless given.
 ADMIN_SECRET := recommendations-admin
 CLUSTER_ADMIN_TOKEN = $${ADMIN_TOKEN:-$$($(KUBECTL) get secret $(ADMIN_SECRET) -n $(NAMESPACE) -o jsonpath='{.data.token}' | base64 -d)}
-export KIND CLUSTER IMAGE KUBE_VERSION KIND_VERSION KIND_NODE_IMAGE KUBE_BIN KUBECTL NAMESPACE
+export KIND CLUSTER IMAGE KUBE_VERSION KIND_VERSION KIND_NODE_IMAGE KIND_CONFIG KUBE_BIN KUBECTL NAMESPACE
 
 images: ## Build the image with all five binaries from the Dockerfile (locally when no registry answers)
 	@scripts/require-tools.sh

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make kind-up: Docker (started if need be), the kind cluster $CLUSTER from kind-config.yaml
+# make kind-up: Docker (started if need be), the kind cluster $CLUSTER from $KIND_CONFIG
+# (default kind-config.yaml; kind-config-3-workers.yaml for the scale measurement)
 # with pod networking, and the app image loaded into it. The node image is kind's
 # ($KIND_NODE_IMAGE) where it can be pulled, else built here (scripts/kind-node-image.sh).
 # Writes the cluster's kubeconfig where KUBECONFIG points (kind's rule: default ~/.kube/config).
@@ -26,7 +27,7 @@ if [ "${KIND_RECREATE:-0}" = 1 ] && "$KIND" get clusters 2>/dev/null | grep -qx 
   "$KIND" delete cluster --name "$CLUSTER"
 fi
 if ! "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
-  "$KIND" create cluster --name "$CLUSTER" --config kind-config.yaml --image "$node_image"
+  "$KIND" create cluster --name "$CLUSTER" --config "${KIND_CONFIG:-kind-config.yaml}" --image "$node_image"
 fi
 KIND="$KIND" scripts/kind-cni.sh "$CLUSTER"
 
