@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s loadtest-k8s-endpoints kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s loadtest-k8s-endpoints measure-scale kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -165,6 +165,13 @@ loadtest-k8s: $(VENV)/.demo-installed ## The demo's three phases against the for
 
 loadtest-k8s-endpoints: $(VENV)/.demo-installed ## The second chapter in the cluster (recommendations at 3 replicas, see the README): v1, v2 scope Service, v2 scope Endpoint
 	DEMO_TARGET=cluster DEMO_CHAPTER=endpoints ADMIN_TOKEN=$(CLUSTER_ADMIN_TOKEN) $(PY) loadtest/demo.py
+
+# The controller at scale (README, "At scale"): after make kind-up KIND_CONFIG=kind-config-3-workers.yaml.
+SCALE_REPLICAS ?= 20
+measure-scale: $(KIND) ## v2 at 20 replicas over 3 workers, recommendations flaky, 2 minutes of load: the controller's API traffic, CPU, memory, latency
+	$(MAKE) --no-print-directory deploy HELM_ARGS="--set gatewayV2.replicas=$(SCALE_REPLICAS) --set recommendations.faultMode=flaky $(HELM_ARGS)"
+	$(KIND) load docker-image circuit-breaker-demo/debian:bookworm --name $(CLUSTER)
+	KUBECTL=$(KUBECTL) python3 loadtest/scale.py
 
 kind-down: $(KIND) ## Delete the kind cluster (and kind's network when no other cluster uses it), stop the dockerd that kind-up started
 	$(KIND) delete cluster --name $(CLUSTER)

@@ -1,0 +1,216 @@
+"""The controller at scale, measured: `make measure-scale` (see the README, "At scale").
+
+In a cluster made with `make kind-up KIND_CONFIG=kind-config-3-workers.yaml` and the chart
+deployed with v2 at many replicas and recommendations `flaky` (half its answers fail, so every
+v2 replica's breaker keeps opening and closing), it drives load at v2 from inside the cluster
+for a while and reports, for that window:
+
+- what the leading controller did: reconciles, status writes, Event writes and transitions seen
+  (its own counters), per second;
+- what the API server served, per second, by resource and verb (its own counters,
+  `apiserver_request_total`; other writers of the same resources are counted too);
+- the leader's CPU and memory, read from its process on this machine (kind's nodes are
+  containers, so the pods' processes are this machine's);
+- the time from a replica's transition (the `since` it reports) to the policy status that
+  shows it arriving at `kubectl get bp -w`.
+
+Standard library only; it changes nothing but the load pods it starts and deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+KUBECTL = os.environ.get("KUBECTL", "kubectl")
+NAMESPACE = os.environ.get("NAMESPACE", "demo")
+POLICY = os.environ.get("BREAKER_POLICY", "api-gateway-v2")
+SECONDS = float(os.environ.get("SCALE_SECONDS", "120"))
+LOAD_PODS = int(os.environ.get("SCALE_LOAD_PODS", "4"))
+LOAD_IMAGE = os.environ.get("SCALE_LOAD_IMAGE", "circuit-breaker-demo/debian:bookworm")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def kubectl(*args: str, check: bool = True) -> str:
+    done = subprocess.run([KUBECTL, "-n", NAMESPACE, *args], capture_output=True, text=True, timeout=120, check=False)
+    if check and done.returncode != 0:
+        sys.exit(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def counters(text: str, name: str) -> dict[str, float]:
+    """Every sample of one counter in Prometheus text, by its label set."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith((name + "{", name + " ")):
+            labels, _, value = line.rpartition(" ")
+            found[labels[len(name) :]] = float(value)
+    return found
+
+
+def leader_pid(pod: str) -> int:
+    """The process of the leading controller's pod, on this machine."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "breaker-control":
+                continue
+            if f"POD_NAME={pod}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:
+            continue
+    sys.exit(f"no process of pod {pod} on this machine (is the cluster kind, on this machine?)")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    match = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+class PolicyWatch:
+    """`kubectl get bp -o json -w`: the arrival time of each replica's newest transition."""
+
+    def __init__(self):
+        self.process = subprocess.Popen(
+            [KUBECTL, "-n", NAMESPACE, "get", "bp", POLICY, "-o", "json", "-w"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        self.seen: dict[tuple[str, str], float] = {}
+        self.delays: list[float] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        decoder, buffer = json.JSONDecoder(), ""
+        for line in self.process.stdout:
+            buffer += line
+            try:
+                policy, end = decoder.raw_decode(buffer.lstrip())
+            except ValueError:
+                continue
+            buffer = buffer.lstrip()[end:]
+            arrived = time.time()
+            for replica in policy.get("status", {}).get("replicas", []):
+                since = replica.get("since")
+                key = (replica.get("pod", ""), since or "")
+                if since and key not in self.seen:
+                    self.seen[key] = arrived
+                    at = datetime.fromisoformat(since).timestamp()
+                    self.delays.append(arrived - at)
+
+    def stop(self):
+        self.process.terminate()
+
+
+def load_pod(name: str) -> dict:
+    """A pod that asks v2 for pages as fast as one connection at a time allows (bash's
+    /dev/tcp; the Service spreads the connections over the replicas)."""
+    loop = (
+        "while true; do exec 3<>/dev/tcp/api-gateway-v2/8090 || { sleep 0.1; continue; }; "
+        "printf 'GET /product-details/1 HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3 >/dev/null; exec 3<&-; done"
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "scale-load"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "load",
+                    "image": LOAD_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["bash", "-c", loop],
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+        },
+    }
+
+
+def main() -> None:
+    pods = json.loads(kubectl("get", "pods", "-l", "app.kubernetes.io/name=api-gateway-v2", "-o", "json"))["items"]
+    nodes = sorted({p["spec"].get("nodeName", "?") for p in pods})
+    leader = json.loads(kubectl("get", "lease", "breaker-controller", "-o", "json"))["spec"]["holderIdentity"]
+    pid = leader_pid(leader)
+    metrics_path = f"/api/v1/namespaces/{NAMESPACE}/pods/{leader}:8083/proxy/metrics"
+    print(f"v2: {len(pods)} replicas on {len(nodes)} nodes {nodes}; leader {leader} (pid {pid})", flush=True)
+
+    names = [f"scale-load-{i}" for i in range(LOAD_PODS)]
+    for name in names:
+        subprocess.run(
+            [KUBECTL, "-n", NAMESPACE, "apply", "-f", "-"], input=json.dumps(load_pod(name)), text=True,
+            capture_output=True, check=True,
+        )  # fmt: skip
+    try:
+        kubectl("wait", "--for=condition=Ready", *[f"pod/{n}" for n in names], "--timeout=120s")
+        watch = PolicyWatch()
+        time.sleep(5)  # the load's first openings, before the window
+        before = (kubectl("get", "--raw", metrics_path), kubectl("get", "--raw", "/metrics"), cpu_seconds(pid))
+        started = time.monotonic()
+        rss = []
+        while time.monotonic() - started < SECONDS:
+            rss.append(rss_mib(pid))
+            time.sleep(1)
+        after = (kubectl("get", "--raw", metrics_path), kubectl("get", "--raw", "/metrics"), cpu_seconds(pid))
+        took = time.monotonic() - started
+        watch.stop()
+    finally:
+        kubectl("delete", "pod", *names, "--wait=false", check=False)
+
+    def rate(text_before: str, text_after: str, name: str) -> dict[str, float]:
+        a, b = counters(text_before, name), counters(text_after, name)
+        return {k: (b[k] - a.get(k, 0.0)) / took for k in b if b[k] - a.get(k, 0.0) > 0}
+
+    own = {
+        "reconciles": sum(rate(before[0], after[0], "controller_reconciles_total").values()),
+        "status writes (replicas)": sum(rate(before[0], after[0], "controller_replica_status_writes_total").values()),
+        "Event writes": sum(rate(before[0], after[0], "controller_event_writes_total").values()),
+        "transitions seen": sum(rate(before[0], after[0], "controller_replica_transitions_total").values()),
+    }
+    served = rate(before[1], after[1], "apiserver_request_total")
+    wanted = {
+        "breakerpolicies/status PATCH": ('resource="breakerpolicies"', 'subresource="status"', 'verb="PATCH"'),
+        "events.k8s.io POST+PATCH": ('group="events.k8s.io"', 'resource="events"'),
+        "configmaps GET+PATCH": ('resource="configmaps"',),
+        "leases PATCH (all, node leases too)": ('resource="leases"', 'verb="PATCH"'),
+    }
+    api = {
+        label: sum(v for k, v in served.items() if all(part in k for part in parts) and 'verb="WATCH"' not in k)
+        for label, parts in wanted.items()
+    }
+    delays = sorted(watch.delays)
+    cpu = (after[2] - before[2]) / took * 100
+    print(f"\nwindow {took:.0f} s, {LOAD_PODS} load pods, {len(pods)} v2 replicas on {len(nodes)} nodes\n")
+    print("| what | per second |\n|---|---|")
+    for label, value in {**own, **api}.items():
+        print(f"| {label} | {value:.2f} |")
+    print(f"| leader CPU | {cpu:.1f}% of a core |")
+    print(f"| leader memory (RSS) | {max(rss):.1f} MiB at most, {statistics.mean(rss):.1f} MiB mean |")
+    if delays:
+
+        def p(q: float) -> float:
+            return delays[min(len(delays) - 1, int(q * len(delays)))]
+
+        print(
+            f"| transition to `kubectl get bp -w` | p50 {p(0.5) * 1000:.0f} ms, p95 {p(0.95) * 1000:.0f} ms, "
+            f"max {delays[-1] * 1000:.0f} ms over {len(delays)} transitions |"
+        )
+
+
+if __name__ == "__main__":
+    main()
