@@ -56,8 +56,15 @@ def counters(text: str, name: str) -> dict[str, float]:
     return found
 
 
-def leader_pid(pod: str) -> int:
-    """The process of the leading controller's pod, on this machine."""
+def lease_holder_pod(lease: dict | None = None) -> str:
+    """The pod of the leading controller: the Lease's holder is `<pod>_<start>`."""
+    lease = lease or json.loads(kubectl("get", "lease", "breaker-controller", "-o", "json"))
+    return lease["spec"].get("holderIdentity", "").rpartition("_")[0]
+
+
+def controller_pid(pod: str) -> int:
+    """The process of a breaker-controller pod, on this machine (kind's nodes are containers
+    here); LookupError when there is none."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -68,7 +75,7 @@ def leader_pid(pod: str) -> int:
                 return int(proc.name)
         except OSError:
             continue
-    sys.exit(f"no process of pod {pod} on this machine (is the cluster kind, on this machine?)")
+    raise LookupError(f"no process of pod {pod} on this machine (is the cluster kind, on this machine?)")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -145,8 +152,11 @@ def load_pod(name: str) -> dict:
 def main() -> None:
     pods = json.loads(kubectl("get", "pods", "-l", "app.kubernetes.io/name=api-gateway-v2", "-o", "json"))["items"]
     nodes = sorted({p["spec"].get("nodeName", "?") for p in pods})
-    leader = json.loads(kubectl("get", "lease", "breaker-controller", "-o", "json"))["spec"]["holderIdentity"]
-    pid = leader_pid(leader)
+    leader = lease_holder_pod()
+    try:
+        pid = controller_pid(leader)
+    except LookupError as err:
+        sys.exit(str(err))
     metrics_path = f"/api/v1/namespaces/{NAMESPACE}/pods/{leader}:8083/proxy/metrics"
     print(f"v2: {len(pods)} replicas on {len(nodes)} nodes {nodes}; leader {leader} (pid {pid})", flush=True)
 

@@ -47,8 +47,9 @@ struct Cli {
     /// The Lease's namespace; the watched namespace (or `default`) when unset.
     #[arg(long, env = "LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
-    /// Whole seconds without a renewal after which a standby takes the Lease over.
-    #[arg(long, env = "LEASE_DURATION", default_value = "4s", value_parser = service_runtime::parse_duration)]
+    /// Whole seconds without a renewal after which a standby takes the Lease over (then within
+    /// a second more: kube-lease-manager spaces its candidates up to 1 s apart).
+    #[arg(long, env = "LEASE_DURATION", default_value = "3s", value_parser = service_runtime::parse_duration)]
     lease_duration: Duration,
     /// How long before it lapses the leader renews the Lease (whole seconds).
     #[arg(long, env = "LEASE_GRACE", default_value = "2s", value_parser = service_runtime::parse_duration)]
@@ -107,8 +108,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .or_else(|| cli.watch_namespace.clone())
             .unwrap_or_else(|| "default".into()),
         name: cli.lease_name.clone(),
-        identity: std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("breaker-controller-{}", std::process::id())),
+        identity: lease_identity(),
         duration: cli.lease_duration,
         grace: cli.lease_grace,
     };
@@ -150,6 +150,18 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     ctx.metrics.set_leading(false);
     leadership.release().await;
     result
+}
+
+/// `<pod>_<start>`: the pod says which replica holds the Lease; the start time keeps a
+/// restarted container from taking its predecessor's Lease for its own (it is a new candidate,
+/// as client-go's leader election has it).
+fn lease_identity() -> String {
+    let pod = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("breaker-controller-{}", std::process::id()));
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{pod}_{:x}", started.as_micros())
 }
 
 /// How long a replica tries for the Lease before it calls itself a standby.
