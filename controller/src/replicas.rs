@@ -112,24 +112,47 @@ struct TransitionReport {
     at: String,
 }
 
+/// A form a field of a replica's answer must have: 1 to `max` bytes, each `allowed`.
+struct Form {
+    what: &'static str,
+    max: usize,
+    allowed: fn(u8) -> bool,
+}
+
+impl Form {
+    /// The first of `values` not of this form, as an error naming what it should have been.
+    fn check<'a>(&self, values: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+        match values
+            .into_iter()
+            .find(|v| !(1..=self.max).contains(&v.len()) || !v.bytes().all(self.allowed))
+        {
+            Some(bad) => Err(format!("not {}: {:.40?}", self.what, bad)),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A state or reason as the breaker spells it: a short snake_case word.
-fn is_word(s: &str) -> bool {
-    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-}
-
+const WORD: Form = Form {
+    what: "a state or reason",
+    max: 32,
+    allowed: |b| b.is_ascii_lowercase() || b == b'_',
+};
 /// An RFC 3339 time as the gateway writes it.
-fn is_time(s: &str) -> bool {
-    (1..=40).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || b"TZ:.+-".contains(&b))
-}
-
+const TIME: Form = Form {
+    what: "a time",
+    max: 40,
+    allowed: |b| b.is_ascii_digit() || b"TZ:.+-".contains(&b),
+};
 /// A pod's name (DNS subdomain) or a resourceVersion.
-fn is_name(s: &str) -> bool {
-    (1..=253).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-}
+const NAME: Form = Form {
+    what: "a name",
+    max: 253,
+    allowed: |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.',
+};
+
+/// Transitions read from one answer, the newest last.
+const MAX_TRANSITIONS: usize = 64;
 
 impl Report {
     /// The report, if every field that reaches the status or an Event has the form the gateway
@@ -149,9 +172,7 @@ impl Report {
                     .iter()
                     .filter_map(|e| e.ejected_reason.as_ref()),
             );
-        if let Some(bad) = words.into_iter().find(|w| !is_word(w)) {
-            return Err(format!("not a state or reason: {:.40?}", bad));
-        }
+        WORD.check(words)?;
         let times = self
             .last_transition
             .iter()
@@ -162,17 +183,13 @@ impl Report {
                     .iter()
                     .filter_map(|e| e.ejected_since.as_ref()),
             );
-        if let Some(bad) = times.into_iter().find(|t| !is_time(t)) {
-            return Err(format!("not a time: {:.40?}", bad));
-        }
+        TIME.check(times)?;
         // (no version yet is an empty one)
         let names = std::iter::once(&self.config_version)
             .filter(|v| !v.is_empty())
             .chain(&self.ejected)
             .chain(self.endpoints.iter().map(|e| &e.name));
-        if let Some(bad) = names.into_iter().find(|n| !is_name(n)) {
-            return Err(format!("not a name: {:.40?}", bad));
-        }
+        NAME.check(names)?;
         self.ejected.truncate(MAX_EJECTED);
         // Only the newest transitions are Events; older ones were seen on an earlier ask.
         let keep_from = self.transitions.len().saturating_sub(MAX_TRANSITIONS);
@@ -180,9 +197,6 @@ impl Report {
         Ok(self)
     }
 }
-
-/// Transitions read from one answer, the newest last.
-const MAX_TRANSITIONS: usize = 64;
 
 /// A group of replicas: those in one namespace watching one ConfigMap.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
