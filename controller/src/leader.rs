@@ -3,8 +3,6 @@
 //! its Lease lapses or is released. A leader that loses the Lease stops at once: two writers
 //! would apply changes twice and in either order.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use kube_lease_manager::{LeaseManagerBuilder, LeaseManagerError};
@@ -39,8 +37,6 @@ pub enum LeaderError {
 pub struct Leadership {
     leading: watch::Receiver<bool>,
     task: JoinHandle<Result<kube_lease_manager::LeaseManager, LeaseManagerError>>,
-    /// What `/leader` and the metrics read.
-    pub is_leading: Arc<AtomicBool>,
     pub identity: String,
 }
 
@@ -66,7 +62,6 @@ impl Leadership {
         Ok(Self {
             leading,
             task,
-            is_leading: Arc::new(AtomicBool::new(false)),
             identity: lease.identity,
         })
     }
@@ -82,7 +77,6 @@ impl Leadership {
             .wait_for(|l| *l)
             .await
             .map_err(|_| LeaderError::Lost)?;
-        self.is_leading.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -90,7 +84,6 @@ impl Leadership {
     pub async fn lost(&self) -> LeaderError {
         let mut leading = self.leading.clone();
         let _ = leading.wait_for(|l| !*l).await;
-        self.is_leading.store(false, Ordering::Release);
         LeaderError::Lost
     }
 

@@ -1,5 +1,4 @@
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,13 +112,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         grace: cli.lease_grace,
     };
     let leadership = Leadership::start(client.clone(), lease).await?;
-    let (identity, is_leading) = (leadership.identity.clone(), leadership.is_leading.clone());
+    let (identity, leading) = (leadership.identity.clone(), metrics.clone());
     let server = service.run(&cli.serve, 8083, move |config| {
-        let (identity, is_leading) = (identity.clone(), is_leading.clone());
+        let (identity, leading) = (identity.clone(), leading.clone());
         config.service(resource("/leader").get(move || {
             let body = serde_json::json!({
                 "identity": identity,
-                "leading": is_leading.load(Ordering::Acquire),
+                "leading": leading.is_leading(),
             });
             async move { actix_web::HttpResponse::Ok().json(body) }
         }));

@@ -100,6 +100,11 @@ impl Metrics {
         self.leading.set(i64::from(leading));
     }
 
+    /// What `/leader` says: the gauge is the one record of it.
+    pub fn is_leading(&self) -> bool {
+        self.leading.get() == 1
+    }
+
     pub fn status_written(&self) {
         self.status_writes.inc();
     }
