@@ -251,6 +251,7 @@ pub fn error_policy(policy: Arc<BreakerPolicy>, err: &Error, ctx: Arc<Context>) 
 /// and is gone has its fields released here, so the next one takes over at once.
 async fn held_elsewhere(
     cm: &ConfigMap,
+    configmaps: &Api<ConfigMap>,
     policy: &BreakerPolicy,
     ctx: &Context,
     ns: &str,
@@ -282,8 +283,7 @@ async fn held_elsewhere(
                     "ConfigMap {target} is managed by BreakerPolicy {holder}"
                 )));
             }
-            let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
-            release::release(&configmaps, cm, holder).await?;
+            release::release(configmaps, cm, holder).await?;
             Ok(None)
         }
         _ => Ok(None),
@@ -351,7 +351,7 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
         }
         Err(err) => return Err(err.into()),
     };
-    if let Some(message) = held_elsewhere(&existing, &policy, ctx, ns).await? {
+    if let Some(message) = held_elsewhere(&existing, &configmaps, &policy, ctx, ns).await? {
         return retry_later(&policy, ctx, ns, Reason::Conflict, message).await;
     }
     let configmap = ConfigMap {
