@@ -9,7 +9,7 @@
 //! the fallback at once, so a slow dependency cannot pile up tasks without a bulkhead set.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+use tokio::sync::Semaphore;
 
 use crate::journal::Journal;
 use crate::upstream::{Recommendations, UpstreamError};
@@ -58,8 +59,8 @@ pub struct Protected {
     calls: Family<OutcomeLabels, Counter>,
     fallbacks: Family<OutcomeLabels, Counter>,
     would_reject: Family<OutcomeLabels, Counter>,
-    /// Calls running detached from their users now.
-    detached: Arc<AtomicUsize>,
+    /// Places for calls running detached from their users, [`MAX_DETACHED`] in all.
+    detached: Arc<Semaphore>,
 }
 
 impl Protected {
@@ -113,7 +114,7 @@ impl Protected {
             calls,
             fallbacks,
             would_reject,
-            detached: Arc::new(AtomicUsize::new(0)),
+            detached: Arc::new(Semaphore::new(MAX_DETACHED)),
         }
     }
 
@@ -265,7 +266,7 @@ impl Protected {
     where
         Fut: Future<Output = Result<Vec<Product>, UpstreamError>> + 'static,
     {
-        let Some(slot) = DetachedSlot::take(&self.detached) else {
+        let Ok(slot) = self.detached.clone().try_acquire_owned() else {
             // The permits go back unjudged: no call was made.
             drop(call);
             self.count(&self.calls, "detached_full");
@@ -289,11 +290,6 @@ impl Protected {
                 self.serve(Err(cause))
             }
         }
-    }
-
-    #[cfg(test)]
-    fn fill_detached(&self, n: usize) {
-        self.detached.store(n, Ordering::Relaxed);
     }
 
     /// Records what the call says about the dependency (and its endpoint).
@@ -367,28 +363,10 @@ impl Call {
     }
 }
 
-/// One of the [`MAX_DETACHED`] places for a call running on its own task; freed when dropped.
-struct DetachedSlot(Arc<AtomicUsize>);
-
-impl DetachedSlot {
-    fn take(count: &Arc<AtomicUsize>) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_DETACHED).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(count.clone()))
-    }
-}
-
-impl Drop for DetachedSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
 
     fn with_fallback_after() -> Arc<Protected> {
@@ -415,12 +393,16 @@ mod tests {
         assert!(!answer.degraded);
         assert_eq!(made.load(Ordering::Relaxed), 1);
         assert_eq!(
-            protected.detached.load(Ordering::Relaxed),
-            0,
+            protected.detached.available_permits(),
+            MAX_DETACHED,
             "its slot is free again"
         );
         // Full: no call, the fallback at once, the breaker's permit back unjudged.
-        protected.fill_detached(MAX_DETACHED);
+        let _all = protected
+            .detached
+            .clone()
+            .try_acquire_many_owned(MAX_DETACHED as u32)
+            .unwrap();
         let answer = protected.call(call(made.clone())).await;
         assert!(answer.degraded);
         assert_eq!(
@@ -437,15 +419,20 @@ mod tests {
 
     #[test]
     fn a_detached_slot_is_never_handed_out_past_the_cap_under_concurrency() {
-        let count = Arc::new(AtomicUsize::new(MAX_DETACHED - 100));
+        let protected = with_fallback_after();
+        let _taken_before = protected
+            .detached
+            .clone()
+            .try_acquire_many_owned(MAX_DETACHED as u32 - 100)
+            .unwrap();
         let taken: Vec<usize> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
-                    let count = count.clone();
+                    let detached = protected.detached.clone();
                     scope.spawn(move || {
                         let mut mine = Vec::new();
                         for _ in 0..50 {
-                            if let Some(slot) = DetachedSlot::take(&count) {
+                            if let Ok(slot) = detached.clone().try_acquire_owned() {
                                 mine.push(slot);
                             }
                         }
@@ -458,6 +445,6 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(taken.iter().sum::<usize>(), 100);
-        assert_eq!(count.load(Ordering::Relaxed), MAX_DETACHED);
+        assert_eq!(protected.detached.available_permits(), 0);
     }
 }
