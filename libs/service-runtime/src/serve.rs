@@ -146,9 +146,12 @@ pub fn resource(path: &str) -> Resource {
         .default_service(web::to(method_not_allowed))
 }
 
+/// The largest JSON body a service reads.
+pub const MAX_JSON_BODY: usize = 16 * 1024;
+
 fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()
-        .limit(16 * 1024)
+        .limit(MAX_JSON_BODY)
         .error_handler(|err, _| ApiError::bad_request(err.to_string()).into())
 }
 

@@ -3,7 +3,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
-use service_runtime::ApiError;
+use service_runtime::{ApiError, MAX_JSON_BODY};
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
@@ -56,9 +56,6 @@ pub(crate) async fn show(
     Ok(answer(&state, state.fault()))
 }
 
-/// The largest body an update may have.
-const MAX_BODY: usize = 16 * 1024;
-
 pub(crate) async fn update(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -66,10 +63,11 @@ pub(crate) async fn update(
 ) -> Result<HttpResponse, ApiError> {
     // The caller is authorized before a byte of what it sent is parsed.
     authorize(&state, &req)?;
-    if body.len() > MAX_BODY {
+    // The services' JSON limit, applied here since the body comes as bytes.
+    if body.len() > MAX_JSON_BODY {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body over {MAX_BODY} bytes"),
+            format!("body over {MAX_JSON_BODY} bytes"),
         ));
     }
     let update: FaultUpdate =
