@@ -521,25 +521,7 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     assert!(out.status.success());
     set_mode(&plane, &c, &stack, "ForceOpen").await;
     let deleting = Instant::now();
-    let out = plane.kubectl(
-        Who::Admin,
-        &[
-            "delete",
-            "bp",
-            "gw",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=20s",
-        ],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deleted = deleting.elapsed();
+    let deleted = delete_policy(&plane, "gw");
     let cm = wait_for(
         Duration::from_secs(5),
         "the policy's fields released",
@@ -1269,6 +1251,25 @@ fn kubectl_ok(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) {
     );
 }
 
+/// `kubectl delete bp <name> --wait`, which must succeed; how long it took.
+fn delete_policy(plane: &ControlPlane, name: &str) -> Duration {
+    let deleting = Instant::now();
+    kubectl_ok(
+        plane,
+        &[
+            "delete",
+            "bp",
+            name,
+            "-n",
+            NS,
+            "--wait=true",
+            "--timeout=10s",
+        ],
+        None,
+    );
+    deleting.elapsed()
+}
+
 /// Applies policy `name` (mode Auto) and waits until it is Ready (Applied).
 async fn apply_until_applied(plane: &ControlPlane, name: &str, settings: &str) {
     assert!(kubectl_apply(plane, &policy(name, "Auto", settings))
@@ -1303,21 +1304,7 @@ async fn deletion_waits_on_no_controller_and_what_a_deleted_policy_wrote_is_rele
 
     // No controller: the deletion does not wait, and the fields stay until one runs.
     controller.terminate();
-    let deleting = Instant::now();
-    kubectl_ok(
-        &plane,
-        &[
-            "delete",
-            "bp",
-            "gw",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=10s",
-        ],
-        None,
-    );
-    let deleted = deleting.elapsed();
+    let deleted = delete_policy(&plane, "gw");
     assert!(deleted < Duration::from_secs(5), "{deleted:?}");
     let cm = get_json(&plane, &["configmap", TARGET]).unwrap();
     assert_eq!(cm["metadata"]["labels"]["resilience.demo.dev/policy"], "gw");
@@ -1365,21 +1352,7 @@ async fn deletion_waits_on_no_controller_and_what_a_deleted_policy_wrote_is_rele
     })
     .await;
     assert_eq!(old["status"]["observedGeneration"], 1);
-    let deleting = Instant::now();
-    kubectl_ok(
-        &plane,
-        &[
-            "delete",
-            "bp",
-            "old",
-            "-n",
-            NS,
-            "--wait=true",
-            "--timeout=10s",
-        ],
-        None,
-    );
-    let old_deleted = deleting.elapsed();
+    let old_deleted = delete_policy(&plane, "old");
     wait_for(Duration::from_secs(5), "old's fields released", || {
         get_json(&plane, &["configmap", TARGET])?["data"]
             .is_null()

@@ -171,6 +171,20 @@ fn ready(status_patch: &Value) -> &Value {
     &status_patch["status"]["conditions"][0]
 }
 
+/// The status patch says Ready False for `reason`, its message containing each of `says`.
+fn assert_not_ready(status_patch: &Value, reason: &str, says: &[&str]) {
+    let condition = ready(status_patch);
+    assert_eq!(
+        (&condition["status"], &condition["reason"]),
+        (&json!("False"), &json!(reason)),
+        "{condition}"
+    );
+    let message = condition["message"].as_str().unwrap();
+    for part in says {
+        assert!(message.contains(part), "{message} does not say {part:?}");
+    }
+}
+
 fn metrics_text(registry: &Registry) -> String {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
@@ -251,11 +265,11 @@ async fn a_configmap_without_the_target_label_is_a_conflict_with_an_event() {
     ];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
-    assert_eq!(ready(&bodies[1])["reason"], "Conflict");
-    assert!(ready(&bodies[1])["message"]
-        .as_str()
-        .unwrap()
-        .contains("label resilience.demo.dev/breaker-target=true is missing"));
+    assert_not_ready(
+        &bodies[1],
+        "Conflict",
+        &["label resilience.demo.dev/breaker-target=true is missing"],
+    );
     assert_eq!(bodies[2]["reason"], "Conflict");
 }
 
@@ -289,11 +303,10 @@ async fn another_policys_fields_are_a_conflict_told_by_managed_fields() {
     ];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
-    let message = ready(&bodies[2])["message"].as_str().unwrap().to_string();
-    assert_eq!(ready(&bodies[2])["reason"], "Conflict");
-    assert!(
-        message.contains("managed by breaker-controller.rival"),
-        "{message}"
+    assert_not_ready(
+        &bodies[2],
+        "Conflict",
+        &["managed by breaker-controller.rival"],
     );
 }
 
@@ -363,17 +376,10 @@ async fn a_target_the_role_does_not_cover_is_not_ready_and_says_what_it_allows()
     ];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
-    let condition = ready(&bodies[1]);
-    assert_eq!(
-        (&condition["status"], &condition["reason"]),
-        (&json!("False"), &json!("Forbidden"))
-    );
-    assert!(
-        condition["message"]
-            .as_str()
-            .unwrap()
-            .contains("may not write ConfigMap gw-breaker"),
-        "{condition}"
+    assert_not_ready(
+        &bodies[1],
+        "Forbidden",
+        &["may not write ConfigMap gw-breaker"],
     );
     assert_eq!(bodies[2]["reason"], "Forbidden");
 
@@ -388,11 +394,13 @@ async fn a_target_the_role_does_not_cover_is_not_ready_and_says_what_it_allows()
     let script = vec![status_patched(&p), event_created()];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::await_change());
-    let message = ready(&bodies[0])["message"].as_str().unwrap();
-    assert!(
-        message.contains("may write ConfigMap api-gateway-v2-breaker only")
-            && message.contains("set spec.target.configMap to api-gateway-v2-breaker"),
-        "{message}"
+    assert_not_ready(
+        &bodies[0],
+        "Forbidden",
+        &[
+            "may write ConfigMap api-gateway-v2-breaker only",
+            "set spec.target.configMap to api-gateway-v2-breaker",
+        ],
     );
 }
 
@@ -425,11 +433,7 @@ async fn a_configmap_held_by_a_live_policy_is_a_conflict_that_names_it() {
     ];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
-    assert_eq!(ready(&bodies[2])["reason"], "Conflict");
-    assert!(ready(&bodies[2])["message"]
-        .as_str()
-        .unwrap()
-        .contains("managed by BreakerPolicy first"));
+    assert_not_ready(&bodies[2], "Conflict", &["managed by BreakerPolicy first"]);
 }
 
 #[tokio::test]
