@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile images kind-up deploy port-forward loadtest-k8s loadtest-k8s-endpoints measure-scale kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy port-forward loadtest-k8s loadtest-k8s-endpoints measure-scale kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -128,7 +128,7 @@ manifests: tools ## Regenerate k8s/ and the chart's CRD from the chart and the R
 	cp k8s/crd.yaml helm/circuit-breaker-demo/crds/breakerpolicies.yaml
 
 lint-dockerfile: $(VENV)/.test-installed ## hadolint the Dockerfiles
-	$(VENV)/bin/hadolint Dockerfile tools/kind/*.Dockerfile
+	$(VENV)/bin/hadolint Dockerfile tools/kind/*.Dockerfile tools/stand-ins/*.Dockerfile
 
 # ---- Kubernetes in kind. Docker is started (and installed, as root) when missing; with no
 # registry, the node and app images are built here (OFFLINE=auto|1|0, see scripts/offline.sh).
@@ -141,6 +141,9 @@ NAMESPACE ?= demo
 ADMIN_SECRET := recommendations-admin
 CLUSTER_ADMIN_TOKEN = $${ADMIN_TOKEN:-$$($(KUBECTL) get secret $(ADMIN_SECRET) -n $(NAMESPACE) -o jsonpath='{.data.token}' | base64 -d)}
 export KIND CLUSTER IMAGE KUBE_VERSION KIND_VERSION KIND_NODE_IMAGE KIND_CONFIG KUBE_BIN KUBECTL NAMESPACE
+
+stand-ins: ## Local images under the upstream names OFFLINE=0 pulls (builder, bases, kind node), as CI runs that path; `scripts/stand-ins.sh remove` untags them
+	scripts/stand-ins.sh
 
 images: ## Build the image with all five binaries from the Dockerfile (locally when no registry answers)
 	@scripts/require-tools.sh

@@ -11,7 +11,9 @@ image=$1 version=$2
 . scripts/offline.sh
 scripts/docker-up.sh
 export DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0}
-bins=(product-service recommendations-service api-gateway-v1 api-gateway-v2 breaker-controller)
+# The binaries the Dockerfile's build stage names (ARG BINS), so both targets hold the same five.
+read -r -a bins <<<"$(sed -n 's/^ARG BINS="\(.*\)"$/\1/p' Dockerfile)"
+[ "${#bins[@]}" -gt 0 ] || { echo "app-image: no ARG BINS in the Dockerfile" >&2; exit 1; }
 runtime_base=$(sed -n 's/^ARG RUNTIME_BASE=//p' Dockerfile)
 if offline "$runtime_base"; then
   base=circuit-breaker-demo/debian:bookworm
@@ -24,6 +26,9 @@ if offline "$runtime_base"; then
   docker build -t "$image" --target prebuilt --build-arg RUNTIME_BASE="$base" \
     --build-arg VERSION="$version" .
 else
+  # The legacy builder builds the prebuilt stage on the way to the default target, so its
+  # COPY dist/ needs the folder, empty or not.
+  mkdir -p dist
   docker build -t "$image" --build-arg VERSION="$version" .
 fi
 # The image this tag named before is left untagged by each build: remove those, not others.

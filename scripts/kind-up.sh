@@ -14,12 +14,7 @@ scripts/docker-up.sh
 
 node_image=$KIND_NODE_IMAGE
 if offline "$node_image"; then
-  # Tagged by what it is made of, so that a change to any of it builds a new one.
-  recipe=$(cat tools/kind/node.Dockerfile tools/kind/kube-proxy.Dockerfile tools/kind/pause.c \
-    scripts/kind-node-image.sh scripts/base-image.sh | sha256sum | cut -c1-12)
-  node_image=circuit-breaker-demo/kind-node:$KUBE_VERSION-kind-$KIND_VERSION-$recipe
-  "${MAKE:-make}" --no-print-directory kind-node-bins
-  scripts/kind-node-image.sh "$node_image" "$KUBE_VERSION" "$KUBE_BIN" "$KIND_VERSION"
+  node_image=$(scripts/local-node-image.sh)
 fi
 "${MAKE:-make}" --no-print-directory images
 
@@ -36,7 +31,7 @@ KIND="$KIND" scripts/kind-cni.sh "$CLUSTER"
 context=$(mktemp -d "${TMPDIR:-/tmp}/kube-router.XXXXXX")
 trap 'rm -rf "$context"' EXIT
 cp "$KUBE_BIN/kube-router" "$context/"
-router_base=debian:bookworm-slim
+router_base=$(sed -n 's/^ARG BASE_IMAGE=//p' tools/kind/kube-router.Dockerfile)
 if offline "$router_base"; then
   router_base=circuit-breaker-demo/debian:bookworm
   scripts/base-image.sh "$router_base"

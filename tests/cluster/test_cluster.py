@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ from conftest import (
 V2 = "api-gateway-v2"
 POLICY = "api-gateway-v2"
 PROBE_IMAGE = "circuit-breaker-demo/debian:bookworm"
+APP_IMAGE = "circuit-breaker-demo:0.1.0"
 
 
 def patch_policy(spec: dict) -> None:
@@ -105,6 +107,40 @@ class Load:
         )
 
 
+def image_binaries(image: str) -> dict[str, str]:
+    """What each binary in the image's /usr/local/bin answers to --version, run in the image."""
+
+    def run(entrypoint: str, *args: str) -> str:
+        done = subprocess.run(
+            ["docker", "run", "--rm", "--network=none", f"--entrypoint={entrypoint}", image, *args],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        return done.stdout.strip()
+
+    return {name: run(f"/usr/local/bin/{name}", "--version") for name in run("/bin/ls", "/usr/local/bin").split()}
+
+
+def test_both_dockerfile_targets_hold_the_five_binaries_and_run_them(cluster: Cluster):
+    """The cluster runs the default target's image (compiled in the builder, kind-up OFFLINE=0);
+    the offline path's prebuilt target (the host's release binaries on the debootstrap base,
+    OFFLINE=1) must hold the same binaries, each running in the image, as the same user."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    expected = re.search(r'^ARG BINS="(.*)"$', dockerfile, re.MULTILINE).group(1).split()
+    offline = "circuit-breaker-demo:prebuilt-check"
+    make("images", "OFFLINE=1", f"IMAGE={offline}")
+    try:
+        for image in (APP_IMAGE, offline):
+            versions = image_binaries(image)
+            assert sorted(versions) == sorted(expected), (image, versions)
+            for name, answer in versions.items():
+                assert answer == f"{name} 0.1.0", (image, name, answer)
+            config = json.loads(subprocess.run(["docker", "image", "inspect", image], capture_output=True,
+                                               text=True, check=True).stdout)[0]["Config"]  # fmt: skip
+            assert config["User"] == "65532:65532" and config["Entrypoint"] == ["/usr/local/bin/api-gateway-v2"]
+    finally:
+        subprocess.run(["docker", "image", "rm", offline], capture_output=True, check=False)
+
+
 def test_every_pod_runs_under_restricted_pod_security(cluster: Cluster):
     labels = kubectl_json("get", "namespace", NAMESPACE)["metadata"]["labels"]
     assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", labels
@@ -118,8 +154,8 @@ def test_every_pod_runs_under_restricted_pod_security(cluster: Cluster):
         assert context.get("runAsNonRoot") is True and context["seccompProfile"]["type"] == "RuntimeDefault"
     # The API server refuses what the profile forbids, in this very namespace.
     refused = kubectl(
-        "run", "privileged-probe", "--image=circuit-breaker-demo:0.1.0", "--restart=Never",
-        "--overrides", json.dumps({"spec": {"containers": [{"name": "p", "image": "circuit-breaker-demo:0.1.0",
+        "run", "privileged-probe", f"--image={APP_IMAGE}", "--restart=Never",
+        "--overrides", json.dumps({"spec": {"containers": [{"name": "p", "image": APP_IMAGE,
                                                             "securityContext": {"privileged": True}}]}}),
         "--dry-run=server", check=False,
     )  # fmt: skip
