@@ -12,7 +12,7 @@
 #   KIND_NODE_IMAGE (kindest/node)              <- the node image built here
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${KIND_NODE_IMAGE:?}"
+node=${KIND_NODE_IMAGE:-$(sed -n 's/^KIND_NODE_IMAGE ?= //p' Makefile)}
 base=circuit-breaker-demo/debian:bookworm
 runtime=$(sed -n 's/^ARG RUNTIME_BASE=//p' Dockerfile)
 rust=$(sed -n 's/^ARG RUST_VERSION=//p' Dockerfile)
@@ -20,9 +20,9 @@ builder=$(sed -n 's/^FROM \(\S*cargo-chef:\S*\) AS chef$/\1/p' Dockerfile)
 builder=${builder//'${RUST_VERSION}'/$rust}
 chef=$(sed -n 's/.*cargo-chef:\([0-9.]*\)-rust-.*/\1/p' <<<"$builder")
 router_base=$(sed -n 's/^ARG BASE_IMAGE=//p' tools/kind/kube-router.Dockerfile)
-[ -n "$runtime" ] && [ -n "$rust" ] && [ -n "$chef" ] && [ -n "$router_base" ] ||
+[ -n "$runtime" ] && [ -n "$rust" ] && [ -n "$chef" ] && [ -n "$router_base" ] && [ -n "$node" ] ||
   { echo "stand-ins: the Dockerfiles no longer name their bases as this script reads them" >&2; exit 1; }
-names=("$runtime" "$builder" "$router_base" "$KIND_NODE_IMAGE")
+names=("$runtime" "$builder" "$router_base" "$node")
 
 if [ "${1:-}" = remove ]; then
   for name in "${names[@]}"; do
@@ -34,7 +34,10 @@ fi
 scripts/docker-up.sh
 scripts/base-image.sh "$base"
 export DOCKER_BUILDKIT=0
-if ! docker image inspect "$builder" >/dev/null 2>&1; then
+# Kept under a name of its own, so that removing the upstream name keeps it (and the build
+# cache of the layers built on it).
+local_builder=circuit-breaker-demo/stand-in-cargo-chef:$chef-rust-$rust
+if ! docker image inspect "$local_builder" >/dev/null 2>&1; then
   rustup toolchain install "$rust" --profile minimal --no-self-update >&2
   context=$(mktemp -d "${TMPDIR:-/tmp}/stand-in-builder.XXXXXX")
   trap 'rm -rf "$context"' EXIT
@@ -42,10 +45,11 @@ if ! docker image inspect "$builder" >/dev/null 2>&1; then
   cp -al "$sysroot" "$context/toolchain" 2>/dev/null || cp -a "$sysroot" "$context/toolchain"
   cp "${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}" "$context/ca-certificates.crt"
   echo "stand-ins: $builder (Rust $rust from rustup, cargo-chef $chef from crates.io)" >&2
-  docker build -q -t "$builder" --build-arg BASE_IMAGE="$base" --build-arg CHEF_VERSION="$chef" \
+  docker build -q -t "$local_builder" --build-arg BASE_IMAGE="$base" --build-arg CHEF_VERSION="$chef" \
     -f tools/stand-ins/cargo-chef.Dockerfile "$context" >/dev/null
 fi
+docker tag "$local_builder" "$builder"
 docker tag "$base" "$runtime"
 docker tag "$base" "$router_base"
-docker tag "$(scripts/local-node-image.sh)" "$KIND_NODE_IMAGE"
+docker tag "$(scripts/local-node-image.sh)" "$node"
 echo "stand-ins: ${names[*]}" >&2
