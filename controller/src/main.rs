@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::runtime::controller::Error as ControllerError;
 use kube::runtime::reflector::{store, ObjectRef};
-use kube::runtime::{predicates, reflector, watcher, Controller, WatchStreamExt};
+use kube::runtime::{predicates, reflector, watcher, Controller, Predicate, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use service_runtime::{resource, ReadinessGate, ServeArgs, Service};
 
@@ -193,14 +193,19 @@ async fn run_controllers(
     };
     let configmaps: Api<ConfigMap> = namespaced_or_all(&client, &cli.watch_namespace);
     let (store, writer) = store();
-    // Reconciles follow spec changes only: status writes (the replica watcher's, up to 2/s
-    // per policy while a breaker flaps) would each wake a reconcile for nothing.
+    // Reconciles follow spec changes, not status writes (the replica watcher's, up to 2/s per
+    // policy while a breaker flaps, would each wake a reconcile for nothing). And finalizer
+    // changes: during an upgrade from 0.1.0 its controller still runs for a while and puts its
+    // finalizer back, which must come off again at once, not at the next resync.
     let spec_changes = reflector(
         writer,
         watcher(policies.clone(), watcher::Config::default().any_semantic()),
     )
     .applied_objects()
-    .predicate_filter(predicates::generation, Default::default());
+    .predicate_filter(
+        predicates::generation.combine(predicates::finalizers),
+        Default::default(),
+    );
     let by_target = store.clone();
     let policy_controller = Controller::for_stream(spec_changes, store.clone())
         // A hand edit is taken back, and a deleted target reported, as soon as it happens.

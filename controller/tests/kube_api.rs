@@ -1352,6 +1352,31 @@ async fn deletion_waits_on_no_controller_and_what_a_deleted_policy_wrote_is_rele
     })
     .await;
     assert_eq!(old["status"]["observedGeneration"], 1);
+    // During an upgrade the finalizer's controller still runs beside this one and puts its
+    // finalizer back: that change (not of the spec) is seen, and the finalizer removed again.
+    let readding = Instant::now();
+    kubectl_ok(
+        &plane,
+        &[
+            "patch",
+            "bp",
+            "old",
+            "-n",
+            NS,
+            "--type",
+            "merge",
+            "-p",
+            r#"{"metadata":{"finalizers":["resilience.demo.dev/configmap"]}}"#,
+        ],
+        None,
+    );
+    wait_for(Duration::from_secs(5), "re-added finalizer removed", || {
+        get_json(&plane, &["bp", "old"])?["metadata"]["finalizers"]
+            .is_null()
+            .then_some(())
+    })
+    .await;
+    let readded_removed = readding.elapsed();
     let old_deleted = delete_policy(&plane, "old");
     wait_for(Duration::from_secs(5), "old's fields released", || {
         get_json(&plane, &["configmap", TARGET])?["data"]
@@ -1404,7 +1429,7 @@ async fn deletion_waits_on_no_controller_and_what_a_deleted_policy_wrote_is_rele
     let cm = get_json(&plane, &["configmap", TARGET]).unwrap();
     assert_eq!(cm["metadata"]["labels"]["resilience.demo.dev/policy"], "gw");
     figure!(
-        "lifecycle: delete with no controller {deleted:?}; next controller released the gone policy's fields and applied the legacy one {taken:?} after its start; legacy delete {old_deleted:?}; deleted target reported in {missing_after:?}, recreated one taken in {restored_after:?}"
+        "lifecycle: delete with no controller {deleted:?}; next controller released the gone policy's fields and applied the legacy one {taken:?} after its start; a finalizer put back removed in {readded_removed:?}; legacy delete {old_deleted:?}; deleted target reported in {missing_after:?}, recreated one taken in {restored_after:?}"
     );
 }
 
