@@ -13,7 +13,7 @@ ARG RUST_VERSION=1.89.0
 
 # glibc and libgcc, nothing else; runs as uid 65532 (nonroot).
 FROM ${RUNTIME_BASE} AS runtime
-ARG VERSION=0.1.0
+ARG VERSION=0.2.0
 LABEL org.opencontainers.image.title="circuit-breaker-demo" \
       org.opencontainers.image.description="Cascading failure and circuit breaker demo: services, gateways and breaker-controller" \
       org.opencontainers.image.version="${VERSION}" \

@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy port-forward loadtest-k8s loadtest-k8s-endpoints measure-scale kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward loadtest-k8s loadtest-k8s-endpoints measure-scale kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -109,7 +109,10 @@ HELM := $(TOOLS)/helm
 KIND := $(TOOLS)/kind
 HELM_VERSION := v3.22.0
 KIND_VERSION := v0.33.0
-IMAGE := circuit-breaker-demo:0.1.0
+# The workspace's version is the app's: the image tag, and the chart's appVersion (a chart test
+# checks they agree).
+APP_VERSION := $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
+IMAGE := circuit-breaker-demo:$(APP_VERSION)
 CLUSTER ?= circuit-breaker-demo
 
 tools: $(HELM) ## Pinned helm (and kind, for kind-up) built from their Go modules into .cache/tools
@@ -147,7 +150,7 @@ stand-ins: ## Local images under the upstream names OFFLINE=0 pulls (builder, ba
 
 images: ## Build the image with all five binaries from the Dockerfile (locally when no registry answers)
 	@scripts/require-tools.sh
-	scripts/app-image.sh $(IMAGE) 0.1.0
+	scripts/app-image.sh $(IMAGE) $(APP_VERSION)
 
 kind-up: $(KIND) ## Create the kind cluster (Docker and node image made here when needed), load the image
 	scripts/kind-up.sh
@@ -171,8 +174,13 @@ loadtest-k8s-endpoints: $(VENV)/.demo-installed ## The second chapter in the clu
 
 # The controller at scale (README, "At scale"): after make kind-up KIND_CONFIG=kind-config-3-workers.yaml.
 SCALE_REPLICAS ?= 20
-measure-scale: $(KIND) ## v2 at 20 replicas over 3 workers, recommendations flaky, 2 minutes of load: the controller's API traffic, CPU, memory, latency
-	$(MAKE) --no-print-directory deploy HELM_ARGS="--set gatewayV2.replicas=$(SCALE_REPLICAS) --set recommendations.faultMode=flaky $(HELM_ARGS)"
+deploy-previous: tools $(KIND) ## Install chart 0.1.0 with its own image (built once from its commit) instead: the release an upgrade starts from
+	HELM=$(HELM) scripts/deploy-previous.sh $(HELM_ARGS)
+
+# PREVIOUS=1 measures chart 0.1.0 instead (one controller, no Lease, before the reconcile-storm fix).
+SCALE_DEPLOY := $(if $(filter 1,$(PREVIOUS)),deploy-previous,deploy)
+measure-scale: $(KIND) ## v2 at 20 replicas over 3 workers, recommendations flaky, 2 minutes of load: the controller's API traffic, CPU, memory, latency (PREVIOUS=1: chart 0.1.0's)
+	$(MAKE) --no-print-directory $(SCALE_DEPLOY) HELM_ARGS="--set gatewayV2.replicas=$(SCALE_REPLICAS) --set recommendations.faultMode=flaky $(HELM_ARGS)"
 	$(KIND) load docker-image circuit-breaker-demo/debian:bookworm --name $(CLUSTER)
 	KUBECTL=$(KUBECTL) python3 loadtest/scale.py
 

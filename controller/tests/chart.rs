@@ -131,6 +131,23 @@ fn the_chart_carries_the_generated_crd() {
 }
 
 #[test]
+fn the_charts_app_version_is_the_workspaces() {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Chart {
+        app_version: String,
+    }
+    let chart: Chart =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(
+        chart.app_version,
+        env!("CARGO_PKG_VERSION"),
+        "Chart.yaml's appVersion (the image tag the chart runs) is not the workspace's version"
+    );
+}
+
+#[test]
 #[ignore = "chart tier: needs helm (make tools), and kube-apiserver for server dry-run; run by `make test`"]
 fn k8s_manifests_are_rendered_from_the_chart_not_kept_by_hand() {
     let out_dir = tempfile::tempdir().unwrap();
@@ -238,7 +255,7 @@ fn the_api_server_accepts_every_rendering_under_restricted_pod_security() {
     let loose = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "loose", "namespace": NS},
-        "spec": {"containers": [{"name": "c", "image": "circuit-breaker-demo:0.1.0"}]},
+        "spec": {"containers": [{"name": "c", "image": "circuit-breaker-demo:0.2.0"}]},
     });
     let out = kubectl_dry_run(&plane, &loose.to_string());
     assert!(
