@@ -56,10 +56,16 @@ def counters(text: str, name: str) -> dict[str, float]:
     return found
 
 
-def lease_holder_pod(lease: dict | None = None) -> str:
-    """The pod of the leading controller: the Lease's holder is `<pod>_<start>`."""
-    lease = lease or json.loads(kubectl("get", "lease", "breaker-controller", "-o", "json"))
-    return lease["spec"].get("holderIdentity", "").rpartition("_")[0]
+def leading_controller_pod() -> str:
+    """The pod of the leading controller: the Lease's holder is `<pod>_<start>`. Chart 0.1.0
+    (PREVIOUS=1) had no Lease and one controller: that one."""
+    lease = json.loads(kubectl("get", "lease", "breaker-controller", "-o", "json", "--ignore-not-found") or "null")
+    if lease:
+        return lease["spec"].get("holderIdentity", "").rpartition("_")[0]
+    pods = kubectl("get", "pods", "-l", "app.kubernetes.io/name=breaker-controller", "-o", "name").split()
+    if len(pods) != 1:
+        sys.exit(f"no Lease names the leading controller, and there are {len(pods)} controller pods")
+    return pods[0].removeprefix("pod/")
 
 
 def controller_pid(pod: str) -> int:
@@ -156,7 +162,7 @@ def load_pod(name: str) -> dict:
 def main() -> None:
     pods = json.loads(kubectl("get", "pods", "-l", "app.kubernetes.io/name=api-gateway-v2", "-o", "json"))["items"]
     nodes = sorted({p["spec"].get("nodeName", "?") for p in pods})
-    leader = lease_holder_pod()
+    leader = leading_controller_pod()
     try:
         pid = controller_pid(leader)
     except LookupError as err:

@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import threading
 import time
+import tomllib
 from collections import Counter
 from datetime import datetime
 from typing import Self
@@ -38,11 +39,18 @@ from conftest import (
 V2 = "api-gateway-v2"
 POLICY = "api-gateway-v2"
 PROBE_IMAGE = "circuit-breaker-demo/debian:bookworm"
-APP_IMAGE = "circuit-breaker-demo:0.1.0"
+APP_VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+APP_IMAGE = f"circuit-breaker-demo:{APP_VERSION}"
+CRD = "crd/breakerpolicies.resilience.demo.dev"
 
 
 def patch_policy(spec: dict) -> None:
     kubectl("patch", "breakerpolicy", POLICY, "--type", "merge", "-p", json.dumps({"spec": spec}))
+
+
+def ready_condition(policy: dict) -> dict:
+    """The policy's Ready condition, or {} before it has one."""
+    return next((c for c in policy.get("status", {}).get("conditions", []) if c["type"] == "Ready"), {})
 
 
 def pod_url(cluster: Cluster, pod: str, port: int, path: str) -> str:
@@ -133,7 +141,7 @@ def test_both_dockerfile_targets_hold_the_five_binaries_and_run_them(cluster: Cl
             versions = image_binaries(image)
             assert sorted(versions) == sorted(expected), (image, versions)
             for name, answer in versions.items():
-                assert answer == f"{name} 0.1.0", (image, name, answer)
+                assert answer == f"{name} {APP_VERSION}", (image, name, answer)
             config = json.loads(subprocess.run(["docker", "image", "inspect", image], capture_output=True,
                                                text=True, check=True).stdout)[0]["Config"]  # fmt: skip
             assert config["User"] == "65532:65532" and config["Entrypoint"] == ["/usr/local/bin/api-gateway-v2"]
@@ -677,4 +685,69 @@ def test_helm_uninstall_and_the_namespace_deletion_finish_and_keep_what_users_ma
     figure(
         f"helm uninstall --wait with the chart's policy and a user's: {uninstalled:.1f} s; "
         f"kubectl delete namespace: {deleted:.1f} s (the user's policy went with it)"
+    )
+
+
+def crd_schema(file: str | None = None) -> dict:
+    """The BreakerPolicy CRD's schema: in the file, or as the API server has it now."""
+    crd = kubectl_json("create", "--dry-run=client", "-f", file) if file else kubectl_json("get", CRD)
+    return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_an_upgrade_from_the_previous_chart_keeps_the_policy_and_brings_the_crd(cluster: Cluster):
+    """Last of all, on the namespace the uninstall left empty: chart 0.1.0 with the image built
+    from the same commit, as its users have it, its policy forcing v2's breaker open; then this
+    chart over it, as the README says to upgrade (make deploy: the CRD applied, then helm
+    upgrade). The policy carries through the rollout (every v2 answer during it is a fallback,
+    none a full page), the CRD is this one, the new controllers take the policy over (the old
+    one's finalizer removed) and the upgraded release uninstalls cleanly."""
+    chart, image = subprocess.run(
+        ["scripts/previous-release.sh"], cwd=ROOT, env=ENV, capture_output=True, text=True, check=True, timeout=1800,
+    ).stdout.split()  # fmt: skip
+    same = f"{HELM_ARGS} --set breakerPolicy.mode=ForceOpen --set recommendations.faultMode=none"
+    installed = make("deploy-previous", f"HELM_ARGS={same}")
+    assert crd_schema() == crd_schema(f"{chart}/crds/breakerpolicies.yaml") != crd_schema(str(ROOT / "k8s/crd.yaml"))
+    old = wait_for(
+        "0.1.0's controller applies its policy",
+        lambda: (bp := kubectl_json("get", "bp", POLICY)) and ready_condition(bp).get("reason") == "Applied" and bp,
+        60,
+    )
+    assert old["metadata"].get("finalizers") == ["resilience.demo.dev/configmap"], old["metadata"]
+    v2 = cluster.service(V2, 8090)
+    wait_for(
+        "0.1.0's v2 forced open", lambda: outcome(*http("GET", f"{v2}/product-details/1", timeout=10)) == "degraded", 60
+    )
+
+    started = time.monotonic()
+    with Load(v2, users=4) as load:
+        make("deploy", f"HELM_ARGS={same}")
+    upgraded = time.monotonic() - started
+    assert load.counts["full"] == 0 and load.counts["degraded"] > 0, load.summary()
+    assert load.counts["failed"] <= sum(load.counts.values()) // 100, load.summary()
+    assert crd_schema() == crd_schema(str(ROOT / "k8s/crd.yaml")), "the upgrade did not bring this chart's CRD"
+
+    def taken_over() -> dict:
+        bp = kubectl_json("get", "bp", POLICY)
+        ready, finalizers = ready_condition(bp), bp["metadata"].get("finalizers")
+        assert not finalizers and ready.get("reason") == "Applied", (finalizers, ready)
+        assert ready.get("observedGeneration") == bp["metadata"]["generation"], ready
+        return bp
+
+    # 0.1.0's controller, still stopping, may put its finalizer back meanwhile: it comes off again.
+    new = wait_for("the new controllers take the policy over", taken_over, 60)
+    assert new["spec"]["mode"] == "ForceOpen", new["spec"]
+    pods = [p for p in kubectl_json("get", "pods")["items"] if not p["metadata"].get("deletionTimestamp")]
+    images = {c["image"] for p in pods for c in p["spec"]["containers"]}
+    assert images == {APP_IMAGE}, images
+    for pod in cluster.pods(V2, ready=True):
+        assert replica_status(cluster, pod)["mode"] == "ForceOpen", pod
+    assert kubectl_json("get", "lease", "breaker-controller")["spec"]["holderIdentity"]
+
+    started = time.monotonic()
+    done = helm("uninstall", "circuit-breaker-demo", "--wait", "--timeout", "180s")
+    assert done.returncode == 0, done.stdout + done.stderr
+    figure(
+        f"upgrade from chart 0.1.0 ({image}): installed in {installed:.0f} s, make deploy to "
+        f"{APP_VERSION} in {upgraded:.0f} s under load ({load.summary()}); "
+        f"then helm uninstall --wait in {time.monotonic() - started:.1f} s"
     )
