@@ -210,23 +210,32 @@ async fn reconcile_policy(policy: Arc<BreakerPolicy>, ctx: &Context) -> Result<A
 
 /// Removes the finalizer earlier versions added, once the policy's ConfigMap no longer has
 /// the owner reference that came with it (the apply before this took it back). The patch
-/// carries the resourceVersion, so a concurrent change of the list fails it and it is retried.
+/// carries the resourceVersion, so a concurrent change of the list fails it and it is retried:
+/// the version of the policy as it is now, read here, since this reconcile's own status write
+/// has moved it on since the policy was handed in (with that one, every such patch would fail).
 async fn drop_legacy_finalizer(
     policy: &BreakerPolicy,
     ctx: &Context,
     ns: &str,
 ) -> Result<(), Error> {
-    let finalizers = policy.finalizers();
-    if !finalizers.iter().any(|f| f == LEGACY_FINALIZER) {
+    let has_legacy = |p: &BreakerPolicy| p.finalizers().iter().any(|f| f == LEGACY_FINALIZER);
+    if !has_legacy(policy) {
         return Ok(());
     }
-    let kept: Vec<&String> = finalizers
+    let policies: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(current) = policies.get_opt(&policy.name_any()).await? else {
+        return Ok(());
+    };
+    if !has_legacy(&current) {
+        return Ok(());
+    }
+    let kept: Vec<&String> = current
+        .finalizers()
         .iter()
         .filter(|f| *f != LEGACY_FINALIZER)
         .collect();
     let patch =
-        json!({"metadata": {"finalizers": kept, "resourceVersion": policy.resource_version()}});
-    let policies: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), ns);
+        json!({"metadata": {"finalizers": kept, "resourceVersion": current.resource_version()}});
     policies
         .patch(
             &policy.name_any(),

@@ -1321,7 +1321,7 @@ async fn deletion_waits_on_no_controller_and_what_a_deleted_policy_wrote_is_rele
     // The next controller releases gw's fields, and the legacy policy takes the ConfigMap and
     // loses its finalizer.
     let starting = Instant::now();
-    let _controller = start_controller(&plane, dir.path());
+    let controller = start_controller(&plane, dir.path());
     wait_for(Duration::from_secs(15), "old Applied", || {
         (ready_reason(&plane, "old")?.0 == "Applied").then_some(())
     })
@@ -1353,7 +1353,35 @@ async fn deletion_waits_on_no_controller_and_what_a_deleted_policy_wrote_is_rele
     .await;
     assert_eq!(old["status"]["observedGeneration"], 1);
     // During an upgrade the finalizer's controller still runs beside this one and puts its
-    // finalizer back: that change (not of the spec) is seen, and the finalizer removed again.
+    // finalizer back, having written the status its own way: that change (not of the spec) is
+    // seen, and the finalizer removed again, first time, though this reconcile's status write
+    // moves the policy's resourceVersion on.
+    let c = awc::Client::default();
+    let errors = || async {
+        metrics(&c, &controller)
+            .await
+            .iter()
+            .filter(|(k, _)| k.starts_with("controller_reconcile_errors"))
+            .map(|(_, v)| v)
+            .sum::<f64>()
+    };
+    let errors_before = errors().await;
+    kubectl_ok(
+        &plane,
+        &[
+            "patch",
+            "bp",
+            "old",
+            "-n",
+            NS,
+            "--subresource=status",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Applied","message":"as 0.1.0 wrote it","lastTransitionTime":"2026-01-01T00:00:00Z","observedGeneration":1}]}}"#,
+        ],
+        None,
+    );
     let readding = Instant::now();
     kubectl_ok(
         &plane,
@@ -1377,6 +1405,11 @@ async fn deletion_waits_on_no_controller_and_what_a_deleted_policy_wrote_is_rele
     })
     .await;
     let readded_removed = readding.elapsed();
+    assert_eq!(
+        errors().await,
+        errors_before,
+        "a reconcile failed on the way"
+    );
     let old_deleted = delete_policy(&plane, "old");
     wait_for(Duration::from_secs(5), "old's fields released", || {
         get_json(&plane, &["configmap", TARGET])?["data"]

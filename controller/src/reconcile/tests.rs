@@ -482,6 +482,10 @@ async fn the_legacy_finalizer_is_removed_after_the_apply_and_on_deletion_after_t
     let (ctx, handle, _) = test_context();
     let mut p = policy(BreakerSettings::default());
     p.meta_mut().finalizers = Some(vec![LEGACY_FINALIZER.into(), "example.dev/keep".into()]);
+    // The policy as the status write left it: a newer resourceVersion.
+    let mut written = p.clone();
+    written.meta_mut().resource_version = Some("8".into());
+    let written = serde_json::to_value(&written).unwrap();
     let script = vec![
         configmap_read(200, prepared_configmap(&["helm"])),
         step(
@@ -492,19 +496,16 @@ async fn the_legacy_finalizer_is_removed_after_the_apply_and_on_deletion_after_t
         ),
         status_patched(&p),
         event_created(),
-        step(
-            Method::PATCH,
-            &policy_path("gw"),
-            200,
-            serde_json::to_value(&p).unwrap(),
-        ),
+        step(Method::GET, &policy_path("gw"), 200, written.clone()),
+        step(Method::PATCH, &policy_path("gw"), 200, written.clone()),
     ];
     let (result, bodies, handle) = run(p.clone(), ctx.clone(), handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(RESYNC));
     assert_eq!(
-        bodies[4]["metadata"],
-        json!({"finalizers": ["example.dev/keep"], "resourceVersion": "7"}),
-        "only ours goes, and only from the list this reconcile saw"
+        bodies[5]["metadata"],
+        json!({"finalizers": ["example.dev/keep"], "resourceVersion": "8"}),
+        "only ours goes, from the list as it is now (not as this reconcile was handed it, \
+         which its own status write has moved on)"
     );
 
     // Deleting (another finalizer holds it): its fields are released, then ours goes.
@@ -519,6 +520,12 @@ async fn the_legacy_finalizer_is_removed_after_the_apply_and_on_deletion_after_t
         )
         .with_query("fieldManager=breaker-controller.gw"),
         step(
+            Method::GET,
+            &policy_path("gw"),
+            200,
+            serde_json::to_value(&p).unwrap(),
+        ),
+        step(
             Method::PATCH,
             &policy_path("gw"),
             200,
@@ -529,7 +536,7 @@ async fn the_legacy_finalizer_is_removed_after_the_apply_and_on_deletion_after_t
     assert_eq!(result.unwrap(), Action::await_change());
     assert!(bodies[1].get("data").is_none(), "{}", bodies[1]);
     assert_eq!(
-        bodies[2]["metadata"]["finalizers"],
+        bodies[3]["metadata"]["finalizers"],
         json!(["example.dev/keep"])
     );
 }
