@@ -438,21 +438,7 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     .into_iter()
     .enumerate()
     {
-        kubectl_ok(
-            &plane,
-            &[
-                "patch",
-                "configmap",
-                TARGET,
-                "-n",
-                NS,
-                "--type",
-                "merge",
-                "-p",
-                bad,
-            ],
-            None,
-        );
+        merge_patch(&plane, &["configmap", TARGET], bad);
         let edited = Instant::now();
         wait_for(Duration::from_secs(5), "hand edit taken back", || {
             let cm = get_json(&plane, &["configmap", TARGET])?;
@@ -1251,6 +1237,13 @@ fn kubectl_ok(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) {
     );
 }
 
+/// `kubectl patch <what> -n demo --type merge -p <patch>`, which must succeed; `what` names the
+/// object, and may add `--subresource=status`.
+fn merge_patch(plane: &ControlPlane, what: &[&str], patch: &str) {
+    let args = [what, &["-n", NS, "--type", "merge", "-p", patch]].concat();
+    kubectl_ok(plane, &[&["patch"], args.as_slice()].concat(), None);
+}
+
 /// `kubectl delete bp <name> --wait`, which must succeed; how long it took.
 fn delete_policy(plane: &ControlPlane, name: &str) -> Duration {
     let deleting = Instant::now();
@@ -1366,37 +1359,16 @@ async fn deletion_waits_on_no_controller_and_what_a_deleted_policy_wrote_is_rele
             .sum::<f64>()
     };
     let errors_before = errors().await;
-    kubectl_ok(
+    merge_patch(
         &plane,
-        &[
-            "patch",
-            "bp",
-            "old",
-            "-n",
-            NS,
-            "--subresource=status",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Applied","message":"as 0.1.0 wrote it","lastTransitionTime":"2026-01-01T00:00:00Z","observedGeneration":1}]}}"#,
-        ],
-        None,
+        &["bp", "old", "--subresource=status"],
+        r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"Applied","message":"as 0.1.0 wrote it","lastTransitionTime":"2026-01-01T00:00:00Z","observedGeneration":1}]}}"#,
     );
     let readding = Instant::now();
-    kubectl_ok(
+    merge_patch(
         &plane,
-        &[
-            "patch",
-            "bp",
-            "old",
-            "-n",
-            NS,
-            "--type",
-            "merge",
-            "-p",
-            r#"{"metadata":{"finalizers":["resilience.demo.dev/configmap"]}}"#,
-        ],
-        None,
+        &["bp", "old"],
+        r#"{"metadata":{"finalizers":["resilience.demo.dev/configmap"]}}"#,
     );
     wait_for(Duration::from_secs(5), "re-added finalizer removed", || {
         get_json(&plane, &["bp", "old"])?["metadata"]["finalizers"]
