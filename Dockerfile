@@ -29,6 +29,9 @@ COPY dist/ /usr/local/bin/
 # Dependencies are compiled in their own layer (cargo-chef), rebuilt only when a manifest or
 # Cargo.lock changes.
 FROM lukemathwalker/cargo-chef:0.1.73-rust-${RUST_VERSION}-bookworm AS chef
+# Marks the build stages, which scripts/app-image.sh removes after a build: the legacy builder
+# leaves each as an untagged image of gigabytes (BuildKit keeps a cache of its own instead).
+LABEL dev.circuit-breaker-demo.stage=build
 WORKDIR /src
 
 FROM chef AS planner

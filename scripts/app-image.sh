@@ -31,5 +31,7 @@ else
   mkdir -p dist
   docker build -t "$image" --build-arg VERSION="$version" .
 fi
-# The image this tag named before is left untagged by each build: remove those, not others.
+# The image this tag named before is left untagged by each build, and so are the default
+# target's build stages (gigabytes each time): remove those, not others.
 docker image prune -f --filter "label=org.opencontainers.image.title=circuit-breaker-demo" >/dev/null
+docker image prune -f --filter "label=dev.circuit-breaker-demo.stage=build" >/dev/null
