@@ -158,12 +158,14 @@ images: ## Build the image with all five binaries from the Dockerfile (locally w
 kind-up: $(KIND) ## Create the kind cluster (Docker and node image made here when needed), load the image
 	scripts/kind-up.sh
 
+# The chart make deploy installs (make deploy-previous points it at chart 0.1.0's).
+CHART ?= helm/circuit-breaker-demo
 deploy: tools ## Install the chart into namespace demo (restricted Pod Security) and wait for every pod
 	$(KUBECTL) create namespace $(NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) label --overwrite namespace $(NAMESPACE) pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted
 	@# Helm installs crds/ once and never upgrades it: apply the CRD first, so an upgrade brings it too.
-	$(KUBECTL) apply --server-side --force-conflicts -f helm/circuit-breaker-demo/crds/
-	$(HELM) upgrade --install circuit-breaker-demo helm/circuit-breaker-demo --namespace $(NAMESPACE) --wait --timeout 5m \
+	$(KUBECTL) apply --server-side --force-conflicts -f $(CHART)/crds/
+	$(HELM) upgrade --install circuit-breaker-demo $(CHART) --namespace $(NAMESPACE) --wait --timeout 5m \
 	  $(HELM_ARGS)
 
 port-forward: ## Forward v1 to 127.0.0.1:8080, v2 to :8090, recommendations to :8082, restarting when a pod goes (Ctrl-C stops)
@@ -177,8 +179,8 @@ loadtest-k8s-endpoints: $(VENV)/.demo-installed ## The second chapter in the clu
 
 # The controller at scale (README, "At scale"): after make kind-up KIND_CONFIG=kind-config-3-workers.yaml.
 SCALE_REPLICAS ?= 20
-deploy-previous: tools $(KIND) ## Install chart 0.1.0 with its own image (built once from its commit) instead: the release an upgrade starts from
-	HELM=$(HELM) scripts/deploy-previous.sh $(HELM_ARGS)
+deploy-previous: $(KIND) ## Install chart 0.1.0 with its own image (built once from its commit) instead: the release an upgrade starts from
+	scripts/deploy-previous.sh $(HELM_ARGS)
 
 # PREVIOUS=1 measures chart 0.1.0 instead (one controller, no Lease, before the reconcile-storm fix).
 SCALE_DEPLOY := $(if $(filter 1,$(PREVIOUS)),deploy-previous,deploy)
