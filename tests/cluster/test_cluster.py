@@ -728,6 +728,11 @@ def test_an_upgrade_from_the_previous_chart_keeps_the_policy_and_brings_the_crd(
     assert crd_schema() == this_crd, "the upgrade did not bring this chart's CRD"
 
     def taken_over() -> dict:
+        # Not before 0.1.0's pods are gone, terminating ones too: its controller may put its
+        # finalizer back until it exits, and the uninstall below would then wait on it.
+        left = [p["metadata"]["name"] for p in kubectl_json("get", "pods")["items"]
+                if any(c["image"] != APP_IMAGE for c in p["spec"]["containers"])]  # fmt: skip
+        assert not left, f"0.1.0's pods still running: {left}"
         bp = kubectl_json("get", "bp", POLICY)
         ready, finalizers = ready_condition(bp), bp["metadata"].get("finalizers")
         assert not finalizers and ready.get("reason") == "Applied", (finalizers, ready)
@@ -735,7 +740,7 @@ def test_an_upgrade_from_the_previous_chart_keeps_the_policy_and_brings_the_crd(
         return bp
 
     # 0.1.0's controller, still stopping, may put its finalizer back meanwhile: it comes off again.
-    new = wait_for("the new controllers take the policy over", taken_over, 60)
+    new = wait_for("the new controllers take the policy over", taken_over, 90)
     assert new["spec"]["mode"] == "ForceOpen", new["spec"]
     pods = [p for p in kubectl_json("get", "pods")["items"] if not p["metadata"].get("deletionTimestamp")]
     images = {c["image"] for p in pods for c in p["spec"]["containers"]}
