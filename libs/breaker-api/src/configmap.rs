@@ -36,7 +36,7 @@ pub fn data(settings: &BreakerSettings, mode: Mode) -> BTreeMap<String, String> 
 }
 
 /// The settings and mode a ConfigMap holds; a missing mode is Auto.
-pub fn read(cm: &ConfigMap) -> Result<(Settings, breaker::Mode), ContentError> {
+pub fn read(cm: &ConfigMap) -> Result<(Settings, Mode), ContentError> {
     let data = cm.data.as_ref();
     let text = data
         .and_then(|d| d.get(SETTINGS_KEY))
@@ -46,7 +46,7 @@ pub fn read(cm: &ConfigMap) -> Result<(Settings, breaker::Mode), ContentError> {
         Some(text) => Mode::from_str(text).map_err(ContentError::Mode)?,
         None => Mode::Auto,
     };
-    Ok((settings, mode.into()))
+    Ok((settings, mode))
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use breaker::{OrderRule, ORDER_RULES};
+
 use crate::settings::DURATION_PATTERN;
 use crate::{BreakerSettings, Mode};
 
@@ -46,57 +48,11 @@ pub struct BreakerPolicySpec {
     pub settings: BreakerSettings,
 }
 
-/// A rule between two durations that the engine checks (`breaker::Settings::new`), written
-/// again as the API server's CEL.
-#[derive(Debug, Clone, Copy)]
-pub struct OrderRule {
-    pub shorter: &'static str,
-    pub longer: &'static str,
-    pub may_equal: bool,
-    /// Why, for the message.
-    pub why: &'static str,
-}
-
-pub const ORDER_RULES: &[OrderRule] = &[
-    OrderRule {
-        shorter: "fallbackAfter",
-        longer: "callTimeout",
-        may_equal: false,
-        why: "or it never comes first",
-    },
-    OrderRule {
-        shorter: "callTimeout",
-        longer: "openDuration",
-        may_equal: false,
-        why: "or the circuit re-opens before a probe can answer",
-    },
-    OrderRule {
-        shorter: "openDuration",
-        longer: "maxOpenDuration",
-        may_equal: true,
-        why: "or the open time would shrink",
-    },
-];
-
-impl OrderRule {
-    /// A settings document giving the two keys these values, with room around them (the
-    /// neighbouring keys set far apart), so that only this rule can refuse it: for tests.
-    pub fn document(&self, shorter: &str, longer: &str) -> String {
-        let mut doc = format!("{}: {shorter}\n{}: {longer}\n", self.shorter, self.longer);
-        for (key, value) in [("callTimeout", "1ms"), ("openDuration", "24h")] {
-            if key != self.shorter && key != self.longer {
-                doc.push_str(&format!("{key}: {value}\n"));
-            }
-        }
-        doc
-    }
-}
-
 fn add_order_rules(schema: &mut schemars::Schema) {
     let rules: Vec<serde_json::Value> = ORDER_RULES
         .iter()
         .map(|rule| {
-            let OrderRule { shorter, longer, may_equal, why } = *rule;
+            let OrderRule { shorter, longer, may_equal, why, .. } = *rule;
             let op = if may_equal { "<=" } else { "<" };
             let well_formed = |key: &str| {
                 format!("has(self.settings.{key}) && self.settings.{key}.matches('{DURATION_PATTERN}')")

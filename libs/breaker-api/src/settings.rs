@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+pub use breaker::{Mode, Scope};
 use breaker::{limits, Settings, SettingsError, SettingsSpec};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -73,33 +74,6 @@ pub struct BreakerSettings {
     /// always stays).
     #[schemars(range(min = *limits::MAX_EJECTION_PERCENT.start(), max = *limits::MAX_EJECTION_PERCENT.end()))]
     pub max_ejection_percent: u32,
-}
-
-/// What one breaker guards (the engine's [`breaker::Scope`] on the wire).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[schemars(inline)]
-pub enum Scope {
-    #[default]
-    Service,
-    Endpoint,
-}
-
-impl From<Scope> for breaker::Scope {
-    fn from(scope: Scope) -> Self {
-        match scope {
-            Scope::Service => breaker::Scope::Service,
-            Scope::Endpoint => breaker::Scope::Endpoint,
-        }
-    }
-}
-
-impl From<breaker::Scope> for Scope {
-    fn from(scope: breaker::Scope) -> Self {
-        match scope {
-            breaker::Scope::Service => Scope::Service,
-            breaker::Scope::Endpoint => Scope::Endpoint,
-        }
-    }
 }
 
 impl Default for BreakerSettings {
@@ -222,56 +196,6 @@ impl JsonSchema for DurationText {
                 "message": format!("must be between {}", limits::duration_range_text()),
             }]
         })
-    }
-}
-
-/// An operator's override of the state machine (a BreakerPolicy's `spec.mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum Mode {
-    /// The state machine decides.
-    #[default]
-    Auto,
-    /// Every call is rejected, as if open, whatever the state machine says.
-    ForceOpen,
-    /// Every call is let through (the bulkhead still applies); outcomes are counted but
-    /// move no state.
-    ForceClosed,
-    /// A dry run: the breaker judges as in Auto and reports what it would do (status,
-    /// metrics, Events say "would open"), but lets every call through.
-    Observe,
-}
-
-impl From<Mode> for breaker::Mode {
-    fn from(mode: Mode) -> Self {
-        match mode {
-            Mode::Auto => breaker::Mode::Auto,
-            Mode::ForceOpen => breaker::Mode::ForceOpen,
-            Mode::ForceClosed => breaker::Mode::ForceClosed,
-            Mode::Observe => breaker::Mode::Observe,
-        }
-    }
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        breaker::Mode::from(self).as_str()
-    }
-}
-
-impl std::str::FromStr for Mode {
-    type Err = SettingsError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text.trim() {
-            "Auto" => Ok(Mode::Auto),
-            "ForceOpen" => Ok(Mode::ForceOpen),
-            "ForceClosed" => Ok(Mode::ForceClosed),
-            "Observe" => Ok(Mode::Observe),
-            other => Err(SettingsError::new(
-                "mode",
-                format!("{other:?} is not one of Auto, ForceOpen, ForceClosed, Observe"),
-            )),
-        }
     }
 }
 

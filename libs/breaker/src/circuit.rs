@@ -4,13 +4,13 @@ use std::sync::Arc;
 use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::settings::Settings;
+use crate::settings::{Settings, SettingsError};
 use crate::window::Window;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Closed,
@@ -28,8 +28,10 @@ impl State {
     }
 }
 
-/// An operator's override of the state machine (a BreakerPolicy's `spec.mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+/// An operator's override of the state machine (a BreakerPolicy's `spec.mode`, the ConfigMap's
+/// `mode` key), spelled on the wire as named here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Mode {
     /// The state machine decides.
     #[default]
@@ -41,11 +43,14 @@ pub enum Mode {
     ForceClosed,
     /// A dry run: the state machine judges exactly as in Auto, and every call is let through.
     /// A call Auto would reject gets a permit that says so ([`Permit::would_reject`]); its
-    /// outcome is not judged, as Auto would not have made it.
+    /// outcome is not judged, as Auto would not have made it. Status, metrics and Events say
+    /// "would open".
     Observe,
 }
 
 impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Auto, Mode::ForceOpen, Mode::ForceClosed, Mode::Observe];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Auto => "Auto",
@@ -53,6 +58,25 @@ impl Mode {
             Mode::ForceClosed => "ForceClosed",
             Mode::Observe => "Observe",
         }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = SettingsError;
+
+    /// The ConfigMap's spelling (surrounding whitespace allowed); an error names the key.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        Mode::ALL
+            .into_iter()
+            .find(|mode| mode.as_str() == text)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+                SettingsError::new(
+                    "mode",
+                    format!("{text:?} is not one of {}", known.join(", ")),
+                )
+            })
     }
 }
 

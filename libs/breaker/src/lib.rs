@@ -15,4 +15,4 @@ pub use circuit::{
     State, Transition, TransitionReason,
 };
 pub use clock::{Clock, ManualClock, MonotonicClock};
-pub use settings::{limits, Scope, Settings, SettingsError, SettingsSpec};
+pub use settings::{limits, OrderRule, Scope, Settings, SettingsError, SettingsSpec, ORDER_RULES};

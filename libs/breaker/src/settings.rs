@@ -8,6 +8,7 @@
 use std::ops::{Deref, RangeInclusive};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The bounds of each setting, by its camelCase name.
@@ -38,15 +39,17 @@ pub mod limits {
     }
 }
 
-/// What one breaker guards: the whole service, or each of its endpoints.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+/// What one breaker guards, spelled on the wire as named here. `Service`: one breaker for every
+/// call to the service (the seed's, and the default: it is all a service behind one address
+/// can have). `Endpoint`: besides it, one breaker per endpoint, so a failing endpoint is taken
+/// out of rotation (outlier ejection) and the others keep serving.
+// (The variants carry no doc comments: schemars would turn them into a `oneOf`, where the
+// schema wants a plain `enum`.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema), schemars(inline))]
 pub enum Scope {
-    /// One breaker for every call to the service (the seed's, and the default: it is all a
-    /// service behind one address can have).
     #[default]
     Service,
-    /// Besides it, one breaker per endpoint: a failing endpoint is taken out of rotation
-    /// (outlier ejection) and the others keep serving.
     Endpoint,
 }
 
@@ -143,6 +146,85 @@ impl SettingsError {
     }
 }
 
+/// A rule between two durations of the settings: `shorter` must be shorter than `longer` (or
+/// no longer, if `may_equal`) when both are set. [`Settings::new`] checks it; the API crate
+/// writes it as the API server's CEL.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderRule {
+    pub shorter: &'static str,
+    pub longer: &'static str,
+    pub may_equal: bool,
+    /// Why, for the message.
+    pub why: &'static str,
+    /// The key an error names: the one a person most likely set wrong.
+    pub blames_longer: bool,
+    values: fn(&SettingsSpec) -> (Option<Duration>, Option<Duration>),
+}
+
+pub const ORDER_RULES: &[OrderRule] = &[
+    OrderRule {
+        shorter: "fallbackAfter",
+        longer: "callTimeout",
+        may_equal: false,
+        why: "or it never comes first",
+        blames_longer: false,
+        values: |s| (s.fallback_after, Some(s.call_timeout)),
+    },
+    OrderRule {
+        shorter: "callTimeout",
+        longer: "openDuration",
+        may_equal: false,
+        why: "or the circuit re-opens before a probe can answer",
+        blames_longer: false,
+        values: |s| (Some(s.call_timeout), Some(s.open_duration)),
+    },
+    OrderRule {
+        shorter: "openDuration",
+        longer: "maxOpenDuration",
+        may_equal: true,
+        why: "or the open time would shrink",
+        blames_longer: true,
+        values: |s| (Some(s.open_duration), s.max_open_duration),
+    },
+];
+
+impl OrderRule {
+    fn check(&self, spec: &SettingsSpec) -> Result<(), SettingsError> {
+        let (Some(shorter), Some(longer)) = (self.values)(spec) else {
+            return Ok(());
+        };
+        if shorter < longer || (self.may_equal && shorter == longer) {
+            return Ok(());
+        }
+        let (key, relation, other, value) = match (self.blames_longer, self.may_equal) {
+            (false, false) => (self.shorter, "must be shorter than", self.longer, longer),
+            (false, true) => (self.shorter, "must not be longer than", self.longer, longer),
+            (true, false) => (self.longer, "must be longer than", self.shorter, shorter),
+            (true, true) => (self.longer, "must not be shorter than", self.shorter, shorter),
+        };
+        Err(SettingsError::new(
+            key,
+            format!(
+                "{relation} {other} ({}), {}",
+                duration_text::format(value),
+                self.why
+            ),
+        ))
+    }
+
+    /// A settings document giving the two keys these values, with room around them (the
+    /// neighbouring keys set far apart), so that only this rule can refuse it: for tests.
+    pub fn document(&self, shorter: &str, longer: &str) -> String {
+        let mut doc = format!("{}: {shorter}\n{}: {longer}\n", self.shorter, self.longer);
+        for (key, value) in [("callTimeout", "1ms"), ("openDuration", "24h")] {
+            if key != self.shorter && key != self.longer {
+                doc.push_str(&format!("{key}: {value}\n"));
+            }
+        }
+        doc
+    }
+}
+
 impl Settings {
     /// Checks ranges and the rules between keys.
     pub fn new(spec: SettingsSpec) -> Result<Self, SettingsError> {
@@ -165,37 +247,13 @@ impl Settings {
         duration("callTimeout", s.call_timeout)?;
         if let Some(wait) = s.fallback_after {
             duration("fallbackAfter", wait)?;
-            if wait >= s.call_timeout {
-                return Err(SettingsError::new(
-                    "fallbackAfter",
-                    format!(
-                        "must be shorter than callTimeout ({}), or it never comes first",
-                        duration_text::format(s.call_timeout)
-                    ),
-                ));
-            }
         }
         duration("openDuration", s.open_duration)?;
-        if s.call_timeout >= s.open_duration {
-            return Err(SettingsError::new(
-                "callTimeout",
-                format!(
-                    "must be shorter than openDuration ({}), or the circuit re-opens before a probe can answer",
-                    duration_text::format(s.open_duration)
-                ),
-            ));
-        }
         if let Some(max) = s.max_open_duration {
             duration("maxOpenDuration", max)?;
-            if max < s.open_duration {
-                return Err(SettingsError::new(
-                    "maxOpenDuration",
-                    format!(
-                        "must not be shorter than openDuration ({})",
-                        duration_text::format(s.open_duration)
-                    ),
-                ));
-            }
+        }
+        for rule in ORDER_RULES {
+            rule.check(s)?;
         }
         in_range(
             "halfOpenMaxCalls",

@@ -123,7 +123,7 @@ fn current(sources: &StatusSources) -> HttpResponse {
         config_error: config.error,
         config_watch_error: config.watch_error,
         counts: snapshot.counts,
-        scope: snapshot.settings.scope.into(),
+        scope: snapshot.settings.scope,
         endpoints: sources
             .protected
             .endpoints()
