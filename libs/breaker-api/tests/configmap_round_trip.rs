@@ -81,7 +81,7 @@ proptest! {
         match (written.validate(), configmap::read(&cm)) {
             (Ok(settings), Ok((read, read_mode))) => {
                 prop_assert_eq!(read, settings);
-                prop_assert_eq!(read_mode, breaker::Mode::from(mode));
+                prop_assert_eq!(read_mode, mode);
             }
             (Err(expected), Err(configmap::ContentError::Settings(got))) => prop_assert_eq!(got, expected),
             (expected, got) => prop_assert!(false, "validate: {:?}, read: {:?}", expected, got),
