@@ -518,11 +518,7 @@ async fn set_ready(
         ..BreakerPolicyStatus::default()
     };
     let policies: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = json!({
-        "apiVersion": "resilience.demo.dev/v1alpha1",
-        "kind": "BreakerPolicy",
-        "status": status,
-    });
+    let patch = BreakerPolicy::status_patch(&status);
     policies
         .patch_status(
             &policy.name_any(),

@@ -8,10 +8,12 @@ use serde::{Deserialize, Serialize};
 
 pub use breaker::{OrderRule, ORDER_RULES};
 
+use breaker::{State, TransitionReason};
+
+use crate::circuit_status::ReplicaState;
 use crate::settings::DURATION_PATTERN;
 use crate::{BreakerSettings, Mode};
 
-pub const GROUP: &str = "resilience.demo.dev";
 /// The one condition a BreakerPolicy carries.
 pub const READY: &str = "Ready";
 
@@ -134,26 +136,23 @@ pub struct BreakerPolicyStatus {
 }
 
 /// One v2 replica's breaker.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaStatus {
     #[schemars(length(max = 253))]
     pub pod: String,
     /// closed, open, half_open; `unreachable` when the last ask failed.
-    #[schemars(length(max = 32))]
-    pub state: String,
+    pub state: ReplicaState,
     /// The mode the replica runs.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
-    pub mode: Option<String>,
+    pub mode: Option<Mode>,
     /// When it entered this state (its last transition).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 40))]
     pub since: Option<String>,
     /// Why, as the breaker says it (consecutive_failures, probe_failed …).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
-    pub reason: Option<String>,
+    pub reason: Option<TransitionReason>,
     /// The ConfigMap resourceVersion it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
@@ -168,23 +167,21 @@ pub struct ReplicaStatus {
 }
 
 /// An endpoint a replica has out of rotation: which, since when and why.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EjectedEndpoint {
     /// The endpoint: its pod's name in Kubernetes.
     #[schemars(length(max = 253))]
     pub name: String,
     /// Its breaker's state: open, or half_open while a probe runs.
-    #[schemars(length(max = 32))]
-    pub state: String,
+    pub state: State,
     /// When it went out of rotation (failed probes since then keep it out).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 40))]
     pub since: Option<String>,
     /// Why its breaker opened: consecutive_failures, failure_rate or slow_call_rate.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32))]
-    pub reason: Option<String>,
+    pub reason: Option<TransitionReason>,
 }
 
 /// Why `Ready` is what it is.
@@ -220,6 +217,16 @@ impl Reason {
 }
 
 impl BreakerPolicy {
+    /// A server-side apply patch of `status` (the fields its field manager owns).
+    pub fn status_patch(status: &impl Serialize) -> serde_json::Value {
+        use kube::Resource;
+        serde_json::json!({
+            "apiVersion": Self::api_version(&()),
+            "kind": Self::kind(&()),
+            "status": status,
+        })
+    }
+
     /// The `Ready` condition, if the status has one.
     pub fn ready_condition(&self) -> Option<&Condition> {
         self.status

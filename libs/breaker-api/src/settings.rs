@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-pub use breaker::{Mode, Scope};
 use breaker::{limits, Settings, SettingsError, SettingsSpec};
+pub use breaker::{Mode, Scope};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 

@@ -7,10 +7,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::settings::{Settings, SettingsError};
+use crate::settings::{Scope, Settings, SettingsError};
 use crate::window::Window;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Closed,
@@ -28,8 +29,8 @@ impl State {
     }
 }
 
-/// An operator's override of the state machine (a BreakerPolicy's `spec.mode`, the ConfigMap's
-/// `mode` key), spelled on the wire as named here.
+/// An operator's override of the state machine (a BreakerPolicy's `spec.mode`).
+// Spelled on the wire (the ConfigMap's `mode` key, `/circuit-status`) as named here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Mode {
@@ -49,7 +50,12 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::Auto, Mode::ForceOpen, Mode::ForceClosed, Mode::Observe];
+    pub const ALL: [Mode; 4] = [
+        Mode::Auto,
+        Mode::ForceOpen,
+        Mode::ForceClosed,
+        Mode::Observe,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -80,15 +86,19 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// Why a call was not let through; the caller serves its fallback at once.
+/// Why a call was not let through; the caller serves its fallback at once. Its word (`as_str`,
+/// serde) is the one metrics use: `breaker_would_reject{outcome="half_open"}`, and with
+/// `rejected_` before it ([`Rejection::outcome`]) a call's outcome, as in [`Counts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, thiserror::Error)]
 #[serde(rename_all = "snake_case")]
 pub enum Rejection {
     #[error("circuit is open")]
     Open,
     #[error("circuit is half-open and all probes are taken")]
+    #[serde(rename = "half_open")]
     HalfOpenFull,
     #[error("bulkhead is full")]
+    #[serde(rename = "bulkhead")]
     BulkheadFull,
     #[error("circuit is forced open")]
     ForcedOpen,
@@ -98,9 +108,19 @@ impl Rejection {
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::Open => "open",
-            Rejection::HalfOpenFull => "half_open_full",
-            Rejection::BulkheadFull => "bulkhead_full",
+            Rejection::HalfOpenFull => "half_open",
+            Rejection::BulkheadFull => "bulkhead",
             Rejection::ForcedOpen => "forced_open",
+        }
+    }
+
+    /// The outcome of a call rejected so: `rejected_` and [`as_str`](Self::as_str).
+    pub fn outcome(self) -> &'static str {
+        match self {
+            Rejection::Open => "rejected_open",
+            Rejection::HalfOpenFull => "rejected_half_open",
+            Rejection::BulkheadFull => "rejected_bulkhead",
+            Rejection::ForcedOpen => "rejected_forced_open",
         }
     }
 }
@@ -115,7 +135,8 @@ pub enum Outcome {
     Excused,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TransitionReason {
     ConsecutiveFailures,
@@ -124,6 +145,19 @@ pub enum TransitionReason {
     OpenDurationElapsed,
     ProbeFailed,
     ProbesSucceeded,
+}
+
+impl TransitionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionReason::ConsecutiveFailures => "consecutive_failures",
+            TransitionReason::FailureRate => "failure_rate",
+            TransitionReason::SlowCallRate => "slow_call_rate",
+            TransitionReason::OpenDurationElapsed => "open_duration_elapsed",
+            TransitionReason::ProbeFailed => "probe_failed",
+            TransitionReason::ProbesSucceeded => "probes_succeeded",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -252,6 +286,7 @@ struct Admission {
     started: Option<Duration>,
     call_timeout: Duration,
     fallback_after: Option<Duration>,
+    scope: Scope,
     /// Let through by Observe where Auto would have rejected: not in flight for the breaker,
     /// and never judged.
     would_reject: Option<Rejection>,
@@ -310,6 +345,7 @@ impl CircuitBreaker {
                     started: None,
                     call_timeout: core.settings.call_timeout,
                     fallback_after: core.settings.fallback_after,
+                    scope: core.settings.scope,
                     would_reject: Some(rejection),
                 }
             }
@@ -364,6 +400,7 @@ impl CircuitBreaker {
             started: core.settings.slow_call_duration.map(|_| self.clock.now()),
             call_timeout: core.settings.call_timeout,
             fallback_after: core.settings.fallback_after,
+            scope: core.settings.scope,
             would_reject: None,
         })
     }
@@ -583,6 +620,12 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
 
     /// How long its user waits for this call (`fallbackAfter`), when that is shorter than the
     /// call timeout.
+    /// The scope in force when it was admitted: with `Endpoint`, an endpoint's breaker is
+    /// asked too.
+    pub fn scope(&self) -> Scope {
+        self.admission.scope
+    }
+
     pub fn fallback_after(&self) -> Option<Duration> {
         self.admission.fallback_after
     }

@@ -200,7 +200,12 @@ impl OrderRule {
             (false, false) => (self.shorter, "must be shorter than", self.longer, longer),
             (false, true) => (self.shorter, "must not be longer than", self.longer, longer),
             (true, false) => (self.longer, "must be longer than", self.shorter, shorter),
-            (true, true) => (self.longer, "must not be shorter than", self.shorter, shorter),
+            (true, true) => (
+                self.longer,
+                "must not be shorter than",
+                self.shorter,
+                shorter,
+            ),
         };
         Err(SettingsError::new(
             key,

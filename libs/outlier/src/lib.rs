@@ -29,6 +29,24 @@ pub trait EndpointObserver: Send + Sync {
 }
 
 /// One endpoint: where to call it, and its breaker.
+/// An endpoint to call, as configuration or discovery gives it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointAddress {
+    /// What people know it by: the pod's name in Kubernetes.
+    pub name: String,
+    /// Where to call it: a base URL such as `http://10.244.1.7:8082`.
+    pub address: String,
+}
+
+impl EndpointAddress {
+    pub fn new(name: impl Into<String>, address: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            address: address.into(),
+        }
+    }
+}
+
 pub struct Endpoint {
     /// What people know it by: the pod's name in Kubernetes.
     pub name: String,
@@ -266,24 +284,24 @@ impl EndpointSet {
         out
     }
 
-    /// Makes the set these `(name, address)` pairs. An endpoint that stays keeps its breaker
+    /// Makes the set these endpoints. An endpoint that stays keeps its breaker
     /// (state, window, counters) and its calls in flight; one that goes is forgotten (calls
     /// already made to it finish and are judged by its breaker, which no one asks again and
     /// which ejects nothing).
-    pub fn update(&self, wanted: &[(String, String)]) {
+    pub fn update(&self, wanted: &[EndpointAddress]) {
         let mut endpoints = self.endpoints.write();
         endpoints.retain(|e| {
             let keep = wanted
                 .iter()
-                .any(|(name, address)| *name == e.name && **address == *e.address);
+                .any(|w| w.name == e.name && *w.address == *e.address);
             if !keep {
                 e.membership.retire();
             }
             keep
         });
-        for (name, address) in wanted {
-            if !endpoints.iter().any(|e| e.name == *name) {
-                endpoints.push(self.endpoint(name, address));
+        for w in wanted {
+            if !endpoints.iter().any(|e| e.name == w.name) {
+                endpoints.push(self.endpoint(&w.name, &w.address));
             }
         }
         self.ejections

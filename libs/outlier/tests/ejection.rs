@@ -4,7 +4,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use breaker::{ManualClock, Settings, SettingsSpec, State, TransitionReason};
-use outlier::{EndpointSet, NoEndpoint};
+use outlier::{EndpointAddress, EndpointSet, NoEndpoint};
 
 fn set(max_ejection_percent: u32, half_open_max_calls: u32) -> (Arc<EndpointSet>, ManualClock) {
     let clock = ManualClock::new();
@@ -26,10 +26,10 @@ fn set(max_ejection_percent: u32, half_open_max_calls: u32) -> (Arc<EndpointSet>
     (Arc::new(set), clock)
 }
 
-fn endpoints(names: &[&str]) -> Vec<(String, String)> {
+fn endpoints(names: &[&str]) -> Vec<EndpointAddress> {
     names
         .iter()
-        .map(|n| (n.to_string(), format!("{n}.local:8082")))
+        .map(|n| EndpointAddress::new(*n, format!("{n}.local:8082")))
         .collect()
 }
 

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use service_runtime::ReadinessGate;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::protected::Protected;
+use crate::guard::Guard;
 use crate::sources::Update;
 
 const NO_POLICY: &str =
@@ -125,7 +125,7 @@ impl ConfigState {
 pub fn spawn(
     state: Arc<Mutex<ConfigState>>,
     mut updates: UnboundedReceiver<Update>,
-    protected: Arc<Protected>,
+    guard: Arc<Guard>,
     loaded: ReadinessGate,
 ) {
     if state.lock().loaded() {
@@ -141,14 +141,14 @@ pub fn spawn(
             };
             let changed = !matches!(effect, Effect::Keep) || status_moved;
             match effect {
-                Effect::Apply(settings, mode) => protected.apply(settings, mode),
-                Effect::EndOverride => protected.apply_mode(Mode::Auto),
+                Effect::Apply(settings, mode) => guard.apply(settings, mode),
+                Effect::EndOverride => guard.apply_mode(Mode::Auto),
                 Effect::Keep => {}
             }
             // New settings, or what /circuit-status says of them (a version, an error): tell
             // whoever waits on it.
             if changed {
-                protected.journal().note_change();
+                guard.revision().bump();
             }
             if is_loaded {
                 loaded.set_ready();

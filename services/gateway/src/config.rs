@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use breaker::Settings;
+use outlier::EndpointAddress;
 use service_runtime::{parse_duration, ServeArgs};
 
 use crate::sources::file::{self, FileError};
@@ -108,7 +109,7 @@ impl CommonArgs {
             Some(_) => self
                 .recommendation_endpoints()?
                 .into_iter()
-                .map(|(_, url)| url)
+                .map(|endpoint| endpoint.address)
                 .collect(),
             None => Vec::new(),
         };
@@ -122,14 +123,14 @@ impl CommonArgs {
         ))
     }
 
-    /// recommendations' endpoints, each `(name, base URL)`.
-    pub fn recommendation_endpoints(&self) -> Result<Vec<(String, String)>, ConfigError> {
+    /// recommendations' endpoints.
+    pub fn recommendation_endpoints(&self) -> Result<Vec<EndpointAddress>, ConfigError> {
         let Some(list) = &self.recommendations_endpoints else {
             let url = base_url(
                 "RECOMMENDATIONS_SERVICE_URL",
                 &self.recommendations_service_url,
             )?;
-            return Ok(vec![("recommendations-service".into(), url)]);
+            return Ok(vec![EndpointAddress::new("recommendations-service", url)]);
         };
         endpoint_list(list)
     }
@@ -176,11 +177,12 @@ impl V2Args {
     }
 
     /// The Service whose EndpointSlices give recommendations' endpoints, if one is named.
-    pub fn endpoint_slices(&self) -> Result<Option<(String, String)>, ConfigError> {
+    pub fn endpoint_slices(&self) -> Result<Option<NamespacedName>, ConfigError> {
         self.recommendations_endpointslices
             .as_deref()
             .map(|reference| {
-                namespaced_name(reference).ok_or_else(|| ConfigError::BadService(reference.into()))
+                NamespacedName::parse(reference)
+                    .ok_or_else(|| ConfigError::BadService(reference.into()))
             })
             .transpose()
     }
@@ -210,8 +212,8 @@ impl V2Args {
     }
 }
 
-fn endpoint_list(list: &str) -> Result<Vec<(String, String)>, ConfigError> {
-    let mut endpoints: Vec<(String, String)> = Vec::new();
+fn endpoint_list(list: &str) -> Result<Vec<EndpointAddress>, ConfigError> {
+    let mut endpoints: Vec<EndpointAddress> = Vec::new();
     for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let Some((name, url)) = item.split_once('=') else {
             return Err(ConfigError::BadEndpoints(format!(
@@ -219,13 +221,13 @@ fn endpoint_list(list: &str) -> Result<Vec<(String, String)>, ConfigError> {
             )));
         };
         let name = name.trim();
-        if name.is_empty() || endpoints.iter().any(|(n, _)| n == name) {
+        if name.is_empty() || endpoints.iter().any(|e| e.name == name) {
             return Err(ConfigError::BadEndpoints(format!(
                 "{name:?}: each endpoint needs a name of its own"
             )));
         }
         let url = base_url("RECOMMENDATIONS_ENDPOINTS", url.trim())?;
-        endpoints.push((name.to_string(), url));
+        endpoints.push(EndpointAddress::new(name, url));
     }
     if endpoints.is_empty() {
         return Err(ConfigError::BadEndpoints("names no endpoint".into()));
@@ -234,24 +236,40 @@ fn endpoint_list(list: &str) -> Result<Vec<(String, String)>, ConfigError> {
 }
 
 fn configmap_ref(reference: &str) -> Result<Origin, ConfigError> {
-    let (namespace, name) =
-        namespaced_name(reference).ok_or_else(|| ConfigError::BadConfigMap(reference.into()))?;
+    let NamespacedName { namespace, name } = NamespacedName::parse(reference)
+        .ok_or_else(|| ConfigError::BadConfigMap(reference.into()))?;
     Ok(Origin::ConfigMap { namespace, name })
 }
 
-/// `namespace/name`, each a DNS name.
-fn namespaced_name(reference: &str) -> Option<(String, String)> {
-    let dns_name = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    };
-    match reference.split_once('/') {
-        Some((namespace, name)) if dns_name(namespace) && dns_name(name) => {
-            Some((namespace.into(), name.into()))
+/// An object of the Kubernetes API by namespace and name, as `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespacedName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl NamespacedName {
+    /// `namespace/name`, each a DNS name.
+    fn parse(reference: &str) -> Option<Self> {
+        let dns_name = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 253
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        };
+        match reference.split_once('/') {
+            Some((namespace, name)) if dns_name(namespace) && dns_name(name) => Some(Self {
+                namespace: namespace.into(),
+                name: name.into(),
+            }),
+            _ => None,
         }
-        _ => None,
     }
 }
 
@@ -276,8 +294,8 @@ mod tests {
         assert_eq!(
             endpoint_list("a=http://127.0.0.1:1/, b = http://127.0.0.1:2").unwrap(),
             [
-                ("a".to_string(), "http://127.0.0.1:1".to_string()),
-                ("b".to_string(), "http://127.0.0.1:2".to_string())
+                EndpointAddress::new("a", "http://127.0.0.1:1"),
+                EndpointAddress::new("b", "http://127.0.0.1:2")
             ]
         );
         for bad in [

@@ -10,6 +10,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
+use outlier::EndpointAddress;
+
+use crate::config::NamespacedName;
 
 /// The label Kubernetes puts on a Service's EndpointSlices.
 const SERVICE_LABEL: &str = "kubernetes.io/service-name";
@@ -17,9 +20,9 @@ const SERVICE_LABEL: &str = "kubernetes.io/service-name";
 /// a slice anyone else made with the Service's label would send v2's calls wherever it says.
 const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io";
 
-/// `(name, base URL)` of each ready endpoint in one slice, on its port named `http` (else its
+/// Each ready endpoint in one slice, on its port named `http` (else its
 /// first port).
-pub fn ready_endpoints(slice: &EndpointSlice) -> Vec<(String, String)> {
+pub fn ready_endpoints(slice: &EndpointSlice) -> Vec<EndpointAddress> {
     let ports = slice.ports.iter().flatten();
     let port = ports
         .clone()
@@ -46,32 +49,28 @@ pub fn ready_endpoints(slice: &EndpointSlice) -> Vec<(String, String)> {
                 .as_ref()
                 .and_then(|t| t.name.clone())
                 .unwrap_or_else(|| address.clone());
-            Some((name, format!("http://{host}:{port}")))
+            Some(EndpointAddress::new(name, format!("http://{host}:{port}")))
         })
         .collect()
 }
 
-/// Watches the EndpointSlices of `namespace/service` for as long as the gateway runs, giving
-/// `apply` the whole ready set after each change.
-pub fn spawn_watch(
-    namespace: String,
-    service: String,
-    apply: impl Fn(Vec<(String, String)>) + 'static,
-) {
+/// Watches the EndpointSlices of a Service for as long as the gateway runs, giving `apply`
+/// the whole ready set after each change.
+pub fn spawn_watch(service: NamespacedName, apply: impl Fn(Vec<EndpointAddress>) + 'static) {
     actix_web::rt::spawn(async move {
         let client = crate::sources::kube_client("recommendations' EndpointSlices", |_| {}).await;
-        let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
-        let config =
-            watcher::Config::default().labels(&format!("{SERVICE_LABEL}={service},{MANAGED_BY}"));
+        let api: Api<EndpointSlice> = Api::namespaced(client, &service.namespace);
+        let config = watcher::Config::default()
+            .labels(&format!("{SERVICE_LABEL}={},{MANAGED_BY}", service.name));
         let mut events = watcher::watcher(api, config)
             .backoff(breaker_api::RewatchBackoff::default())
             .boxed();
-        let mut slices: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        let mut listing: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        let all = |slices: &BTreeMap<String, Vec<(String, String)>>| {
-            let mut endpoints: Vec<(String, String)> = slices.values().flatten().cloned().collect();
+        let mut slices: BTreeMap<String, Vec<EndpointAddress>> = BTreeMap::new();
+        let mut listing: BTreeMap<String, Vec<EndpointAddress>> = BTreeMap::new();
+        let all = |slices: &BTreeMap<String, Vec<EndpointAddress>>| {
+            let mut endpoints: Vec<EndpointAddress> = slices.values().flatten().cloned().collect();
             endpoints.sort();
-            endpoints.dedup_by(|a, b| a.0 == b.0);
+            endpoints.dedup_by(|a, b| a.name == b.name);
             endpoints
         };
         while let Some(event) = events.next().await {
@@ -93,7 +92,7 @@ pub fn spawn_watch(
                     apply(all(&slices));
                 }
                 Err(err) => {
-                    tracing::warn!(service = %format!("{namespace}/{service}"), error = %err, "EndpointSlice watch failed; keeping the endpoints known, retrying");
+                    tracing::warn!(%service, error = %err, "EndpointSlice watch failed; keeping the endpoints known, retrying");
                 }
             }
         }
@@ -121,9 +120,9 @@ mod tests {
         assert_eq!(
             ready_endpoints(&slice),
             [
-                ("rec-1".to_string(), "http://10.0.0.1:8082".to_string()),
-                ("rec-3".to_string(), "http://10.0.0.3:8082".to_string()),
-                ("fd00::4".to_string(), "http://[fd00::4]:8082".to_string()),
+                EndpointAddress::new("rec-1", "http://10.0.0.1:8082"),
+                EndpointAddress::new("rec-3", "http://10.0.0.3:8082"),
+                EndpointAddress::new("fd00::4", "http://[fd00::4]:8082"),
             ]
         );
     }

@@ -2,9 +2,11 @@
 //! `/circuit-status` lists.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
-use breaker::{BreakerObserver, Mode, State, Transition, TransitionReason};
+use breaker::{BreakerObserver, State, Transition};
+use breaker_api::circuit_status::TransitionRecord;
 use chrono::{DateTime, SecondsFormat, Utc};
 use outlier::EndpointObserver;
 use parking_lot::Mutex;
@@ -13,7 +15,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
+
+use crate::revision::Revision;
 
 /// Transitions kept for `/circuit-status`.
 const JOURNAL_LEN: usize = 50;
@@ -35,26 +38,12 @@ struct EndpointTransitionLabels {
     to: &'static str,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct TransitionRecord {
-    /// 1 for this replica's first transition, then one more each: a reader that saw `seq`
-    /// knows what it missed.
-    pub seq: u64,
-    pub from: State,
-    pub to: State,
-    pub reason: TransitionReason,
-    /// In Observe the transition is what Auto would have done.
-    pub mode: Mode,
-    pub at: String,
-}
-
 pub struct Journal {
     /// Wall time at the breaker clock's zero.
     wall_origin: DateTime<Utc>,
     records: Mutex<VecDeque<TransitionRecord>>,
-    /// Bumped on each transition and each settings change, for readers waiting on the next
-    /// one (`/circuit-status?after=`).
-    revision: tokio::sync::watch::Sender<u64>,
+    /// Bumped on each transition.
+    revision: Arc<Revision>,
     state: Family<StateLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     endpoint_transitions: Family<EndpointTransitionLabels, Counter>,
@@ -62,11 +51,11 @@ pub struct Journal {
 
 impl Journal {
     /// `clock_now` is the breaker clock's reading now, to map its times to wall times.
-    pub fn register(registry: &mut Registry, clock_now: Duration) -> Self {
+    pub fn register(registry: &mut Registry, clock_now: Duration, revision: Arc<Revision>) -> Self {
         let journal = Self {
             wall_origin: Utc::now() - chrono::Duration::from_std(clock_now).unwrap_or_default(),
             records: Mutex::new(VecDeque::new()),
-            revision: tokio::sync::watch::Sender::new(0),
+            revision,
             state: Family::default(),
             transitions: Family::default(),
             endpoint_transitions: Family::default(),
@@ -94,23 +83,6 @@ impl Journal {
     pub fn wall(&self, at: Duration) -> String {
         let wall = self.wall_origin + chrono::Duration::from_std(at).unwrap_or_default();
         wall.to_rfc3339_opts(SecondsFormat::Millis, true)
-    }
-
-    pub fn revision(&self) -> u64 {
-        *self.revision.borrow()
-    }
-
-    /// Something `/circuit-status` shows has moved (a transition, new settings or mode, a
-    /// settings version or error, the endpoints): wakes whoever waits on the revision.
-    pub fn note_change(&self) {
-        self.revision.send_modify(|r| *r += 1);
-    }
-
-    /// Resolves once the revision has moved past `revision`.
-    pub async fn changed_since(&self, revision: u64) {
-        let mut latest = self.revision.subscribe();
-        // The sender lives as long as the journal, so this only ends by the condition.
-        let _ = latest.wait_for(|newest| *newest > revision).await;
     }
 
     pub fn records(&self) -> Vec<TransitionRecord> {
@@ -151,7 +123,7 @@ impl BreakerObserver for Journal {
             records.pop_front();
         }
         records.push_back(record);
-        self.note_change();
+        self.revision.bump();
     }
 }
 
@@ -164,6 +136,6 @@ impl EndpointObserver for Journal {
                 to: t.to.as_str(),
             })
             .inc();
-        self.note_change();
+        self.revision.bump();
     }
 }

@@ -2,17 +2,18 @@
 //! v1 waits as long as its timeout and fails the whole page; v2 goes through a circuit
 //! breaker and answers with a fallback (`degraded_mode`) instead.
 //!
-//! Data flows one way: settings sources → applier → breaker (in `protected`) ← handler.
+//! Data flows one way: settings sources → applier → breaker (in `guard`) ← handler.
 
 mod applier;
 mod config;
 mod dashboard;
 mod endpoint_slices;
+mod guard;
 mod handler;
 mod journal;
 mod metrics;
 mod policy;
-mod protected;
+mod revision;
 mod sources;
 mod status;
 mod upstream;
@@ -28,7 +29,7 @@ pub use config::{ConfigError, SettingsSource, V1Args, V2Args};
 
 use crate::handler::Gateway;
 use crate::metrics::UpstreamMetrics;
-use crate::policy::{Endpoints, Policy, V2};
+use crate::policy::{Endpoints, Policy, Protection};
 
 pub fn run_v1() -> ExitCode {
     let args = V1Args::parse();
@@ -68,7 +69,7 @@ pub fn run_v2() -> ExitCode {
     let gateway = Gateway {
         upstreams,
         metrics,
-        policy: Policy::Protected(V2::new(
+        policy: Policy::Protected(Protection::new(
             source,
             args.replica(),
             endpoints,

@@ -10,39 +10,40 @@ use prometheus_client::registry::Registry;
 use service_runtime::{resource, ReadinessGate};
 
 use crate::applier::{self, ConfigState};
-use crate::config::{Replica, SettingsSource};
+use crate::config::{NamespacedName, Replica, SettingsSource};
 use crate::dashboard;
 use crate::endpoint_slices;
+use crate::guard::Guard;
 use crate::metrics::UpstreamMetrics;
-use crate::protected::Protected;
 use crate::sources::{Origin, Update};
 use crate::status::{self, StatusSources};
 use crate::upstream::{Recommendations, UpstreamError, Upstreams};
+use outlier::EndpointAddress;
 
 pub enum Policy {
     /// v1: wait up to `timeout`; a failure fails the whole page.
     AllOrNothing { timeout: Duration },
     /// v2: circuit breaker, bulkhead and call timeout; a failure serves the fallback.
-    Protected(V2),
+    Protected(Protection),
 }
 
-pub struct V2 {
-    protected: Arc<Protected>,
+pub struct Protection {
+    guard: Arc<Guard>,
     config: Arc<Mutex<ConfigState>>,
     origin: Origin,
     replica: Option<String>,
-    /// `namespace/service` whose EndpointSlices keep the endpoints up to date.
-    slices: Option<(String, String)>,
+    /// The Service whose EndpointSlices keep the endpoints up to date.
+    slices: Option<NamespacedName>,
 }
 
-/// recommendations' endpoints (name, base URL): those known at start, and where later ones
-/// come from in Kubernetes.
+/// recommendations' endpoints: those known at start, and where later ones come from in
+/// Kubernetes.
 pub struct Endpoints {
-    pub at_start: Vec<(String, String)>,
-    pub slices: Option<(String, String)>,
+    pub at_start: Vec<EndpointAddress>,
+    pub slices: Option<NamespacedName>,
 }
 
-impl V2 {
+impl Protection {
     pub fn new(
         source: SettingsSource,
         replica: Replica,
@@ -55,7 +56,7 @@ impl V2 {
             source.origin.loaded_at_start(),
         );
         Self {
-            protected: Arc::new(Protected::new(
+            guard: Arc::new(Guard::new(
                 source.initial,
                 &endpoints.at_start,
                 replica.jitter_seed,
@@ -74,7 +75,7 @@ impl Policy {
     pub fn product_timeout(&self) -> Duration {
         match self {
             Policy::AllOrNothing { timeout } => *timeout,
-            Policy::Protected(v2) => v2.protected.call_timeout(),
+            Policy::Protected(v2) => v2.guard.call_timeout(),
         }
     }
 
@@ -100,7 +101,7 @@ impl Policy {
                 let (upstreams, client, metrics) =
                     (upstreams.clone(), client.clone(), metrics.clone());
                 Ok(v2
-                    .protected
+                    .guard
                     .call(move |timeout, at| async move {
                         upstreams
                             .recommendations(&client, &metrics, id, timeout, at.as_deref())
@@ -117,14 +118,14 @@ impl Policy {
         match self {
             Policy::AllOrNothing { .. } => settings_loaded.set_ready(),
             Policy::Protected(v2) => {
-                v2.protected.spawn_ticker();
+                v2.guard.spawn_ticker();
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Update>();
-                applier::spawn(v2.config.clone(), rx, v2.protected.clone(), settings_loaded);
+                applier::spawn(v2.config.clone(), rx, v2.guard.clone(), settings_loaded);
                 v2.origin.spawn_watch(tx);
-                if let Some((namespace, service)) = v2.slices.clone() {
-                    let protected = v2.protected.clone();
-                    endpoint_slices::spawn_watch(namespace, service, move |endpoints| {
-                        protected.set_endpoints(&endpoints)
+                if let Some(service) = v2.slices.clone() {
+                    let guard = v2.guard.clone();
+                    endpoint_slices::spawn_watch(service, move |endpoints| {
+                        guard.set_endpoints(&endpoints)
                     });
                 }
             }
@@ -135,7 +136,7 @@ impl Policy {
     pub fn routes(&self, cfg: &mut web::ServiceConfig) {
         if let Policy::Protected(v2) = self {
             cfg.app_data(web::Data::new(StatusSources {
-                protected: v2.protected.clone(),
+                guard: v2.guard.clone(),
                 config: v2.config.clone(),
                 replica: v2.replica.clone(),
             }))

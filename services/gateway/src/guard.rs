@@ -9,16 +9,15 @@
 //! the fallback at once, so a slow dependency cannot pile up tasks without a bulkhead set.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use breaker::{
-    BreakerObserver, CircuitBreaker, Clock, Mode, MonotonicClock, Outcome, Permit, Rejection,
-    Scope, Settings, Snapshot,
+    BreakerObserver, CircuitBreaker, Clock, Mode, MonotonicClock, Outcome, Permit, Scope, Settings,
+    Snapshot,
 };
 use catalog::Product;
-use outlier::{EndpointObserver, EndpointPermit, EndpointSet};
+use outlier::{EndpointAddress, EndpointObserver, EndpointPermit, EndpointSet};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,6 +25,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
 use crate::journal::Journal;
+use crate::revision::Revision;
 use crate::upstream::{Recommendations, UpstreamError};
 
 /// How often a quiet breaker is looked at, so open turns half-open on time without traffic.
@@ -49,13 +49,13 @@ struct OutcomeLabels {
 /// What a call came to: products, or the cause of the fallback.
 type Judged = Result<Vec<Product>, &'static str>;
 
-pub struct Protected {
+pub struct Guard {
     breaker: Arc<CircuitBreaker>,
     /// recommendations' endpoints, each with its breaker; called through when the scope is
     /// Endpoint.
     endpoints: EndpointSet,
-    per_endpoint: AtomicBool,
     journal: Arc<Journal>,
+    revision: Arc<Revision>,
     calls: Family<OutcomeLabels, Counter>,
     fallbacks: Family<OutcomeLabels, Counter>,
     would_reject: Family<OutcomeLabels, Counter>,
@@ -63,16 +63,17 @@ pub struct Protected {
     detached: Arc<Semaphore>,
 }
 
-impl Protected {
-    /// `endpoints`: recommendations' endpoints as (name, base URL), for scope Endpoint.
+impl Guard {
+    /// `endpoints`: recommendations' endpoints, for scope Endpoint.
     pub fn new(
         settings: Settings,
-        endpoints: &[(String, String)],
+        endpoints: &[EndpointAddress],
         jitter_seed: u64,
         registry: &mut Registry,
     ) -> Self {
         let clock = Arc::new(MonotonicClock::new());
-        let journal = Arc::new(Journal::register(registry, clock.now()));
+        let revision = Arc::new(Revision::default());
+        let journal = Arc::new(Journal::register(registry, clock.now(), revision.clone()));
         let calls = Family::<OutcomeLabels, Counter>::default();
         let fallbacks = Family::<OutcomeLabels, Counter>::default();
         let would_reject = Family::<OutcomeLabels, Counter>::default();
@@ -91,7 +92,6 @@ impl Protected {
             "Calls let through in Observe mode that Auto would have rejected, by reason",
             would_reject.clone(),
         );
-        let per_endpoint = AtomicBool::new(settings.scope == Scope::Endpoint);
         let endpoint_set = EndpointSet::new(
             settings.clone(),
             settings.max_ejection_percent,
@@ -109,8 +109,8 @@ impl Protected {
         Self {
             breaker,
             endpoints: endpoint_set,
-            per_endpoint,
             journal,
+            revision,
             calls,
             fallbacks,
             would_reject,
@@ -130,14 +130,19 @@ impl Protected {
         &self.journal
     }
 
+    /// Moves on with anything `/circuit-status` shows.
+    pub fn revision(&self) -> &Revision {
+        &self.revision
+    }
+
     pub fn apply(&self, settings: Settings, mode: Mode) {
-        let per_endpoint = settings.scope == Scope::Endpoint;
+        let scope_changed = self.breaker.settings().scope != settings.scope;
         let max_ejection = settings.max_ejection_percent;
         self.endpoints.apply(settings.clone(), mode, max_ejection);
         // The endpoints' breakers judge only under scope Endpoint: across a change of scope
         // what they knew is stale (nothing is out under Service; all start closed under
         // Endpoint). The service's breaker keeps its state, as on any settings change.
-        if self.per_endpoint.swap(per_endpoint, Ordering::Relaxed) != per_endpoint {
+        if scope_changed {
             self.endpoints.reset();
         }
         self.breaker.update_settings(settings);
@@ -153,13 +158,12 @@ impl Protected {
         &self.endpoints
     }
 
-    /// recommendations' endpoints are now these (name, base URL); each that stays keeps its
-    /// breaker.
-    pub fn set_endpoints(&self, endpoints: &[(String, String)]) {
-        let names: Vec<&str> = endpoints.iter().map(|(name, _)| name.as_str()).collect();
+    /// recommendations' endpoints are now these; each that stays keeps its breaker.
+    pub fn set_endpoints(&self, endpoints: &[EndpointAddress]) {
+        let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
         tracing::info!(endpoints = ?names, "recommendations endpoints");
         self.endpoints.update(endpoints);
-        self.journal.note_change();
+        self.revision.bump();
     }
 
     /// Looks at the breaker every [`TICK`]; call once inside the runtime.
@@ -208,20 +212,14 @@ impl Protected {
         let service = match self.breaker.try_acquire() {
             Ok(permit) => permit.into_owned(&self.breaker),
             Err(rejection) => {
-                let outcome = match rejection {
-                    Rejection::Open => "rejected_open",
-                    Rejection::HalfOpenFull => "rejected_half_open",
-                    Rejection::BulkheadFull => "rejected_bulkhead",
-                    Rejection::ForcedOpen => "rejected_forced_open",
-                };
-                self.count(&self.calls, outcome);
-                return self.serve(Err(outcome));
+                self.count(&self.calls, rejection.outcome());
+                return self.serve(Err(rejection.outcome()));
             }
         };
         if let Some(rejection) = service.would_reject() {
             self.count(&self.would_reject, rejection.as_str());
         }
-        let endpoint = if self.per_endpoint.load(Ordering::Relaxed) {
+        let endpoint = if service.scope() == Scope::Endpoint {
             match self.endpoints.acquire() {
                 Ok(endpoint) => Some(endpoint),
                 Err(none) => {
@@ -365,22 +363,22 @@ impl Call {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
-    fn with_fallback_after() -> Arc<Protected> {
+    fn with_fallback_after() -> Arc<Guard> {
         let settings = Settings::new(breaker::SettingsSpec {
             fallback_after: Some(Duration::from_millis(50)),
             ..breaker::SettingsSpec::default()
         })
         .unwrap();
-        Arc::new(Protected::new(settings, &[], 1, &mut Registry::default()))
+        Arc::new(Guard::new(settings, &[], 1, &mut Registry::default()))
     }
 
     #[actix_web::test]
     async fn detached_calls_are_capped_and_a_call_past_the_cap_is_not_made() {
-        let protected = with_fallback_after();
+        let guard = with_fallback_after();
         let made = Arc::new(AtomicUsize::new(0));
         let call = |made: Arc<AtomicUsize>| {
             move |_timeout: Duration, _at: Option<Arc<str>>| async move {
@@ -389,29 +387,29 @@ mod tests {
             }
         };
         // Room: the call is made and answers within the budget.
-        let answer = protected.call(call(made.clone())).await;
+        let answer = guard.call(call(made.clone())).await;
         assert!(!answer.degraded);
         assert_eq!(made.load(Ordering::Relaxed), 1);
         assert_eq!(
-            protected.detached.available_permits(),
+            guard.detached.available_permits(),
             MAX_DETACHED,
             "its slot is free again"
         );
         // Full: no call, the fallback at once, the breaker's permit back unjudged.
-        let _all = protected
+        let _all = guard
             .detached
             .clone()
             .try_acquire_many_owned(MAX_DETACHED as u32)
             .unwrap();
-        let answer = protected.call(call(made.clone())).await;
+        let answer = guard.call(call(made.clone())).await;
         assert!(answer.degraded);
         assert_eq!(
             made.load(Ordering::Relaxed),
             1,
             "a call was made past the cap"
         );
-        assert_eq!(protected.snapshot().counts.in_flight, 0);
-        let calls = protected.calls.get_or_create(&OutcomeLabels {
+        assert_eq!(guard.snapshot().counts.in_flight, 0);
+        let calls = guard.calls.get_or_create(&OutcomeLabels {
             outcome: "detached_full",
         });
         assert_eq!(calls.get(), 1);
@@ -419,8 +417,8 @@ mod tests {
 
     #[test]
     fn a_detached_slot_is_never_handed_out_past_the_cap_under_concurrency() {
-        let protected = with_fallback_after();
-        let _taken_before = protected
+        let guard = with_fallback_after();
+        let _taken_before = guard
             .detached
             .clone()
             .try_acquire_many_owned(MAX_DETACHED as u32 - 100)
@@ -428,7 +426,7 @@ mod tests {
         let taken: Vec<usize> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
-                    let detached = protected.detached.clone();
+                    let detached = guard.detached.clone();
                     scope.spawn(move || {
                         let mut mine = Vec::new();
                         for _ in 0..50 {
@@ -445,6 +443,6 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(taken.iter().sum::<usize>(), 100);
-        assert_eq!(protected.detached.available_permits(), 0);
+        assert_eq!(guard.detached.available_permits(), 0);
     }
 }
