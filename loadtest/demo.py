@@ -357,7 +357,7 @@ def main() -> int:
     print(report.text_table(summary))
     print(f"\nReport: {settings.results / 'report.html'}")
     print(f"Data:   {settings.results / 'comparison_report.json'}")
-    if settings.chapter == "story" and summary["recovery"]["closed_at"] is None:
+    if settings.chapter == "story" and summary.recovery.closed_at is None:
         print("demo: the circuit did not close after the heal", file=sys.stderr)
         return 1
     return 0

@@ -15,6 +15,8 @@ import html
 import json
 import math
 import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -28,11 +30,115 @@ SEED = {
     "v2": {"avg_ms": 5, "rps": 64.22, "failure_pct": 100.0},
 }
 STATE_COLORS = {"closed": "#2e7d32", "half_open": "#f9a825", "open": "#c62828"}
-PHASE_COLORS = {"v1": "#c62828", "v2": "#2e7d32", "recovery": "#1565c0"}
+RED, ORANGE, GREEN, BLUE = "#c62828", "#ef6c00", "#2e7d32", "#1565c0"
 
 
 class ReportError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A phase of a chapter: Locust at one gateway; its files are ``<name>_*.csv``."""
+
+    name: str
+    label: str
+    color: str
+
+
+@dataclass
+class Flapping:
+    """The service breaker's transitions within a phase."""
+
+    breaker_transitions: int
+    breaker_opened: int
+
+
+@dataclass
+class Ejection:
+    """scope Endpoint: each endpoint's breaker at the end, and what users got once the bad one
+    was out."""
+
+    endpoints: list[dict]
+    first_ejection: str | None
+    after_ejection: dict | None = None
+
+
+@dataclass
+class PhaseSummary:
+    """A phase's totals: answers from Locust's stats CSV, requests never answered from the
+    ledger; what a chapter adds, beside them."""
+
+    avg_ms: float | None
+    median_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    rps: float
+    requests: int
+    sent: int
+    unanswered: int
+    unanswered_waited_avg_ms: float | None
+    unanswered_waited_max_ms: float | None
+    failures: int
+    failure_pct: float | None
+    full: int
+    full_pct: float | None
+    degraded: int
+    degraded_pct: float | None
+    failed: int
+    flapping: Flapping | None = None
+    ejection: Ejection | None = None
+
+    def to_json(self) -> dict:
+        core = {k: v for k, v in asdict(self).items() if k not in ("flapping", "ejection")}
+        extras = [asdict(extra) for extra in (self.flapping, self.ejection) if extra is not None]
+        return {**core, **{k: v for extra in extras for k, v in extra.items()}}
+
+
+@dataclass
+class Recovery:
+    """After the heal: when the circuit closed, and what the load got meanwhile."""
+
+    healed_at: str | None
+    closed_at: str | None
+    time_to_close_s: float | None
+    transitions: list[dict]
+    load: PhaseSummary
+
+    def to_json(self) -> dict:
+        return {**{k: getattr(self, k) for k in ("healed_at", "closed_at", "time_to_close_s", "transitions")},
+                "load": self.load.to_json()}  # fmt: skip
+
+
+@dataclass
+class Report:
+    """What a run came to: each phase summarized, and what its chapter adds."""
+
+    chapter: Chapter
+    phases: dict[str, PhaseSummary]
+    run: dict
+    recovery: Recovery | None = None
+    policy: dict | None = None
+
+    def __getitem__(self, phase: str) -> PhaseSummary:
+        return self.phases[phase]
+
+    def to_json(self) -> dict:
+        return self.chapter.to_json(self)
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """A chapter of the story as data: its phases, how its summary is made and written down,
+    its text table and its page."""
+
+    name: str
+    phases: tuple[Phase, ...]
+    summarize: Callable[[Path, dict], Report]
+    to_json: Callable[[Report], dict]
+    text: Callable[[Report], str]
+    render: Callable[[Report, dict[str, list[dict]], dict], str]
 
 
 def parse_time(text: str) -> float:
@@ -66,7 +172,7 @@ def read_ledger(results: Path, phase: str) -> Ledger:
     return Ledger.read(path)
 
 
-def summarize(results: Path, phase: str) -> dict:
+def summarize(results: Path, phase: str) -> PhaseSummary:
     """The phase's totals: answers from Locust's stats CSV (degraded answers are their own
     row), requests never answered from the ledger."""
     rows = {row["Name"]: row for row in read_csv(results / f"{phase}_stats.csv")}
@@ -88,27 +194,27 @@ def summarize(results: Path, phase: str) -> dict:
         # With no answer Locust writes 0s, which would read as instant answers.
         return rounded(text) if requests else None
 
-    return {
-        "avg_ms": latency(total["Average Response Time"]),
-        "median_ms": latency(total["Median Response Time"]),
-        "p95_ms": latency(total["95%"]),
-        "p99_ms": latency(total["99%"]),
-        "max_ms": latency(total["Max Response Time"]),
-        "rps": round(float(total["Requests/s"]), 2),
-        "requests": requests,
-        "sent": requests + unanswered["unanswered"],
+    return PhaseSummary(
+        avg_ms=latency(total["Average Response Time"]),
+        median_ms=latency(total["Median Response Time"]),
+        p95_ms=latency(total["95%"]),
+        p99_ms=latency(total["99%"]),
+        max_ms=latency(total["Max Response Time"]),
+        rps=round(float(total["Requests/s"]), 2),
+        requests=requests,
+        sent=requests + unanswered["unanswered"],
         **unanswered,
-        "failures": failures,
-        "failure_pct": share(failures),
-        "full": count(FULL),
-        "full_pct": share(count(FULL)),
-        "degraded": count(DEGRADED),
-        "degraded_pct": share(count(DEGRADED)),
-        "failed": count(FAILED),
-    }
+        failures=failures,
+        failure_pct=share(failures),
+        full=count(FULL),
+        full_pct=share(count(FULL)),
+        degraded=count(DEGRADED),
+        degraded_pct=share(count(DEGRADED)),
+        failed=count(FAILED),
+    )
 
 
-def recovery_summary(timeline: dict) -> dict:
+def recovery_summary(timeline: dict, load: PhaseSummary) -> Recovery:
     healed_at = timeline.get("healed_at")
     phases = {p["name"]: p for p in timeline["phases"]}
     start = parse_time(phases["recovery"]["start"])
@@ -119,33 +225,52 @@ def recovery_summary(timeline: dict) -> dict:
             (t["at"] for t in transitions if t["to"] == "closed" and parse_time(t["at"]) >= parse_time(healed_at)),
             None,
         )
-    return {
-        "healed_at": healed_at,
-        "closed_at": closed_at,
-        "time_to_close_s": (
-            round(parse_time(closed_at) - parse_time(healed_at), 3) if healed_at and closed_at else None
-        ),
-        "transitions": transitions,
-    }
+    return Recovery(
+        healed_at=healed_at,
+        closed_at=closed_at,
+        time_to_close_s=(round(parse_time(closed_at) - parse_time(healed_at), 3) if healed_at and closed_at else None),
+        transitions=transitions,
+        load=load,
+    )
 
 
-def build(results: Path) -> dict:
-    """Writes comparison_report.json and report.html; returns the comparison."""
+def build(results: Path) -> Report:
+    """Writes comparison_report.json and report.html for the run's chapter; returns its report."""
     timeline = json.loads((results / "timeline.json").read_text())
-    if timeline.get("chapter") == "endpoints":
-        return build_endpoints(results, timeline)
-    summary = {
-        "v1": summarize(results, "v1"),
-        "v2": summarize(results, "v2"),
-        "recovery": {**recovery_summary(timeline), "load": summarize(results, "recovery")},
-        "seed": SEED,
-        "run": {**timeline.get("run", {}), "breaker_settings": timeline.get("settings")},
-    }
-    (results / "comparison_report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    name = timeline.get("chapter", STORY.name)
+    chapter = next((c for c in CHAPTERS if c.name == name), None)
+    if chapter is None:
+        raise ReportError(f"timeline.json: no chapter is called {name!r}")
+    report = chapter.summarize(results, timeline)
+    (results / "comparison_report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     starts = {p["name"]: parse_time(p["start"]) for p in timeline["phases"]}
-    series = {phase: read_ledger(results, phase).windows(starts[phase]) for phase in ("v1", "v2", "recovery")}
-    (results / "report.html").write_text(render_html(summary, series, timeline))
-    return summary
+    series = {p.name: read_ledger(results, p.name).windows(starts[p.name]) for p in chapter.phases}
+    (results / "report.html").write_text(chapter.render(report, series, timeline))
+    return report
+
+
+def run_of(timeline: dict) -> dict:
+    return {**timeline.get("run", {}), "breaker_settings": timeline.get("settings")}
+
+
+# ---- the first chapter: a dependency that hangs -------------------------------------------
+
+
+def summarize_story(results: Path, timeline: dict) -> Report:
+    phases = {p.name: summarize(results, p.name) for p in STORY.phases}
+    recovery = recovery_summary(timeline, phases["recovery"])
+    return Report(STORY, phases, run_of(timeline), recovery=recovery)
+
+
+def story_json(report: Report) -> dict:
+    assert report.recovery is not None
+    return {
+        "v1": report["v1"].to_json(),
+        "v2": report["v2"].to_json(),
+        "recovery": report.recovery.to_json(),
+        "seed": SEED,
+        "run": report.run,
+    }
 
 
 # ---- text ---------------------------------------------------------------------------------
@@ -161,50 +286,52 @@ def fmt_pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:g}%"
 
 
-def fmt_unanswered(phase: dict) -> str:
-    if not phase["unanswered"]:
+def fmt_unanswered(phase: PhaseSummary) -> str:
+    if not phase.unanswered:
         return "0"
-    return f"{phase['unanswered']:,} (waited up to {phase['unanswered_waited_max_ms'] / 1000:.1f} s)"
+    return f"{phase.unanswered:,} (waited up to {phase.unanswered_waited_max_ms / 1000:.1f} s)"
 
 
-def table_rows(summary: dict) -> list[tuple[str, str, str, str, str]]:
-    v1, v2 = summary["v1"], summary["v2"]
+def table_rows(report: Report) -> list[tuple[str, str, str, str, str]]:
+    v1, v2 = report["v1"], report["v2"]
     seed1, seed2 = SEED["v1"], SEED["v2"]
     return [
         (
             "Avg response time",
             fmt_ms(seed1["avg_ms"]),
-            fmt_ms(v1["avg_ms"]),
+            fmt_ms(v1.avg_ms),
             fmt_ms(seed2["avg_ms"]),
-            fmt_ms(v2["avg_ms"]),
+            fmt_ms(v2.avg_ms),
         ),
-        ("Median", "", fmt_ms(v1["median_ms"]), "", fmt_ms(v2["median_ms"])),
-        ("p95", "", fmt_ms(v1["p95_ms"]), "", fmt_ms(v2["p95_ms"])),
-        ("p99", "", fmt_ms(v1["p99_ms"]), "", fmt_ms(v2["p99_ms"])),
-        ("Requests/s", f"{seed1['rps']:.2f}", f"{v1['rps']:.2f}", f"{seed2['rps']:.2f}", f"{v2['rps']:.2f}"),
-        ("Requests answered", "", f"{v1['requests']:,}", "", f"{v2['requests']:,}"),
+        ("Median", "", fmt_ms(v1.median_ms), "", fmt_ms(v2.median_ms)),
+        ("p95", "", fmt_ms(v1.p95_ms), "", fmt_ms(v2.p95_ms)),
+        ("p99", "", fmt_ms(v1.p99_ms), "", fmt_ms(v2.p99_ms)),
+        ("Requests/s", f"{seed1['rps']:.2f}", f"{v1.rps:.2f}", f"{seed2['rps']:.2f}", f"{v2.rps:.2f}"),
+        ("Requests answered", "", f"{v1.requests:,}", "", f"{v2.requests:,}"),
         ("Unanswered at phase end", "", fmt_unanswered(v1), "", fmt_unanswered(v2)),
-        ("Failure rate (of answered)", "100%", fmt_pct(v1["failure_pct"]), "100%*", fmt_pct(v2["failure_pct"])),
-        ("Degraded answers", "", fmt_pct(v1["degraded_pct"]), "", fmt_pct(v2["degraded_pct"])),
+        ("Failure rate (of answered)", "100%", fmt_pct(v1.failure_pct), "100%*", fmt_pct(v2.failure_pct)),
+        ("Degraded answers", "", fmt_pct(v1.degraded_pct), "", fmt_pct(v2.degraded_pct)),
     ]
 
 
-def text_table(summary: dict) -> str:
-    if summary.get("chapter") == "endpoints":
-        return endpoints_text_table(summary)
+def text_table(report: Report) -> str:
+    return report.chapter.text(report)
+
+
+def story_text_table(report: Report) -> str:
     head = ("", "seed v1", "this run v1", "seed v2", "this run v2")
-    rows = [head, *table_rows(summary)]
+    rows = [head, *table_rows(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = [
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    rec = summary["recovery"]
-    if rec["closed_at"]:
-        lines.append(f"Recovery: healed {rec['healed_at']}, circuit closed {rec['time_to_close_s']:.2f} s later")
+    rec = report.recovery
+    if rec.closed_at:
+        lines.append(f"Recovery: healed {rec.healed_at}, circuit closed {rec.time_to_close_s:.2f} s later")
     else:
-        lines.append(f"Recovery: healed {rec['healed_at']}, the circuit did not close")
+        lines.append(f"Recovery: healed {rec.healed_at}, the circuit did not close")
     lines.append("* the seed's Locust counted degraded answers as failures")
     return "\n".join(lines)
 
@@ -317,7 +444,7 @@ def segments(samples: list, t0: float, t_end: float) -> list[tuple[float, float,
     return [tuple(run) for run in runs]
 
 
-def state_timeline(timeline: dict, summary: dict) -> str:
+def state_timeline(timeline: dict, rec: Recovery) -> str:
     """The breaker's state from the start of the v2 phase to the end of recovery."""
     height = 190
     phases = {p["name"]: p for p in timeline["phases"]}
@@ -348,13 +475,10 @@ def state_timeline(timeline: dict, summary: dict) -> str:
         "seconds since the v2 phase began</text>"
     )
     markers = [(parse_time(phases["recovery"]["start"]), "recovery phase", "#1565c0")]
-    rec = summary["recovery"]
-    if rec["healed_at"]:
-        markers.append((parse_time(rec["healed_at"]), "heal", "#000"))
-    if rec["closed_at"]:
-        markers.append(
-            (parse_time(rec["closed_at"]), f"closed, {rec['time_to_close_s']:.1f} s after the heal", "#2e7d32")
-        )
+    if rec.healed_at:
+        markers.append((parse_time(rec.healed_at), "heal", "#000"))
+    if rec.closed_at:
+        markers.append((parse_time(rec.closed_at), f"closed, {rec.time_to_close_s:.1f} s after the heal", "#2e7d32"))
     for row, (at, label, color) in enumerate(markers):
         x, y = sx(at), TOP + 12 + 14 * row
         parts.append(f'<line x1="{x:.1f}" y1="{y - 10}" x2="{x:.1f}" y2="{band_bottom + 4}" stroke="{color}" '
@@ -405,14 +529,14 @@ pre { background: #f5f5f5; padding: .5rem; overflow-x: auto; }
 """
 
 
-def render_html(summary: dict, series: dict[str, list[dict]], timeline: dict) -> str:
-    run = summary["run"]
+def render_story(report: Report, series: dict[str, list[dict]], timeline: dict) -> str:
+    run = report.run
     rows = "\n".join(
         "<tr>" + "".join(
             f'<td class="seed">{html.escape(c)}</td>' if i in (1, 3) else f"<td>{html.escape(c)}</td>"
             for i, c in enumerate(row)
         ) + "</tr>"
-        for row in table_rows(summary)
+        for row in table_rows(report)
     )  # fmt: skip
 
     def points(phase: str, key: str) -> list[tuple[float, float]]:
@@ -423,37 +547,34 @@ def render_html(summary: dict, series: dict[str, list[dict]], timeline: dict) ->
         f"Response time of the answers completed in the last {window}: median and p95 (log scale)",
         "response-time",
         [
-            ("v1 median", PHASE_COLORS["v1"], points("v1", "p50_ms")),
-            ("v1 p95", PHASE_COLORS["v1"], points("v1", "p95_ms")),
-            ("v2 median", PHASE_COLORS["v2"], points("v2", "p50_ms")),
-            ("v2 p95", PHASE_COLORS["v2"], points("v2", "p95_ms")),
+            (f"{p.label} {stat}", p.color, points(p.name, key))
+            for p in STORY.phases[:2]
+            for stat, key in (("median", "p50_ms"), ("p95", "p95_ms"))
         ],
         log_y=True,
         unit="ms",
         dashed={"v1 p95", "v2 p95"},
     )
-    throughput = throughput_chart(
-        [(name, PHASE_COLORS[name], points(name, "answered_per_s")) for name in ("v1", "v2", "recovery")]
-    )
+    throughput = throughput_chart([(p.label, p.color, points(p.name, "answered_per_s")) for p in STORY.phases])
     waiting = line_chart(
         "Requests waiting for an answer",
         "waiting",
-        [(name, PHASE_COLORS[name], points(name, "waiting")) for name in ("v1", "v2", "recovery")],
+        [(p.label, p.color, points(p.name, "waiting")) for p in STORY.phases],
         log_y=False,
         unit="requests",
     )
-    rec = summary["recovery"]
+    rec = report.recovery
     transitions = "\n".join(
         f"<tr><td>{html.escape(t['at'])}</td><td>{t['from']} → {t['to']}</td><td>{html.escape(str(t['reason']))}</td></tr>"
-        for t in rec["transitions"]
+        for t in rec.transitions
     )
     closed = (
-        f"closed at <b>{rec['closed_at']}</b>, <b>{rec['time_to_close_s']:.2f} s</b> after the heal"
-        if rec["closed_at"]
+        f"closed at <b>{rec.closed_at}</b>, <b>{rec.time_to_close_s:.2f} s</b> after the heal"
+        if rec.closed_at
         else "<b>did not close</b> before the phase ended"
     )
     settings = html.escape(json.dumps(run.get("breaker_settings"), separators=(", ", ": ")))
-    load = rec["load"]
+    load = rec.load
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -488,11 +609,11 @@ timeouts and bad bodies.</p>
 answer before its phase ended is counted as unanswered (see the table), not left out.</p>
 
 <h2>Recovery</h2>
-<p>Recommendations were healed through <code>PUT /admin/fault</code> at <b>{rec["healed_at"]}</b>;
-the circuit {closed}. In the recovery phase {load["requests"]:,} requests were answered:
-{fmt_pct(load["full_pct"])} full, {fmt_pct(load["degraded_pct"])} degraded, {fmt_pct(load["failure_pct"])} failed;
+<p>Recommendations were healed through <code>PUT /admin/fault</code> at <b>{rec.healed_at}</b>;
+the circuit {closed}. In the recovery phase {load.requests:,} requests were answered:
+{fmt_pct(load.full_pct)} full, {fmt_pct(load.degraded_pct)} degraded, {fmt_pct(load.failure_pct)} failed;
 {fmt_unanswered(load)} unanswered when it ended.</p>
-{state_timeline(timeline, summary)}
+{state_timeline(timeline, rec)}
 <table><thead><tr><th>at</th><th>transition</th><th>reason</th></tr></thead>
 <tbody>
 {transitions}
@@ -510,12 +631,6 @@ the circuit {closed}. In the recovery phase {load["requests"]:,} requests were a
 
 # ---- the second chapter: one bad recommendations pod of three ------------------------------
 
-ENDPOINT_PHASES = (
-    ("v1", "v1, no breaker"),
-    ("v2_service", "v2, scope Service"),
-    ("v2_endpoint", "v2, scope Endpoint"),
-)
-
 
 def after(ledger: Ledger, since: float) -> dict:
     """Answers to requests sent at or after `since`: their number, full share, slowest."""
@@ -528,14 +643,9 @@ def after(ledger: Ledger, since: float) -> dict:
     }
 
 
-def build_endpoints(results: Path, timeline: dict) -> dict:
+def summarize_endpoints(results: Path, timeline: dict) -> Report:
     phases = {p["name"]: p for p in timeline["phases"]}
-    summary: dict = {
-        "chapter": "endpoints",
-        "run": {**timeline.get("run", {}), "breaker_settings": timeline.get("settings")},
-    }
-    for name, _ in ENDPOINT_PHASES:
-        summary[name] = summarize(results, name)
+    summaries = {p.name: summarize(results, p.name) for p in ONE_BAD_POD.phases}
     per = timeline.get("per_endpoint") or {}
     # The service breaker's transitions in each v2 phase (under scope Service, the flapping).
     # Each phase's own: in the cluster both phases run on one v2, whose journal has both.
@@ -543,50 +653,54 @@ def build_endpoints(results: Path, timeline: dict) -> dict:
     for name, journal in journals.items():
         start, end = (parse_time(phases[name][k]) for k in ("start", "end"))
         flaps = [t for t in journal if start <= parse_time(t["at"]) <= end]
-        summary[name]["breaker_transitions"] = len(flaps)
-        summary[name]["breaker_opened"] = sum(1 for t in flaps if t["to"] == "open")
-    # scope Endpoint: each endpoint's breaker, and what users got once the bad one was out
-    endpoint = summary["v2_endpoint"]
-    endpoint["endpoints"] = [
-        {k: e.get(k) for k in ("name", "state", "transitions", "since", "reason", "ejected_since", "ejected_reason")}
-        for e in per.get("endpoints", [])
-    ]
+        summaries[name].flapping = Flapping(len(flaps), sum(1 for t in flaps if t["to"] == "open"))
     ejected_at = timeline.get("first_ejection", {}).get("v2_endpoint")
-    endpoint["first_ejection"] = ejected_at
-    # In the cluster: the BreakerPolicy as kubectl showed it at the end.
-    summary["policy"] = timeline.get("policy")
-    endpoint["after_ejection"] = (
-        after(read_ledger(results, "v2_endpoint"), parse_time(ejected_at)) if ejected_at else None
+    summaries["v2_endpoint"].ejection = Ejection(
+        endpoints=[
+            {
+                k: e.get(k)
+                for k in ("name", "state", "transitions", "since", "reason", "ejected_since", "ejected_reason")
+            }
+            for e in per.get("endpoints", [])
+        ],
+        first_ejection=ejected_at,
+        after_ejection=after(read_ledger(results, "v2_endpoint"), parse_time(ejected_at)) if ejected_at else None,
     )
-    (results / "comparison_report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    series = {
-        name: read_ledger(results, name).windows(parse_time(phases[name]["start"])) for name, _ in ENDPOINT_PHASES
+    # In the cluster: the BreakerPolicy as kubectl showed it at the end.
+    return Report(ONE_BAD_POD, summaries, run_of(timeline), policy=timeline.get("policy"))
+
+
+def endpoints_json(report: Report) -> dict:
+    return {
+        "chapter": ONE_BAD_POD.name,
+        "run": report.run,
+        **{p.name: report[p.name].to_json() for p in ONE_BAD_POD.phases},
+        "policy": report.policy,
     }
-    (results / "report.html").write_text(render_endpoints_html(summary, series))
-    return summary
 
 
-def endpoints_rows(summary: dict) -> list[tuple[str, ...]]:
-    phases = [summary[name] for name, _ in ENDPOINT_PHASES]
+def ejection_of(report: Report) -> Ejection:
+    return report["v2_endpoint"].ejection or Ejection(endpoints=[], first_ejection=None)
+
+
+def endpoints_rows(report: Report) -> list[tuple[str, ...]]:
+    phases = [report[p.name] for p in ONE_BAD_POD.phases]
 
     def row(label: str, cell) -> tuple[str, ...]:
         return (label, *(cell(p) for p in phases))
 
-    after_ejection = summary["v2_endpoint"].get("after_ejection") or {}
+    after_ejection = ejection_of(report).after_ejection or {}
     return [
-        row("Full pages", lambda p: fmt_pct(p["full_pct"])),
-        row("Degraded", lambda p: fmt_pct(p["degraded_pct"])),
-        row("Failed", lambda p: fmt_pct(p["failure_pct"])),
+        row("Full pages", lambda p: fmt_pct(p.full_pct)),
+        row("Degraded", lambda p: fmt_pct(p.degraded_pct)),
+        row("Failed", lambda p: fmt_pct(p.failure_pct)),
         row("Unanswered at phase end", fmt_unanswered),
-        row("Avg response time", lambda p: fmt_ms(p["avg_ms"])),
-        row("p95", lambda p: fmt_ms(p["p95_ms"])),
-        row("p99", lambda p: fmt_ms(p["p99_ms"])),
-        row("Slowest", lambda p: fmt_ms(p["max_ms"])),
-        row("Requests/s", lambda p: f"{p['rps']:.2f}"),
-        row(
-            "Service breaker transitions",
-            lambda p: "" if p.get("breaker_transitions") is None else str(p["breaker_transitions"]),
-        ),
+        row("Avg response time", lambda p: fmt_ms(p.avg_ms)),
+        row("p95", lambda p: fmt_ms(p.p95_ms)),
+        row("p99", lambda p: fmt_ms(p.p99_ms)),
+        row("Slowest", lambda p: fmt_ms(p.max_ms)),
+        row("Requests/s", lambda p: f"{p.rps:.2f}"),
+        row("Service breaker transitions", lambda p: "" if p.flapping is None else str(p.flapping.breaker_transitions)),
         (
             "Once the bad endpoint was out",
             "",
@@ -601,33 +715,32 @@ def endpoints_rows(summary: dict) -> list[tuple[str, ...]]:
     ]
 
 
-def endpoints_text_table(summary: dict) -> str:
-    head = ("", *(label for _, label in ENDPOINT_PHASES))
-    rows = [head, *endpoints_rows(summary)]
+def endpoints_text_table(report: Report) -> str:
+    head = ("", *(p.label for p in ONE_BAD_POD.phases))
+    rows = [head, *endpoints_rows(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [
         "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
-    for e in summary["v2_endpoint"].get("endpoints", []):
+    for e in ejection_of(report).endpoints:
         lines.append(
             f"scope Endpoint, {e['name']}: {e['state']}, {e['transitions']} transitions"
             + (f", last {e['reason']} at {e['since']}" if e.get("since") else "")
             + (f"; out since {e['ejected_since']} ({e['ejected_reason']})" if e.get("ejected_since") else "")
         )
-    policy = summary.get("policy")
+    policy = report.policy
     if policy:
         lines += ["", f"kubectl get bp {policy['name']} -n {policy['namespace']} -o wide:", policy["table"].rstrip()]
     return "\n".join(lines)
 
 
-def render_endpoints_html(summary: dict, series: dict[str, list[dict]]) -> str:
-    run = summary["run"]
-    colors = {"v1": PHASE_COLORS["v1"], "v2_service": "#ef6c00", "v2_endpoint": PHASE_COLORS["v2"]}
-    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in ENDPOINT_PHASES)
+def render_endpoints(report: Report, series: dict[str, list[dict]], timeline: dict) -> str:
+    run = report.run
+    head = "".join(f"<th>{html.escape(p.label)}</th>" for p in ONE_BAD_POD.phases)
     rows = "\n".join(
-        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in endpoints_rows(summary)
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in endpoints_rows(report)
     )
 
     def points(phase: str, key: str) -> list[tuple[float, float]]:
@@ -637,18 +750,16 @@ def render_endpoints_html(summary: dict, series: dict[str, list[dict]]) -> str:
     latency = line_chart(
         f"Response time of the answers completed in the last {window}: p95 (log scale)",
         "response-time",
-        [(label, colors[name], points(name, "p95_ms")) for name, label in ENDPOINT_PHASES],
+        [(p.label, p.color, points(p.name, "p95_ms")) for p in ONE_BAD_POD.phases],
         log_y=True,
         unit="ms",
     )
-    throughput = throughput_chart(
-        [(label, colors[name], points(name, "answered_per_s")) for name, label in ENDPOINT_PHASES]
-    )
+    throughput = throughput_chart([(p.label, p.color, points(p.name, "answered_per_s")) for p in ONE_BAD_POD.phases])
     endpoints = "\n".join(
         f"<tr><td>{html.escape(e['name'])}</td><td>{html.escape(str(e['state']))}</td><td>{e['transitions']}</td>"
         f"<td>{html.escape(str(e.get('reason') or ''))}</td><td>{html.escape(str(e.get('since') or ''))}</td>"
         f"<td>{html.escape(str(e.get('ejected_since') or ''))}</td><td>{html.escape(str(e.get('ejected_reason') or ''))}</td></tr>"
-        for e in summary["v2_endpoint"].get("endpoints", [])
+        for e in ejection_of(report).endpoints
     )
     settings = html.escape(json.dumps(run.get("breaker_settings"), separators=(", ", ": ")))
     if run.get("target") == "cluster":
@@ -662,7 +773,7 @@ def render_endpoints_html(summary: dict, series: dict[str, list[dict]]) -> str:
         setup = "Three recommendations processes; the third hung for"
         spread = "v1 and v2 spread calls over the three at random, call by call, as a mesh would"
         second = "a second v2, the same settings with"
-    policy = summary.get("policy")
+    policy = report.policy
     policy_html = ""
     if policy:
         replicas = "\n".join(
@@ -712,6 +823,31 @@ phase (the second: {second} <code>scope: Endpoint</code>): <code>{settings}</cod
 Locust's reports and CSVs per phase, and the ledger of every request, <code>&lt;phase&gt;_requests.csv</code>.</p>
 </body></html>
 """
+
+
+# ---- the chapters ---------------------------------------------------------------------------
+
+STORY = Chapter(
+    name="story",
+    phases=(Phase("v1", "v1", RED), Phase("v2", "v2", GREEN), Phase("recovery", "recovery", BLUE)),
+    summarize=summarize_story,
+    to_json=story_json,
+    text=story_text_table,
+    render=render_story,
+)
+ONE_BAD_POD = Chapter(
+    name="endpoints",
+    phases=(
+        Phase("v1", "v1, no breaker", RED),
+        Phase("v2_service", "v2, scope Service", ORANGE),
+        Phase("v2_endpoint", "v2, scope Endpoint", GREEN),
+    ),
+    summarize=summarize_endpoints,
+    to_json=endpoints_json,
+    text=endpoints_text_table,
+    render=render_endpoints,
+)
+CHAPTERS = (STORY, ONE_BAD_POD)
 
 
 if __name__ == "__main__":

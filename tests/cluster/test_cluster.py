@@ -590,7 +590,7 @@ def test_loadtest_k8s_tells_the_story_from_the_cluster(cluster: Cluster, tmp_pat
     assert summary["v1"]["requests"] > 0 and summary["v1"]["failure_pct"] == 100.0, summary["v1"]
     assert summary["v2"]["failure_pct"] == 0.0 and summary["v2"]["degraded_pct"] > 90, summary["v2"]
     assert summary["recovery"]["closed_at"] is not None, summary["recovery"]
-    figure("make loadtest-k8s (20 s phases, 20 users):\n" + report.text_table(summary))
+    figure("make loadtest-k8s (20 s phases, 20 users):\n" + report.text_table(report.build(tmp_path / "results")))
 
 
 def test_loadtest_k8s_endpoints_tells_the_second_chapter_and_the_policy_names_the_bad_pod(cluster: Cluster, tmp_path):
@@ -630,7 +630,10 @@ def test_loadtest_k8s_endpoints_tells_the_second_chapter_and_the_policy_names_th
         assert bad in policy["table"] and "EJECTED" in policy["table"], policy["table"]
         # The scope the policy had is back.
         assert kubectl_json("get", "breakerpolicy", POLICY)["spec"]["settings"].get("scope") in (None, "Service")
-        figure("make loadtest-k8s-endpoints (15 s phases, 20 users):\n" + report.text_table(summary))
+        figure(
+            "make loadtest-k8s-endpoints (15 s phases, 20 users):\n"
+            + report.text_table(report.build(tmp_path / "results"))
+        )
     finally:
         patch_policy({"settings": {"failureThreshold": 3, "callTimeout": "2s", "openDuration": "5s"}})
         make("deploy", f"HELM_ARGS={HELM_ARGS}")
