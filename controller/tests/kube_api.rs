@@ -322,10 +322,24 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     let _controller = start_controller(&plane, dir.path());
     let stack = gateway_stack(&plane);
     let c = client();
+    // One policy's life, each step starting where the last one left it.
+    apply_writes_the_configmap_and_readies_the_gateway(&plane, &c, &stack).await;
+    updates_take_effect_within_a_second(&plane, &c, &stack).await;
+    force_open_sheds_every_call_and_auto_restores_them(&plane, &c, &stack).await;
+    hand_edits_of_the_configmap_are_taken_back(&plane, &c, &stack).await;
+    a_second_policy_for_the_configmap_is_a_conflict(&plane).await;
+    deleting_releases_the_configmap_for_the_next_policy(&plane, &c, &stack).await;
+}
 
-    // apply → ConfigMap written and labelled with its policy, status Ready for generation 1
+/// `kubectl apply` → the ConfigMap written and labelled with its policy, status Ready for
+/// generation 1, and the gateway running the settings.
+async fn apply_writes_the_configmap_and_readies_the_gateway(
+    plane: &ControlPlane,
+    c: &awc::Client,
+    stack: &Stack,
+) {
     let out = kubectl_apply(
-        &plane,
+        plane,
         &policy(
             "gw",
             "Auto",
@@ -334,7 +348,7 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     );
     assert!(out.status.success());
     let bp = wait_for(Duration::from_secs(10), "Ready", || {
-        let bp = get_json(&plane, &["bp", "gw"])?;
+        let bp = get_json(plane, &["bp", "gw"])?;
         (ready_condition(&bp)?["status"] == "True").then_some(bp)
     })
     .await;
@@ -342,9 +356,9 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     assert_eq!(ready_condition(&bp).unwrap()["observedGeneration"], 1);
     assert_eq!(ready_condition(&bp).unwrap()["reason"], "Applied");
     // v2 knows its settings now, so it is ready
-    wait_for_ready(&c, &stack.v2).await;
+    wait_for_ready(c, &stack.v2).await;
     assert_eq!(bp["status"]["configMap"], format!("{NS}/{TARGET}"));
-    let cm = get_json(&plane, &["configmap", TARGET]).unwrap();
+    let cm = get_json(plane, &["configmap", TARGET]).unwrap();
     assert_eq!(cm["metadata"]["labels"]["resilience.demo.dev/policy"], "gw");
     assert!(
         cm["metadata"]["ownerReferences"].is_null(),
@@ -355,7 +369,7 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
         "no finalizer: deletion waits on no controller"
     );
     assert_eq!(cm["data"]["mode"], "Auto");
-    let s = wait_status(&c, &stack, Duration::from_secs(10), |s| {
+    let s = wait_status(c, stack, Duration::from_secs(10), |s| {
         s["settings"]["failureThreshold"] == 4
     })
     .await;
@@ -364,12 +378,15 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     assert_eq!(s["settings"]["callTimeout"], "300ms");
     // some history for the breaker to keep through the updates
     for id in 1..=3 {
-        assert!(!get(&c, &stack.v2.url(&format!("/product-details/{id}")))
+        assert!(!get(c, &stack.v2.url(&format!("/product-details/{id}")))
             .await
             .degraded());
     }
+}
 
-    // 20 updates: from `kubectl apply` returning to the gateway applying them
+/// 20 updates, each timed from `kubectl apply` returning to the gateway applying it; the
+/// breaker's counters survive them.
+async fn updates_take_effect_within_a_second(plane: &ControlPlane, c: &awc::Client, stack: &Stack) {
     let mut latencies = Vec::new();
     for i in 0..20u32 {
         let threshold = 10 + i;
@@ -378,10 +395,10 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
             "Auto",
             &format!("failureThreshold: {threshold}\ncallTimeout: 300ms\nopenDuration: 2s"),
         );
-        let out = kubectl_apply(&plane, &yaml);
+        let out = kubectl_apply(plane, &yaml);
         assert!(out.status.success());
         let applied = Instant::now();
-        wait_status(&c, &stack, Duration::from_secs(10), |s| {
+        wait_status(c, stack, Duration::from_secs(10), |s| {
             s["settings"]["failureThreshold"] == threshold
         })
         .await;
@@ -395,40 +412,52 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
         latencies.last().unwrap()
     );
     assert!(p95 < Duration::from_secs(1), "p95 {p95:?}");
-    let bp = get_json(&plane, &["bp", "gw"]).unwrap();
+    let bp = get_json(plane, &["bp", "gw"]).unwrap();
     assert_eq!(
         bp["status"]["observedGeneration"],
         bp["metadata"]["generation"]
     );
     // the breaker's counters survived the updates
-    let s = status(&c, &stack).await;
+    let s = status(c, stack).await;
     assert_eq!(s["counts"]["successes"], 3, "{s}");
+}
 
-    // ForceOpen: degraded answers, and recommendations is not called at all
-    set_mode(&plane, &c, &stack, "ForceOpen").await;
-    let before = received(&c, &stack).await;
+/// ForceOpen: degraded answers, and recommendations is not called at all; Auto: full pages.
+async fn force_open_sheds_every_call_and_auto_restores_them(
+    plane: &ControlPlane,
+    c: &awc::Client,
+    stack: &Stack,
+) {
+    set_mode(plane, c, stack, "ForceOpen").await;
+    let before = received(c, stack).await;
     for id in 1..=20 {
-        let a = get(&c, &stack.v2.url(&format!("/product-details/{id}"))).await;
+        let a = get(c, &stack.v2.url(&format!("/product-details/{id}"))).await;
         assert_eq!(a.status, 200);
         assert!(a.degraded());
     }
     assert_eq!(
-        received(&c, &stack).await,
+        received(c, stack).await,
         before,
         "ForceOpen still called recommendations"
     );
-    let m = metrics(&c, &stack.v2).await;
+    let m = metrics(c, &stack.v2).await;
     assert_eq!(
         m[r#"breaker_calls_total{outcome="rejected_forced_open"}"#],
         20.0
     );
     // back to Auto: full pages again
-    set_mode(&plane, &c, &stack, "Auto").await;
-    let a = get(&c, &stack.v2.url("/product-details/1")).await;
+    set_mode(plane, c, stack, "Auto").await;
+    let a = get(c, &stack.v2.url("/product-details/1")).await;
     assert!(!a.degraded() && a.recommendation_count() == 3, "{}", a.raw);
-    assert_eq!(received(&c, &stack).await, before + 1);
+    assert_eq!(received(c, stack).await, before + 1);
+}
 
-    // a hand edit is taken back at once: the controller watches its ConfigMap
+/// A hand edit of the ConfigMap is taken back at once: the controller watches it.
+async fn hand_edits_of_the_configmap_are_taken_back(
+    plane: &ControlPlane,
+    c: &awc::Client,
+    stack: &Stack,
+) {
     let mut reverts = Vec::new();
     for (i, bad) in [
         r#"{"data":{"breaker.yaml":"failureTreshold: 2\n"}}"#,
@@ -438,10 +467,10 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     .into_iter()
     .enumerate()
     {
-        merge_patch(&plane, &["configmap", TARGET], bad);
+        merge_patch(plane, &["configmap", TARGET], bad);
         let edited = Instant::now();
         wait_for(Duration::from_secs(5), "hand edit taken back", || {
-            let cm = get_json(&plane, &["configmap", TARGET])?;
+            let cm = get_json(plane, &["configmap", TARGET])?;
             let settings = cm["data"]["breaker.yaml"].as_str()?;
             (settings.contains("failureThreshold: 29") && cm["data"]["mode"] == "Auto")
                 .then_some(())
@@ -453,17 +482,19 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     let slowest = *reverts.iter().max().unwrap();
     figure!("hand edits of the target ConfigMap taken back in {reverts:?} (each from kubectl patch returning; includes kubectl get polling)");
     assert!(slowest < Duration::from_secs(1), "{reverts:?}");
-    let s = wait_status(&c, &stack, Duration::from_secs(10), |s| {
+    let s = wait_status(c, stack, Duration::from_secs(10), |s| {
         s["config_error"].is_null() && s["settings"]["failureThreshold"] == 29
     })
     .await;
     assert_eq!(s["mode"], "Auto");
+}
 
-    // a second policy for the same ConfigMap is not Ready (Conflict) and overwrites nothing
-    let out = kubectl_apply(&plane, &policy("rival", "ForceOpen", "failureThreshold: 1"));
+/// A second policy for the same ConfigMap is not Ready (Conflict) and overwrites nothing.
+async fn a_second_policy_for_the_configmap_is_a_conflict(plane: &ControlPlane) {
+    let out = kubectl_apply(plane, &policy("rival", "ForceOpen", "failureThreshold: 1"));
     assert!(out.status.success());
     let rival = wait_for(Duration::from_secs(10), "Conflict", || {
-        let bp = get_json(&plane, &["bp", "rival"])?;
+        let bp = get_json(plane, &["bp", "rival"])?;
         let ready = ready_condition(&bp)?.clone();
         (ready["status"] == "False").then_some(ready)
     })
@@ -476,7 +507,7 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
             .contains("managed by BreakerPolicy gw"),
         "{rival}"
     );
-    let cm = get_json(&plane, &["configmap", TARGET]).unwrap();
+    let cm = get_json(plane, &["configmap", TARGET]).unwrap();
     assert_eq!(cm["data"]["mode"], "Auto");
     assert!(cm["data"]["breaker.yaml"]
         .as_str()
@@ -498,21 +529,26 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
         reasons.contains(&"Applied") && reasons.contains(&"Conflict"),
         "{reasons:?}"
     );
+}
 
-    // delete, while ForceOpen: the deletion waits on nothing; the controller then takes back
-    // what the policy wrote (settings, mode, label) and leaves the ConfigMap; the gateway keeps
-    // its settings, mode Auto
-    // (the rival steps aside first, or it would take the freed ConfigMap over at once)
+/// Deleted while ForceOpen: the deletion waits on nothing; the controller takes back what the
+/// policy wrote and leaves the ConfigMap; the gateway keeps its settings, mode Auto; a new
+/// policy then takes the freed ConfigMap.
+async fn deleting_releases_the_configmap_for_the_next_policy(
+    plane: &ControlPlane,
+    c: &awc::Client,
+    stack: &Stack,
+) {
     let out = plane.kubectl(Who::Admin, &["delete", "bp", "rival", "-n", NS], None);
     assert!(out.status.success());
-    set_mode(&plane, &c, &stack, "ForceOpen").await;
+    set_mode(plane, c, stack, "ForceOpen").await;
     let deleting = Instant::now();
-    let deleted = delete_policy(&plane, "gw");
+    let deleted = delete_policy(plane, "gw");
     let cm = wait_for(
         Duration::from_secs(5),
         "the policy's fields released",
         || {
-            let cm = get_json(&plane, &["configmap", TARGET]).expect("the ConfigMap stays");
+            let cm = get_json(plane, &["configmap", TARGET]).expect("the ConfigMap stays");
             cm["data"].is_null().then_some(cm)
         },
     )
@@ -530,7 +566,7 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
         cm["metadata"]["labels"]["resilience.demo.dev/breaker-target"],
         "true"
     );
-    let s = wait_status(&c, &stack, Duration::from_secs(10), |s| s["mode"] == "Auto").await;
+    let s = wait_status(c, stack, Duration::from_secs(10), |s| s["mode"] == "Auto").await;
     assert_eq!(s["settings"]["failureThreshold"], 29);
     assert!(
         s["config_error"]
@@ -539,19 +575,19 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
             .contains("no BreakerPolicy"),
         "{s}"
     );
-    let a = get(&c, &stack.v2.url("/product-details/1")).await;
+    let a = get(c, &stack.v2.url("/product-details/1")).await;
     assert!(!a.degraded());
 
     // a new policy takes the freed ConfigMap
-    let out = kubectl_apply(&plane, &policy("rival", "ForceOpen", "failureThreshold: 1"));
+    let out = kubectl_apply(plane, &policy("rival", "ForceOpen", "failureThreshold: 1"));
     assert!(out.status.success());
     let rival = wait_for(Duration::from_secs(10), "rival Ready", || {
-        let bp = get_json(&plane, &["bp", "rival"])?;
+        let bp = get_json(plane, &["bp", "rival"])?;
         (ready_condition(&bp)?["status"] == "True").then_some(bp)
     })
     .await;
     assert_eq!(rival["status"]["observedGeneration"], 1);
-    wait_status(&c, &stack, Duration::from_secs(10), |s| {
+    wait_status(c, stack, Duration::from_secs(10), |s| {
         s["mode"] == "ForceOpen" && s["settings"]["failureThreshold"] == 1
     })
     .await;

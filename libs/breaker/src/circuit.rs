@@ -20,6 +20,8 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Closed => "closed",
@@ -105,6 +107,13 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    pub const ALL: [Rejection; 4] = [
+        Rejection::Open,
+        Rejection::HalfOpenFull,
+        Rejection::BulkheadFull,
+        Rejection::ForcedOpen,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::Open => "open",
@@ -148,6 +157,15 @@ pub enum TransitionReason {
 }
 
 impl TransitionReason {
+    pub const ALL: [TransitionReason; 6] = [
+        TransitionReason::ConsecutiveFailures,
+        TransitionReason::FailureRate,
+        TransitionReason::SlowCallRate,
+        TransitionReason::OpenDurationElapsed,
+        TransitionReason::ProbeFailed,
+        TransitionReason::ProbesSucceeded,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TransitionReason::ConsecutiveFailures => "consecutive_failures",

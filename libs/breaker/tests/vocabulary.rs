@@ -14,30 +14,18 @@ fn spelled<T: Serialize>(word: T) -> String {
 
 #[test]
 fn as_str_is_the_wire_spelling() {
-    for state in [State::Closed, State::Open, State::HalfOpen] {
+    for state in State::ALL {
         assert_eq!(state.as_str(), spelled(state));
     }
     for mode in Mode::ALL {
         assert_eq!(mode.as_str(), spelled(mode));
         assert_eq!(mode.as_str().parse::<Mode>().unwrap(), mode);
     }
-    use TransitionReason::*;
-    for reason in [
-        ConsecutiveFailures,
-        FailureRate,
-        SlowCallRate,
-        OpenDurationElapsed,
-        ProbeFailed,
-        ProbesSucceeded,
-    ] {
+    for reason in TransitionReason::ALL {
         assert_eq!(reason.as_str(), spelled(reason));
     }
-    use Rejection::*;
-    for rejection in [Open, HalfOpenFull, BulkheadFull, ForcedOpen] {
+    for rejection in Rejection::ALL {
         assert_eq!(rejection.as_str(), spelled(rejection));
-        assert_eq!(
-            rejection.outcome(),
-            format!("rejected_{}", rejection.as_str())
-        );
+        assert_eq!(rejection.outcome(), format!("rejected_{}", rejection.as_str()));
     }
 }

@@ -90,7 +90,7 @@ impl Journal {
     }
 
     fn show_state(&self, current: State) {
-        for state in [State::Closed, State::Open, State::HalfOpen] {
+        for state in State::ALL {
             self.state
                 .get_or_create(&StateLabels {
                     state: state.as_str(),
