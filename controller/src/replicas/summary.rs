@@ -65,6 +65,7 @@ impl ReplicaSet {
                     since: None,
                     reason: None,
                     config_version: None,
+                    adaptive_limit: None,
                     ejected: Vec::new(),
                 };
                 let known = Known {
@@ -96,6 +97,7 @@ fn replica_status(pod: &str, report: &BreakerReport) -> ReplicaStatus {
         since: report.last_transition.as_ref().map(|t| t.at.clone()),
         reason: report.last_transition.as_ref().map(|t| t.reason),
         config_version: Some(report.config_version.clone()),
+        adaptive_limit: report.load.adaptive_limit,
         ejected: ejected(report),
     }
 }
@@ -190,6 +192,7 @@ mod tests {
             since: None,
             reason: None,
             config_version: Some(version.into()),
+            adaptive_limit: None,
             ejected: Vec::new(),
         }
     }

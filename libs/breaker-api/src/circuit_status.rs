@@ -27,6 +27,20 @@ pub struct CircuitStatus {
     pub failed_probes: u32,
 }
 
+/// What the adaptive limit and the retry budget are doing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadStatus {
+    /// The adaptive concurrency limit now; `None` when it is off.
+    pub adaptive_limit: Option<u32>,
+    /// Calls in flight under it.
+    pub in_flight: u32,
+    /// Calls it refused (in Observe: would have) since the start.
+    pub shed: u64,
+    /// Retries made, and refused by the budget (in Observe: would have been) since the start.
+    pub retries: u64,
+    pub retries_refused: u64,
+}
+
 /// The part of the answer breaker-controller reads: a replica's breaker as its policy's status
 /// shows it. Keys the reader does not know are ignored, so either end may be newer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +61,9 @@ pub struct BreakerReport {
     pub ejected: Vec<String>,
     #[serde(default)]
     pub endpoints: Vec<EndpointStatus>,
+    /// The load defences beside the breaker.
+    #[serde(default)]
+    pub load: LoadStatus,
 }
 
 /// One transition of a replica's breaker.
@@ -143,6 +160,10 @@ mod tests {
                 ejected_since: Some("2026-11-28T14:00:00.000Z".into()),
                 ejected_reason: Some(TransitionReason::ConsecutiveFailures),
             }],
+            load: LoadStatus {
+                adaptive_limit: Some(7),
+                ..LoadStatus::default()
+            },
         };
         let written = CircuitStatus {
             replica: Some("v2-0".into()),

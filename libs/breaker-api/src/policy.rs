@@ -157,6 +157,9 @@ pub struct ReplicaStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub config_version: Option<String>,
+    /// With adaptiveLimitMax: the replica's adaptive concurrency limit now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_limit: Option<u32>,
     /// With scope Endpoint: recommendations' endpoints this replica has out of rotation.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(

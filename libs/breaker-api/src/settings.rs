@@ -74,6 +74,33 @@ pub struct BreakerSettings {
     /// always stays).
     #[schemars(range(min = *limits::MAX_EJECTION_PERCENT.start(), max = *limits::MAX_EJECTION_PERCENT.end()))]
     pub max_ejection_percent: u32,
+    /// Tries after the first of a call that failed or timed out, within its call timeout and
+    /// the retry budget; 0: none.
+    #[schemars(range(min = *limits::MAX_RETRIES.start(), max = *limits::MAX_RETRIES.end()))]
+    pub max_retries: u32,
+    /// The retry budget: retries at most this percentage of the requests of the last 10 s…
+    #[schemars(range(min = *limits::PERCENT.start(), max = *limits::PERCENT.end()))]
+    pub retry_budget_percent: f64,
+    /// …plus this many a second.
+    #[schemars(range(min = *limits::MIN_RETRIES_PER_SECOND.start(), max = *limits::MIN_RETRIES_PER_SECOND.end()))]
+    pub min_retries_per_second: u32,
+    /// Backoff before a retry: a random share of this, doubled each retry ("full jitter").
+    #[serde(with = "duration_text::serde")]
+    #[schemars(with = "DurationText")]
+    pub retry_backoff: Duration,
+    /// Adaptive concurrency limit (AIMD) on the calls in flight: its largest value (where it
+    /// starts); off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = *limits::MAX_CONCURRENT_CALLS.start(), max = *limits::MAX_CONCURRENT_CALLS.end()))]
+    pub adaptive_limit_max: Option<u32>,
+    /// Its smallest value (capped at the largest).
+    #[schemars(range(min = *limits::MAX_CONCURRENT_CALLS.start(), max = *limits::MAX_CONCURRENT_CALLS.end()))]
+    pub adaptive_limit_min: u32,
+    /// A call slower than this tells the limit the dependency is queueing: it shrinks by a
+    /// tenth (a quick call with the limit in use raises it by one).
+    #[serde(with = "duration_text::serde")]
+    #[schemars(with = "DurationText")]
+    pub adaptive_limit_latency: Duration,
 }
 
 impl Default for BreakerSettings {
@@ -114,6 +141,13 @@ same_fields!(SettingsSpec, BreakerSettings:
     max_concurrent_calls,
     scope,
     max_ejection_percent,
+    max_retries,
+    retry_budget_percent,
+    min_retries_per_second,
+    retry_backoff,
+    adaptive_limit_max,
+    adaptive_limit_min,
+    adaptive_limit_latency,
 );
 
 impl BreakerSettings {

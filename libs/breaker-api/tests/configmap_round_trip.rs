@@ -38,9 +38,23 @@ fn settings() -> impl Strategy<Value = BreakerSettings> {
             prop_oneof![Just(Scope::Service), Just(Scope::Endpoint)],
             0u32..120,
         ),
+        (
+            (0u32..12, 0.0f64..120.0, 0u32..12_000, duration()),
+            (
+                proptest::option::of(0u32..120_000),
+                0u32..120_000,
+                duration(),
+            ),
+        ),
     )
         .prop_map(
-            |((ft, frt, sws, mc), (scd, scrt, ct, od), (mod_, homc, mcc, fa), (scope, mep))| {
+            |(
+                (ft, frt, sws, mc),
+                (scd, scrt, ct, od),
+                (mod_, homc, mcc, fa),
+                (scope, mep),
+                ((mr, rbp, mrps, rb), (alx, aln, all)),
+            )| {
                 BreakerSettings {
                     failure_threshold: ft,
                     failure_rate_threshold: frt,
@@ -56,6 +70,13 @@ fn settings() -> impl Strategy<Value = BreakerSettings> {
                     max_concurrent_calls: mcc,
                     scope,
                     max_ejection_percent: mep,
+                    max_retries: mr,
+                    retry_budget_percent: rbp,
+                    min_retries_per_second: mrps,
+                    retry_backoff: rb,
+                    adaptive_limit_max: alx,
+                    adaptive_limit_min: aln,
+                    adaptive_limit_latency: all,
                 }
             },
         )

@@ -23,7 +23,11 @@ pub mod limits {
     pub const MAX_CONCURRENT_CALLS: RangeInclusive<u32> = 1..=100_000;
     /// maxEjectionPercent (one endpoint always stays, whatever it says).
     pub const MAX_EJECTION_PERCENT: RangeInclusive<u32> = 1..=100;
-    /// Every percentage: failureRateThreshold, slowCallRateThreshold.
+    /// maxRetries: immediate tries after the first, budget allowing.
+    pub const MAX_RETRIES: RangeInclusive<u32> = 0..=10;
+    /// minRetriesPerSecond: the budget's floor.
+    pub const MIN_RETRIES_PER_SECOND: RangeInclusive<u32> = 0..=10_000;
+    /// Every percentage: failureRateThreshold, slowCallRateThreshold, retryBudgetPercent.
     pub const PERCENT: RangeInclusive<f64> = 1.0..=100.0;
     /// Every duration.
     pub const DURATION: RangeInclusive<Duration> =
@@ -85,6 +89,22 @@ pub struct SettingsSpec {
     pub scope: Scope,
     /// With `Endpoint` scope: the largest share of endpoints out of rotation at once.
     pub max_ejection_percent: u32,
+    /// Tries after the first of a call that failed or timed out, within its call timeout and
+    /// the retry budget; 0: none.
+    pub max_retries: u32,
+    /// The retry budget: retries at most this percentage of the requests of the last 10 s…
+    pub retry_budget_percent: f64,
+    /// …plus this many a second.
+    pub min_retries_per_second: u32,
+    /// Backoff before a retry: a random share of this, doubled each retry ("full jitter").
+    pub retry_backoff: Duration,
+    /// Adaptive concurrency limit (AIMD) on the calls in flight: its largest value; off when
+    /// `None`.
+    pub adaptive_limit_max: Option<u32>,
+    /// Its smallest value (capped at the largest).
+    pub adaptive_limit_min: u32,
+    /// A call slower than this tells the limit the dependency is queueing.
+    pub adaptive_limit_latency: Duration,
 }
 
 impl Default for SettingsSpec {
@@ -104,6 +124,13 @@ impl Default for SettingsSpec {
             max_concurrent_calls: None,
             scope: Scope::Service,
             max_ejection_percent: 50,
+            max_retries: 0,
+            retry_budget_percent: 20.0,
+            min_retries_per_second: 10,
+            retry_backoff: Duration::from_millis(25),
+            adaptive_limit_max: None,
+            adaptive_limit_min: 1,
+            adaptive_limit_latency: Duration::from_millis(250),
         }
     }
 }
@@ -273,12 +300,47 @@ impl Settings {
             s.max_ejection_percent,
             &MAX_EJECTION_PERCENT,
         )?;
+        in_range("maxRetries", s.max_retries, &MAX_RETRIES)?;
+        percent("retryBudgetPercent", s.retry_budget_percent)?;
+        in_range(
+            "minRetriesPerSecond",
+            s.min_retries_per_second,
+            &MIN_RETRIES_PER_SECOND,
+        )?;
+        duration("retryBackoff", s.retry_backoff)?;
+        if let Some(max) = s.adaptive_limit_max {
+            in_range("adaptiveLimitMax", max, &MAX_CONCURRENT_CALLS)?;
+        }
+        in_range(
+            "adaptiveLimitMin",
+            s.adaptive_limit_min,
+            &MAX_CONCURRENT_CALLS,
+        )?;
+        duration("adaptiveLimitLatency", s.adaptive_limit_latency)?;
         Ok(Self(spec))
     }
 
     /// The settings as given, for showing them.
     pub fn spec(&self) -> &SettingsSpec {
         &self.0
+    }
+
+    /// The retry budget, when retries are on.
+    pub fn retry_budget(&self) -> Option<crate::RetryBudgetSettings> {
+        (self.max_retries > 0).then(|| crate::RetryBudgetSettings {
+            ratio: self.retry_budget_percent / 100.0,
+            min_per_second: self.min_retries_per_second,
+        })
+    }
+
+    /// The adaptive limit's bounds, when it is on.
+    pub fn adaptive_limit(&self) -> Option<crate::AdaptiveLimitSettings> {
+        self.adaptive_limit_max
+            .map(|max| crate::AdaptiveLimitSettings {
+                min: self.adaptive_limit_min,
+                max,
+                slow_after: self.adaptive_limit_latency,
+            })
     }
 
     /// Calls a rate needs before it may open the circuit.

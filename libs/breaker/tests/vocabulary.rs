@@ -26,6 +26,9 @@ fn as_str_is_the_wire_spelling() {
     }
     for rejection in Rejection::ALL {
         assert_eq!(rejection.as_str(), spelled(rejection));
-        assert_eq!(rejection.outcome(), format!("rejected_{}", rejection.as_str()));
+        assert_eq!(
+            rejection.outcome(),
+            format!("rejected_{}", rejection.as_str())
+        );
     }
 }

@@ -1,5 +1,11 @@
 //! Fault injection for the demo's backends: a [`Fault`] set from the environment
-//! ([`FaultArgs`]) or at runtime, applied to each answer.
+//! ([`FaultArgs`]) or at runtime, applied to each answer; and a [`Capacity`] (workers, a
+//! service time and a line) for recommendations-service, whose slowdown is the overload
+//! chapter's trigger.
+
+mod capacity;
+
+pub use capacity::{Capacity, CapacitySettings, MAX_SLOWDOWN, MAX_WORKERS};
 
 use std::time::Duration;
 
@@ -43,6 +49,8 @@ pub struct Fault {
     pub delay: Duration,
     pub status: u16,
     pub error_rate: f64,
+    #[serde(flatten)]
+    pub capacity: CapacitySettings,
 }
 
 /// A runtime change: `mode` and any fields to change with it.
@@ -56,6 +64,10 @@ pub struct FaultUpdate {
     pub delay: Option<Duration>,
     pub status: Option<u16>,
     pub error_rate: Option<f64>,
+    pub workers: Option<u32>,
+    #[serde(default, with = "duration_text::serde::option")]
+    pub service_time: Option<Duration>,
+    pub slowdown: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,8 +76,12 @@ pub enum FaultError {
     Status(u16),
     #[error("errorRate: {0} must be a percentage from 0 to 100")]
     ErrorRate(f64),
-    #[error("hang and delay must be at most 1h")]
+    #[error("hang, delay and serviceTime must be at most 1h")]
     TooLong,
+    #[error("workers: {0} is more than {MAX_WORKERS}")]
+    Workers(u32),
+    #[error("slowdown: {0} must be from 1 to {MAX_SLOWDOWN}")]
+    Slowdown(f64),
 }
 
 const MAX_WAIT: Duration = Duration::from_secs(3600);
@@ -78,8 +94,15 @@ impl Fault {
         if !(0.0..=100.0).contains(&self.error_rate) {
             return Err(FaultError::ErrorRate(self.error_rate));
         }
-        if self.hang > MAX_WAIT || self.delay > MAX_WAIT {
+        let c = self.capacity;
+        if self.hang > MAX_WAIT || self.delay > MAX_WAIT || c.service_time > MAX_WAIT {
             return Err(FaultError::TooLong);
+        }
+        if c.workers > MAX_WORKERS {
+            return Err(FaultError::Workers(c.workers));
+        }
+        if !(1.0..=MAX_SLOWDOWN).contains(&c.slowdown) {
+            return Err(FaultError::Slowdown(c.slowdown));
         }
         Ok(self)
     }
@@ -92,6 +115,11 @@ impl Fault {
             delay: update.delay.unwrap_or(self.delay),
             status: update.status.unwrap_or(self.status),
             error_rate: update.error_rate.unwrap_or(self.error_rate),
+            capacity: CapacitySettings {
+                workers: update.workers.unwrap_or(self.capacity.workers),
+                service_time: update.service_time.unwrap_or(self.capacity.service_time),
+                slowdown: update.slowdown.unwrap_or(self.capacity.slowdown),
+            },
         }
         .validate()
     }
@@ -187,6 +215,12 @@ pub struct FaultArgs {
     /// Percentage of `flaky` requests that fail.
     #[arg(long, env = "FAULT_ERROR_RATE", default_value_t = 50.0)]
     fault_error_rate: f64,
+    /// Requests worked on at once, the rest waiting in line; 0: no capacity limit.
+    #[arg(long, env = "CAPACITY_WORKERS", default_value_t = 0)]
+    capacity_workers: u32,
+    /// How long one request takes a worker (with CAPACITY_WORKERS).
+    #[arg(long, env = "SERVICE_TIME", default_value = "20ms", value_parser = parse_duration)]
+    service_time: Duration,
 }
 
 impl FaultArgs {
@@ -211,6 +245,11 @@ impl FaultArgs {
             delay: self.fault_delay,
             status: self.fault_status,
             error_rate: self.fault_error_rate,
+            capacity: CapacitySettings {
+                workers: self.capacity_workers,
+                service_time: self.service_time,
+                slowdown: 1.0,
+            },
         }
         .validate()
     }

@@ -17,6 +17,8 @@ const NO_POLICY: &str =
 
 /// What the breaker should do about an update.
 #[derive(Debug, Clone, PartialEq)]
+// One a settings change, moved once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Effect {
     /// New settings and mode.
     Apply(Settings, Mode),

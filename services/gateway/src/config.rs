@@ -46,6 +46,10 @@ pub struct V1Args {
     /// How long v1 waits for each upstream call.
     #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
+    /// Immediate retries of a recommendations call that failed or timed out, as many clients
+    /// do: no budget, no backoff (the overload chapter's v1; 0, the seed's, elsewhere).
+    #[arg(long, env = "UPSTREAM_RETRIES", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub upstream_retries: u32,
 }
 
 #[derive(Debug, Clone, clap::Parser)]

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use breaker::{
-    BreakerObserver, CircuitBreaker, Clock, Mode, MonotonicClock, Outcome, Permit, Scope, Settings,
-    Snapshot,
+    BreakerObserver, CircuitBreaker, Clock, LimitPermit, Mode, MonotonicClock, Outcome, Permit,
+    Scope, Settings, Snapshot,
 };
 use catalog::Product;
 use outlier::{EndpointAddress, EndpointObserver, EndpointPermit, EndpointSet};
@@ -24,6 +24,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::Semaphore;
 
+use crate::defences::{Admission, Defences};
 use crate::journal::Journal;
 use crate::revision::Revision;
 use crate::upstream::{Recommendations, UpstreamError};
@@ -40,6 +41,8 @@ pub const MAX_DETACHED: usize = 2048;
 /// Each open duration is up to this share longer, drawn per replica, so that replicas which
 /// opened together probe apart.
 const OPEN_JITTER: f64 = 0.1;
+/// The outcome and fallback cause of a call the adaptive limit shed.
+const LIMIT_SHED: &str = "rejected_limit";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -61,6 +64,8 @@ pub struct Guard {
     would_reject: Family<OutcomeLabels, Counter>,
     /// Places for calls running detached from their users, [`MAX_DETACHED`] in all.
     detached: Arc<Semaphore>,
+    /// The adaptive limit and the retries, as the settings say.
+    defences: Defences,
 }
 
 impl Guard {
@@ -92,6 +97,8 @@ impl Guard {
             "Calls let through in Observe mode that Auto would have rejected, by reason",
             would_reject.clone(),
         );
+        let defences = Defences::register(registry, clock.clone());
+        defences.apply(&settings, Mode::Auto);
         let endpoint_set = EndpointSet::new(
             settings.clone(),
             settings.max_ejection_percent,
@@ -115,7 +122,12 @@ impl Guard {
             fallbacks,
             would_reject,
             detached: Arc::new(Semaphore::new(MAX_DETACHED)),
+            defences,
         }
+    }
+
+    pub fn defences(&self) -> &Defences {
+        &self.defences
     }
 
     pub fn call_timeout(&self) -> Duration {
@@ -145,11 +157,13 @@ impl Guard {
         if scope_changed {
             self.endpoints.reset();
         }
+        self.defences.apply(&settings, mode);
         self.breaker.update_settings(settings);
         self.breaker.set_mode(mode);
     }
 
     pub fn apply_mode(&self, mode: Mode) {
+        self.defences.apply_mode(mode);
         self.endpoints.set_mode(mode);
         self.breaker.set_mode(mode);
     }
@@ -201,12 +215,13 @@ impl Guard {
     }
 
     /// Makes the call if the breaker allows it (and, with scope Endpoint, an endpoint's breaker
-    /// too), within the call timeout; any failure or rejection yields the fallback. The call
-    /// is `'static` and gets the endpoint to call (`None`: the service's address), so that a
-    /// probe can outlive its user's wait.
+    /// too, and the adaptive limit when on), within the call timeout, retried as the settings
+    /// allow; any failure or rejection yields the fallback. The call is `'static` and gets
+    /// the time it may take and the endpoint to call (`None`: the service's address), so that
+    /// a probe can outlive its user's wait.
     pub async fn call<F, Fut>(self: &Arc<Self>, make_call: F) -> Recommendations
     where
-        F: FnOnce(Duration, Option<Arc<str>>) -> Fut + 'static,
+        F: Fn(Duration, Option<Arc<str>>) -> Fut + 'static,
         Fut: Future<Output = Result<Vec<Product>, UpstreamError>> + 'static,
     {
         let service = match self.breaker.try_acquire() {
@@ -219,6 +234,19 @@ impl Guard {
         if let Some(rejection) = service.would_reject() {
             self.count(&self.would_reject, rejection.as_str());
         }
+        let place = match self.defences.admit() {
+            // The service permit goes back unjudged: no call was made.
+            Admission::Shed => {
+                self.count(&self.calls, LIMIT_SHED);
+                return self.serve(Err(LIMIT_SHED));
+            }
+            Admission::Admitted { place, would_shed } => {
+                if would_shed {
+                    self.count(&self.would_reject, "limit");
+                }
+                place
+            }
+        };
         let endpoint = if service.scope() == Scope::Endpoint {
             match self.endpoints.acquire() {
                 Ok(endpoint) => Some(endpoint),
@@ -231,7 +259,11 @@ impl Guard {
         } else {
             None
         };
-        let call = Call { service, endpoint };
+        let call = Call {
+            service,
+            endpoint,
+            place,
+        };
         // A probe is never its user's problem; with `fallbackAfter` no call is.
         let user_wait = match (call.is_probe(), call.service.fallback_after()) {
             (true, budget) => Some((
@@ -242,11 +274,18 @@ impl Guard {
             (false, None) => None,
         };
         let (timeout, at) = (call.service.call_timeout(), call.address());
+        let plan = self.defences.retry_plan();
+        let this = self.clone();
+        let made = async move {
+            this.defences
+                .call_with_retries(make_call, timeout, at, plan)
+                .await
+        };
         match user_wait {
-            Some((cause, wait)) => self.run_on(call, make_call(timeout, at), wait, cause).await,
+            Some((cause, wait)) => self.run_on(call, made, wait, cause).await,
             // A cancelled request drops the permits here, which releases them unjudged.
             None => {
-                let result = make_call(timeout, at).await;
+                let result = made.await;
                 self.serve(self.judge(call, result))
             }
         }
@@ -291,8 +330,10 @@ impl Guard {
     }
 
     /// Records what the call says about the dependency (and its endpoint).
-    fn judge(&self, call: Call, result: Result<Vec<Product>, UpstreamError>) -> Judged {
+    fn judge(&self, mut call: Call, result: Result<Vec<Product>, UpstreamError>) -> Judged {
         let endpoint = call.endpoint.as_ref().map(|e| e.endpoint().name.clone());
+        let failed = matches!(&result, Err(err) if err.is_dependency_failure());
+        self.defences.record(call.place.take(), failed);
         match result {
             Ok(products) => {
                 call.record(Outcome::Success);
@@ -320,6 +361,8 @@ impl Guard {
 struct Call {
     service: Permit<Arc<CircuitBreaker>>,
     endpoint: Option<EndpointPermit>,
+    /// Its place under the adaptive limit, when that is on.
+    place: Option<LimitPermit>,
 }
 
 impl Call {
@@ -381,9 +424,9 @@ mod tests {
         let guard = with_fallback_after();
         let made = Arc::new(AtomicUsize::new(0));
         let call = |made: Arc<AtomicUsize>| {
-            move |_timeout: Duration, _at: Option<Arc<str>>| async move {
+            move |_timeout: Duration, _at: Option<Arc<str>>| {
                 made.fetch_add(1, Ordering::Relaxed);
-                Ok(Vec::new())
+                async { Ok(Vec::new()) }
             }
         };
         // Room: the call is made and answers within the budget.

@@ -7,6 +7,7 @@
 mod applier;
 mod config;
 mod dashboard;
+mod defences;
 mod endpoint_slices;
 mod guard;
 mod handler;
@@ -45,6 +46,7 @@ pub fn run_v1() -> ExitCode {
         metrics,
         policy: Policy::AllOrNothing {
             timeout: args.upstream_timeout,
+            retries: args.upstream_retries,
         },
     };
     serve(service, gateway, &args.common.serve, 8080)

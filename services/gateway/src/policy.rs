@@ -21,8 +21,9 @@ use crate::upstream::{Recommendations, UpstreamError, Upstreams};
 use outlier::EndpointAddress;
 
 pub enum Policy {
-    /// v1: wait up to `timeout`; a failure fails the whole page.
-    AllOrNothing { timeout: Duration },
+    /// v1: wait up to `timeout`, try again at once up to `retries` times; a failure fails the
+    /// whole page.
+    AllOrNothing { timeout: Duration, retries: u32 },
     /// v2: circuit breaker, bulkhead and call timeout; a failure serves the fallback.
     Protected(Protection),
 }
@@ -74,7 +75,7 @@ impl Policy {
     /// Deadline for the product call: v2 fails fast there too.
     pub fn product_timeout(&self) -> Duration {
         match self {
-            Policy::AllOrNothing { timeout } => *timeout,
+            Policy::AllOrNothing { timeout, .. } => *timeout,
             Policy::Protected(v2) => v2.guard.call_timeout(),
         }
     }
@@ -87,10 +88,17 @@ impl Policy {
         id: u32,
     ) -> Result<Recommendations, UpstreamError> {
         match self {
-            Policy::AllOrNothing { timeout } => {
-                let products = upstreams
-                    .recommendations(client, metrics, id, *timeout, None)
-                    .await?;
+            Policy::AllOrNothing { timeout, retries } => {
+                let mut attempt = 0;
+                let products = loop {
+                    match upstreams
+                        .recommendations(client, metrics, id, *timeout, None)
+                        .await
+                    {
+                        Err(_) if attempt < *retries => attempt += 1,
+                        answer => break answer?,
+                    }
+                };
                 Ok(Recommendations {
                     products,
                     degraded: false,
@@ -102,10 +110,14 @@ impl Policy {
                     (upstreams.clone(), client.clone(), metrics.clone());
                 Ok(v2
                     .guard
-                    .call(move |timeout, at| async move {
-                        upstreams
-                            .recommendations(&client, &metrics, id, timeout, at.as_deref())
-                            .await
+                    .call(move |timeout, at| {
+                        let (upstreams, client, metrics) =
+                            (upstreams.clone(), client.clone(), metrics.clone());
+                        async move {
+                            upstreams
+                                .recommendations(&client, &metrics, id, timeout, at.as_deref())
+                                .await
+                        }
                     })
                     .await)
             }

@@ -100,6 +100,7 @@ fn current(sources: &StatusSources) -> HttpResponse {
                     }
                 })
                 .collect(),
+            load: sources.guard.defences().status(),
         },
         settings: BreakerSettings::from(snapshot.settings.spec()),
         config_source: config.source,

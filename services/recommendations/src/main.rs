@@ -7,7 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod admin;
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use actix_web::{web, HttpResponse};
 use clap::Parser;
@@ -15,7 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use service_runtime::{resource, ApiError, ServeArgs, Service};
 
-use fault::{Fault, FaultArgs};
+use fault::{Capacity, Fault, FaultArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     /// Counted when a request arrives, so hanging requests are seen before they end.
     received: Counter,
     in_flight: Gauge,
+    /// Workers and their line (with CAPACITY_WORKERS).
+    capacity: Arc<Capacity>,
 }
 
 impl AppState {
@@ -63,6 +65,9 @@ async fn recommendations(
     state.in_flight.inc();
     let _in_flight = scopeguard(&state.in_flight);
     let id = catalog::parse_id(&id).map_err(|err| ApiError::bad_request(err.to_string()))?;
+    let settings = state.clone();
+    state.capacity.work(move || settings.fault().capacity).await;
+    // The fault as it is once the work is done (a switch meanwhile applies).
     let fault = state.fault();
     fault
         .apply(|| {
@@ -95,6 +100,7 @@ async fn main() -> std::io::Result<()> {
         pod_name: args.pod_name.filter(|n| !n.is_empty()),
         received: Counter::default(),
         in_flight: Gauge::default(),
+        capacity: Arc::new(Capacity::default()),
     });
     let mut service = Service::new("recommendations-service");
     service.registry().register(
@@ -106,6 +112,16 @@ async fn main() -> std::io::Result<()> {
         "recommendation_requests_in_flight",
         "Recommendation requests being answered",
         state.in_flight.clone(),
+    );
+    service.registry().register(
+        "recommendation_requests_waiting",
+        "Requests waiting for a worker (with CAPACITY_WORKERS)",
+        state.capacity.waiting.clone(),
+    );
+    service.registry().register(
+        "recommendation_abandoned_work",
+        "Requests worked on to the end after their caller had gone (with CAPACITY_WORKERS)",
+        state.capacity.abandoned_work.clone(),
     );
     service
         .run(&args.serve, 8082, move |cfg| {

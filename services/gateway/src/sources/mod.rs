@@ -10,6 +10,8 @@ use breaker::{Mode, Settings};
 use tokio::sync::mpsc;
 
 /// What a settings source saw.
+// One a settings change, moved once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
     /// Content at `version` (a content hash or a resourceVersion), usable or not.
