@@ -197,6 +197,10 @@ fn crd_installs_shows_its_columns_and_the_api_server_rejects_invalid_policies() 
         ),
         ("rate over 100%", "failureRateThreshold: 150"),
         ("no probes", "halfOpenMaxCalls: 0"),
+        ("more than 10 retries", "maxRetries: 11"),
+        ("a retry budget of 0%", "retryBudgetPercent: 0"),
+        ("an adaptive limit of 0", "adaptiveLimitMax: 0"),
+        ("a 0s adaptive latency", "adaptiveLimitLatency: 0s"),
     ];
     for (i, (what, settings)) in invalid.iter().enumerate() {
         let out = kubectl_apply(&plane, &policy(&format!("bad-{i}"), "Auto", settings));

@@ -213,3 +213,95 @@ impl Defences {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use breaker::{ManualClock, SettingsSpec};
+
+    use super::*;
+
+    fn defences(spec: SettingsSpec, mode: Mode) -> Defences {
+        let d = Defences::register(&mut Registry::default(), Arc::new(ManualClock::new()));
+        d.apply(&Settings::new(spec).unwrap(), mode);
+        d
+    }
+
+    fn limited(max: u32) -> SettingsSpec {
+        SettingsSpec {
+            adaptive_limit_max: Some(max),
+            ..SettingsSpec::default()
+        }
+    }
+
+    #[test]
+    fn off_by_default_and_past_the_limit_a_call_is_shed() {
+        let off = defences(SettingsSpec::default(), Mode::Auto);
+        assert!(matches!(
+            off.admit(),
+            Admission::Admitted {
+                place: None,
+                would_shed: false
+            }
+        ));
+        assert!(off.retry_plan().is_none());
+        assert_eq!(off.status(), LoadStatus::default());
+        let on = defences(limited(2), Mode::Auto);
+        let held: Vec<_> = (0..2).map(|_| on.admit()).collect();
+        assert!(matches!(on.admit(), Admission::Shed));
+        drop(held);
+        assert_eq!(on.status().shed, 1);
+        assert_eq!(on.status().adaptive_limit, Some(2));
+    }
+
+    #[test]
+    fn in_observe_nothing_is_shed_and_what_would_have_been_is_said() {
+        let observing = defences(limited(1), Mode::Observe);
+        let _first = observing.admit();
+        assert!(matches!(
+            observing.admit(),
+            Admission::Admitted {
+                place: Some(_),
+                would_shed: true
+            }
+        ));
+        assert_eq!(observing.status().shed, 1);
+    }
+
+    #[actix_web::test]
+    async fn retries_stop_at_the_budget_and_observe_retries_on_saying_it_would_not() {
+        let spec = SettingsSpec {
+            max_retries: 3,
+            retry_budget_percent: 100.0,
+            min_retries_per_second: 0,
+            retry_backoff: Duration::from_millis(1),
+            ..SettingsSpec::default()
+        };
+        for (mode, calls_made) in [(Mode::Auto, 2), (Mode::Observe, 4)] {
+            let d = defences(spec.clone(), mode);
+            let made = std::sync::atomic::AtomicU32::new(0);
+            let failing = |_: Duration, _: Option<Arc<str>>| {
+                made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async {
+                    Err(UpstreamError::Timeout(
+                        crate::metrics::UpstreamName::Recommendations,
+                        Duration::ZERO,
+                    ))
+                }
+            };
+            // One request in the budget at 100%: one retry; the next is refused (or, in
+            // Observe, made and counted as one the budget would have refused).
+            let plan = d.retry_plan();
+            let result = d
+                .call_with_retries(failing, Duration::from_secs(1), None, plan)
+                .await;
+            assert!(result.is_err());
+            assert_eq!(made.into_inner(), calls_made, "{mode:?}");
+            let status = d.status();
+            assert_eq!(status.retries, 1, "{mode:?}");
+            assert_eq!(
+                status.retries_refused,
+                if mode == Mode::Auto { 1 } else { 2 }
+            );
+        }
+    }
+}

@@ -118,11 +118,6 @@ async fn main() -> std::io::Result<()> {
         "Requests waiting for a worker (with CAPACITY_WORKERS)",
         state.capacity.waiting.clone(),
     );
-    service.registry().register(
-        "recommendation_abandoned_work",
-        "Requests worked on to the end after their caller had gone (with CAPACITY_WORKERS)",
-        state.capacity.abandoned_work.clone(),
-    );
     service
         .run(&args.serve, 8082, move |cfg| {
             cfg.app_data(state.clone())
