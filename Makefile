@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward loadtest-k8s loadtest-k8s-endpoints measure-scale kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints demo-overload build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward loadtest-k8s loadtest-k8s-endpoints measure-scale kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -14,6 +14,9 @@ demo: build $(VENV)/.demo-installed ## The story, measured: Locust at v1 then v2
 
 demo-endpoints: build $(VENV)/.demo-installed ## The second chapter: one recommendations pod of three hangs; v1, v2 scope Service, v2 scope Endpoint side by side
 	DEMO_CHAPTER=endpoints $(PY) loadtest/demo.py
+
+demo-overload: build $(VENV)/.demo-installed ## The third chapter: a 10 s slowdown under steady arrivals; v1 retrying, v2 with every defence, then each off in turn
+	DEMO_CHAPTER=overload $(PY) loadtest/demo.py
 
 build: ## Build the release binaries
 	@scripts/require-tools.sh

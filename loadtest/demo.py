@@ -17,6 +17,11 @@ second chapter: one recommendations pod of three hangs; v1, v2 with ``scope: Ser
 with ``scope: Endpoint``. In the cluster the scope is switched in the BreakerPolicy between the
 two v2 phases, and the policy as ``kubectl get bp`` shows it goes into the results.
 
+``DEMO_CHAPTER=overload`` (``make demo-overload``) tells the third: recommendations has a
+capacity, visitors arrive at a steady rate whatever the site does (``arrivals.py``), and in
+each phase recommendations slows down for a short while; v1 retries at once, v2 has every
+defence, then v2 with each defence off in turn (``OverloadConfig`` says how).
+
 Settings come from the environment (see ``Settings.from_env``); every process started here is
 stopped on exit, error, Ctrl-C or SIGTERM.
 """
@@ -39,6 +44,7 @@ from ledger import LiveLedger
 from stack import (
     ClusterConfig,
     ClusterStack,
+    OverloadConfig,
     Services,
     Stack,
     StackConfig,
@@ -50,6 +56,13 @@ from stack import (
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+# The overload chapter's open-loop visitors.
+ARRIVALS = Path(__file__).resolve().parent / "arrivals.py"
+# After the trigger is off, at least this long is watched (the chapter asks whether the
+# failure outlives its trigger by a minute).
+WATCHED_AFTER_TRIGGER = 70.0
+# How long recommendations may take to work off its line between phases.
+DRAIN_WITHIN = 120.0
 SAMPLE_EVERY = 0.25
 
 
@@ -83,11 +96,13 @@ class Settings:
     users: int
     spawn_rate: float
     results: Path
-    # "story" (v1, v2, recovery) or "endpoints" (one bad recommendations pod of three)
+    # "story" (v1, v2, recovery), "endpoints" (one bad recommendations pod of three) or
+    # "overload" (a short slowdown, and retries)
     chapter: str
     # one of the two: the services started here, or the cluster's through port-forwards
     local: StackConfig | None
     cluster: ClusterConfig | None
+    overload: OverloadConfig | None = None
 
     @property
     def work(self) -> Path:
@@ -99,6 +114,8 @@ class Settings:
 
     @property
     def v1_timeout(self) -> str:
+        if self.overload is not None:
+            return self.overload.v1_timeout
         return (self.cluster or self.local).v1_timeout
 
     @staticmethod
@@ -112,17 +129,25 @@ class Settings:
         results = Path(env.get("RESULTS_DIR", str(ROOT / "results"))).resolve()
         try:
             local = StackConfig.from_env(env, log_dir=work_dir(results) / "logs") if target == "local" else None
+            overload = OverloadConfig.from_env(env) if chapter == "overload" else None
             if local is not None:
                 local.endpoints_chapter = chapter == "endpoints"
+                local.overload = overload
+                local.v2_variants = {p.gateway: p.changes for p in CHAPTERS[chapter] if p.changes is not None}
             cluster = ClusterConfig.from_env(env) if target == "cluster" else None
+            duration = "2m"
+            if overload is not None:
+                duration = f"{overload.trigger_at + overload.trigger_for + WATCHED_AFTER_TRIGGER:g}s"
             return Settings(
-                duration=parse_duration(env_duration(env, "DEMO_DURATION", "2m", low=4)),
-                users=env_number(env, "DEMO_USERS", 100),
+                duration=parse_duration(env_duration(env, "DEMO_DURATION", duration, low=4)),
+                # The overload chapter's users only start visits, at the arrival rate.
+                users=env_number(env, "DEMO_USERS", 10 if overload else 100),
                 spawn_rate=env_number(env, "DEMO_SPAWN_RATE", 10, kind=float, low=0.1),
                 results=results,
                 chapter=chapter,
                 local=local,
                 cluster=cluster,
+                overload=overload,
             )
         except StackError as err:
             raise DemoError(str(err)) from None
@@ -136,6 +161,10 @@ class Phase:
     heal_midway: bool = False
     # The second chapter's v2 phases: the scope v2 runs.
     scope: str | None = None
+    # The third's: recommendations slows down for a while (the trigger) …
+    trigger: bool = False
+    # … and the keys a v2 variant changes in the overload settings (None: left out).
+    changes: dict[str, str | None] | None = None
 
 
 CHAPTERS = {
@@ -150,6 +179,38 @@ CHAPTERS = {
         Phase("v1", "v1, no breaker", "api-gateway-v1"),
         Phase("v2_service", "v2, scope Service", "api-gateway-v2", scope="Service"),
         Phase("v2_endpoint", "v2, scope Endpoint", "api-gateway-v2-endpoint", scope="Endpoint"),
+    ),
+    # A short slowdown, visitors who keep coming and retries: v1 as many clients retry, v2 with
+    # every defence, then with each defence off in turn.
+    "overload": (
+        Phase("v1", "v1, 3 retries at once", "api-gateway-v1", trigger=True),
+        Phase("v2", "v2, every defence", "api-gateway-v2", trigger=True),
+        Phase(
+            "v2_no_limit",
+            "v2 without the adaptive limit",
+            "api-gateway-v2-no-limit",
+            trigger=True,
+            changes={"adaptiveLimitMax": None, "adaptiveLimitMin": None, "adaptiveLimitLatency": None},
+        ),
+        Phase(
+            "v2_no_budget",
+            "v2 without the retry budget",
+            "api-gateway-v2-no-budget",
+            trigger=True,
+            changes={"retryBudgetPercent": "100", "minRetriesPerSecond": "10000"},
+        ),
+        Phase(
+            "v2_no_breaker",
+            "v2 without the breaker",
+            "api-gateway-v2-no-breaker",
+            trigger=True,
+            changes={
+                "failureThreshold": "1000",
+                "failureRateThreshold": None,
+                "slowCallDuration": None,
+                "slowCallRateThreshold": None,
+            },
+        ),
     ),
 }
 
@@ -196,7 +257,14 @@ class Demo:
         self.locust_bin = Path(sys.executable).parent / "locust"
         self.locust: subprocess.Popen | None = None
         self.progress = Progress()
-        self.timeline: dict = {"phases": [], "healed_at": None, "breaker_samples": [], "first_ejection": {}}
+        self.timeline: dict = {
+            "phases": [],
+            "healed_at": None,
+            "breaker_samples": [],
+            "first_ejection": {},
+            "triggers": {},
+            "calls": {},
+        }
 
     def run(self) -> dict:
         if not os.access(self.locust_bin, os.X_OK):
@@ -212,12 +280,20 @@ class Demo:
                 flush=True,
             )
         else:
-            what = (
-                f"three recommendations processes, the third hanging {self.s.failure_hang} per request, "
-                "and two v2 (scope Service and scope Endpoint)"
-                if self.s.chapter == "endpoints"
-                else f"the four services (recommendations hangs {self.s.failure_hang} per request)"
-            )
+            o = self.s.overload
+            if self.s.chapter == "endpoints":
+                what = (
+                    f"three recommendations processes, the third hanging {self.s.failure_hang} per request, "
+                    "and two v2 (scope Service and scope Endpoint)"
+                )
+            elif o is not None:
+                what = (
+                    f"recommendations with {o.workers} workers × {o.service_time} ({o.capacity:g} calls/s at most), "
+                    f"v1 and four v2; {o.arrival_rate:g} visits/s, a {o.slowdown:g}× slowdown "
+                    f"{o.trigger_at:g}–{o.trigger_at + o.trigger_for:g} s into each phase"
+                )
+            else:
+                what = f"the four services (recommendations hangs {self.s.failure_hang} per request)"
             print(f"Starting {what}; logs in {work / 'logs'}", flush=True)
         with self.stack:
             self.timeline["settings"] = self.stack.circuit_status()["settings"]
@@ -228,6 +304,22 @@ class Demo:
                 self.timeline["per_endpoint"] = self.stack.circuit_status("api-gateway-v2-endpoint")
                 self.timeline["policy"] = self.stack.policy_view()
         self.timeline["chapter"] = self.s.chapter
+        if self.s.overload is not None:
+            o = self.s.overload
+            self.timeline["overload"] = {
+                "workers": o.workers,
+                "service_time": o.service_time,
+                "max_waiting": o.max_waiting,
+                "capacity_per_s": o.capacity,
+                "arrival_rate": o.arrival_rate,
+                "slowdown": o.slowdown,
+                "trigger_at_s": o.trigger_at,
+                "trigger_for_s": o.trigger_for,
+                "give_up_s": o.give_up,
+                "visitor_retries": o.visitor_retries,
+                "v1_retries": o.v1_retries,
+                "v2_settings": {p.name: p.changes or {} for p in CHAPTERS["overload"] if p.name.startswith("v2")},
+            }
         self.timeline["run"] = {
             "target": "cluster" if self.s.cluster is not None else "local",
             "duration_s": self.s.duration,
@@ -244,16 +336,27 @@ class Demo:
     def run_phase(self, phase: Phase) -> None:
         if phase.scope:
             self.stack.use_scope(phase.scope)
+        env = {}
+        if self.s.overload is not None:
+            self.calm_recommendations(phase)
+            o = self.s.overload
+            env = {
+                "ARRIVAL_RATE": f"{o.arrival_rate:g}",
+                "GIVE_UP": f"{o.give_up:g}",
+                "VISITOR_RETRIES": str(o.visitor_retries),
+            }
         gateway = self.stack.url(phase.gateway)
         prefix = self.s.work / phase.name
         ledger = self.s.work / f"{phase.name}_requests.csv"
+        # Open loop: every user starts at once and arrives at its share of the rate.
+        spawn_rate = self.s.users if self.s.overload else self.s.spawn_rate
         command = [
             str(self.locust_bin),
-            "-f", str(LOCUSTFILE),
+            "-f", str(ARRIVALS if self.s.overload else LOCUSTFILE),
             "--headless",
             "--host", gateway,
             "--users", str(self.s.users),
-            "--spawn-rate", f"{self.s.spawn_rate:g}",
+            "--spawn-rate", f"{spawn_rate:g}",
             "--run-time", f"{round(self.s.duration)}s",
             "--csv", str(prefix),
             "--html", f"{prefix}.html",
@@ -271,7 +374,7 @@ class Demo:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, "DEMO_LEDGER": str(ledger)},
+                env={**os.environ, **env, "DEMO_LEDGER": str(ledger)},
             )
             self.watch(phase, LiveLedger(ledger), started)
             code = self.locust.wait()
@@ -281,11 +384,44 @@ class Demo:
             raise DemoError(f"Locust exited with {code} in phase {phase.name}; see {log.name}")
         self.progress.done(f"[{phase.label}] done in {clock(time.monotonic() - started)}")
 
+    def calm_recommendations(self, phase: Phase) -> None:
+        """Before an overload phase: no slowdown, and the line the last phase left worked off."""
+        self.stack.set_fault("none", slowdown=1)
+        deadline = time.monotonic() + DRAIN_WITHIN
+        while True:
+            load = self.stack.recommendations_load()
+            if load.get("waiting", 0) == 0 and load.get("in_flight", 0) == 0:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(f"recommendations still had {load} after {DRAIN_WITHIN:g} s")
+            self.progress.show(f"[{phase.label}] waiting for recommendations to work off its line: {load}")
+            time.sleep(0.5)
+
+    def pull_trigger(self, phase: Phase, elapsed: float) -> None:
+        """The overload chapter's trigger: recommendations slows down for a while, once."""
+        o, trigger = self.s.overload, self.timeline["triggers"].setdefault(phase.name, {})
+        if "on" not in trigger and elapsed >= o.trigger_at:
+            self.stack.set_fault("none", slowdown=o.slowdown)
+            trigger["on"] = now_iso()
+            self.progress.done(f"[{phase.label}] recommendations {o.slowdown:g}× slower at {clock(elapsed)}")
+        elif "on" in trigger and "off" not in trigger and elapsed >= o.trigger_at + o.trigger_for:
+            self.stack.set_fault("none", slowdown=1)
+            trigger["off"] = now_iso()
+            self.progress.done(f"[{phase.label}] recommendations back to speed at {clock(elapsed)}")
+
     def watch(self, phase: Phase, ledger: LiveLedger, started: float) -> None:
-        """Samples the breaker, shows progress and heals midway, until Locust exits."""
+        """Samples the breaker, shows progress, heals midway or pulls the trigger, until Locust
+        exits."""
         state = "?"
         while self.locust.poll() is None:
             elapsed = time.monotonic() - started
+            if phase.trigger:
+                self.pull_trigger(phase, elapsed)
+                try:
+                    received = self.stack.recommendations_load().get("received")
+                    self.timeline["calls"].setdefault(phase.name, []).append([now_iso(), received])
+                except (OSError, StackError):
+                    pass
             if phase.heal_midway and self.timeline["healed_at"] is None and elapsed >= self.s.duration / 2:
                 self.stack.set_fault("none")
                 self.timeline["healed_at"] = now_iso()

@@ -10,6 +10,8 @@ one CSV line per event:
 
     S,<id>,<unix seconds>           sent
     A,<id>,<unix seconds>,<kind>    answered: full, degraded or failed
+    V,<unix seconds>                a visitor arrived (the overload chapter's open-loop load:
+                                    one visit is one page asked, however many requests it took)
     Q,<unix seconds>                the phase stopped (Locust's test_stopping)
 """
 
@@ -44,6 +46,9 @@ class LedgerWriter:
     def answered(self, request: int, kind: str) -> None:
         self.file.write(f"A,{request},{time.time():.6f},{kind}\n")
 
+    def visited(self) -> None:
+        self.file.write(f"V,{time.time():.6f}\n")
+
     def stopped(self) -> None:
         self.file.write(f"Q,{time.time():.6f}\n")
 
@@ -66,6 +71,8 @@ class Ledger:
     waiting: dict[str, float] = field(default_factory=dict)
     stopped: float | None = None
     last_event: float | None = None
+    # arrival times of visitors (open-loop load only)
+    visits: list[float] = field(default_factory=list)
 
     def feed(self, line: str) -> None:
         """Takes one line; a torn or unknown line (the writer is mid-write) is skipped."""
@@ -79,6 +86,9 @@ class Ledger:
                 sent = self.waiting.pop(parts[1], None)
                 if sent is not None:
                     self.answers.append(Answer(sent, at, parts[3]))
+            elif parts[0] == "V" and len(parts) == 2:
+                at = float(parts[1])
+                self.visits.append(at)
             elif parts[0] == "Q" and len(parts) == 2:
                 at = float(parts[1])
                 self.stopped = self.stopped or at
@@ -136,6 +146,16 @@ class Ledger:
                 }
             )
         return points
+
+
+def per_second(times: list[float], start: float, end: float) -> list[int]:
+    """How many of `times` fall in each whole second from `start` to `end`."""
+    counts = [0] * max(0, math.ceil(end - start))
+    for at in times:
+        i = math.floor(at - start)
+        if 0 <= i < len(counts):
+            counts[i] += 1
+    return counts
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:

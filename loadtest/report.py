@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import html
+import itertools
 import json
 import math
 import sys
@@ -21,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 
 from answers import DEGRADED, FAILED, FULL
-from ledger import WINDOW_S, Ledger
+from ledger import WINDOW_S, Ledger, per_second
 
 # The seed demo's published figures (Go, docker-compose, 100 users, 2 minutes per gateway).
 # Its Locust counted degraded answers as failures, hence v2's 100%.
@@ -65,6 +66,30 @@ class Ejection:
 
 
 @dataclass
+class Overload:
+    """The overload chapter's figures of one phase: what was asked, what was served before and
+    after the trigger, and how much work reached recommendations."""
+
+    visits: int
+    arrival_rate: float
+    # full pages a second over the 20 s before the trigger; the lowest 5 s average from the
+    # trigger on; the average over what was watched after it
+    goodput_before: float
+    goodput_lowest: float
+    goodput_after: float
+    # seconds from the trigger's end until the 5 s average is back above 95% of before
+    recovered_after_s: float | None
+    # seconds after the trigger's end that the 5 s average stayed below 20% of before
+    below_20pct_after_s: float
+    watched_after_s: float
+    calls: int | None
+    calls_per_page: float | None
+    verdict: str
+    # full pages answered in each second of the phase (the chart's data)
+    full_per_s: list[int]
+
+
+@dataclass
 class PhaseSummary:
     """A phase's totals: answers from Locust's stats CSV, requests never answered from the
     ledger; what a chapter adds, beside them."""
@@ -89,10 +114,12 @@ class PhaseSummary:
     failed: int
     flapping: Flapping | None = None
     ejection: Ejection | None = None
+    overload: Overload | None = None
 
     def to_json(self) -> dict:
-        core = {k: v for k, v in asdict(self).items() if k not in ("flapping", "ejection")}
-        extras = [asdict(extra) for extra in (self.flapping, self.ejection) if extra is not None]
+        parts = ("flapping", "ejection", "overload")
+        core = {k: v for k, v in asdict(self).items() if k not in parts}
+        extras = [asdict(extra) for extra in (self.flapping, self.ejection, self.overload) if extra is not None]
         return {**core, **{k: v for extra in extras for k, v in extra.items()}}
 
 
@@ -377,7 +404,9 @@ def x_axis(parts: list[str], x_max: float, height: int, scale) -> None:
 
 
 def line_chart(title: str, test_id: str, series: list[tuple[str, str, list[tuple[float, float]]]],
-               log_y: bool, unit: str, dashed: set[str] = frozenset()) -> str:  # fmt: skip
+               log_y: bool, unit: str, dashed: set[str] = frozenset(),
+               shade: tuple[float, float, str] | None = None) -> str:  # fmt: skip
+    """`shade`: a span of x (start, end) drawn behind the lines, with its label."""
     points = [p for _, _, pts in series for p in pts]
     x_max = max([p[0] for p in points] + [10])
     ys = [p[1] for p in points if p[1] is not None and (p[1] > 0 or not log_y)]
@@ -398,6 +427,11 @@ def line_chart(title: str, test_id: str, series: list[tuple[str, str, list[tuple
         return H - BOTTOM - (H - TOP - BOTTOM) * (fy(y) - y_lo) / (y_hi - y_lo)
 
     parts = svg_open(title, H, test_id)
+    if shade is not None:
+        x0, x1, label = shade
+        parts.append(f'<rect class="shade" x="{sx(x0):.1f}" y="{TOP}" width="{max(sx(x1) - sx(x0), 1):.1f}" '
+                     f'height="{H - TOP - BOTTOM}" fill="#fff3e0"/>')  # fmt: skip
+        parts.append(f'<text x="{sx(x0) + 4:.1f}" y="{H - BOTTOM - 6}" class="marker">{html.escape(label)}</text>')
     x_axis(parts, x_max, H, sx)
     if log_y:
         ticks = [10**e for e in range(round(y_lo), round(y_hi) + 1)]
@@ -409,7 +443,7 @@ def line_chart(title: str, test_id: str, series: list[tuple[str, str, list[tuple
         label = (f"{t / 1000:g} s" if t >= 1000 else f"{t:g} ms") if unit == "ms" else f"{t:g}"
         parts.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{W - RIGHT}" y2="{y:.1f}" class="grid"/>')
         parts.append(f'<text x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{label}</text>')
-    legend_x = LEFT + 10
+    legend_x, legend_y = LEFT + 10, TOP + 8
     for label, color, pts in series:
         path, pen_down = [], False
         for x, y in pts:
@@ -421,9 +455,12 @@ def line_chart(title: str, test_id: str, series: list[tuple[str, str, list[tuple
         dash = ' stroke-dasharray="6 4"' if label in dashed else ""
         if path:
             parts.append(f'<path d="{" ".join(path)}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
-        parts.append(f'<line x1="{legend_x}" y1="{TOP + 8}" x2="{legend_x + 22}" y2="{TOP + 8}" '
+        if legend_x + 28 + 7 * len(label) > W - RIGHT:
+            # A legend that would run off the chart goes on in a row below.
+            legend_x, legend_y = LEFT + 10, legend_y + 16
+        parts.append(f'<line x1="{legend_x}" y1="{legend_y}" x2="{legend_x + 22}" y2="{legend_y}" '
                      f'stroke="{color}" stroke-width="3"{dash}/>')  # fmt: skip
-        parts.append(f'<text x="{legend_x + 28}" y="{TOP + 12}">{html.escape(label)}</text>')
+        parts.append(f'<text x="{legend_x + 28}" y="{legend_y + 4}">{html.escape(label)}</text>')
         legend_x += 40 + 7 * len(label)
     parts.append("</svg>")
     return "\n".join(parts)
@@ -825,6 +862,224 @@ Locust's reports and CSVs per phase, and the ledger of every request, <code>&lt;
 """
 
 
+# ---- the third chapter: a failure that outlives its trigger ----------------------------------
+
+# The goodput is read as a 5 s average; "back" is above 95% of before, "down" below 20%.
+SMOOTH_S, BACK, DOWN = 5, 0.95, 0.20
+# The last seconds of a phase, cut short by its end (visits under way are not answered), are
+# not read.
+TAIL_S = 2
+
+
+def ahead(values: list[int], width: int) -> list[float]:
+    """The mean of the `width` values from each one on (fewer at the end)."""
+    return [sum(values[i : i + width]) / len(values[i : i + width]) for i in range(len(values))]
+
+
+def behind(values: list[int], width: int) -> list[float]:
+    """The mean of the `width` values up to each one (fewer at the start)."""
+    return [sum(values[max(0, i + 1 - width) : i + 1]) / (i + 1 - max(0, i + 1 - width)) for i in range(len(values))]
+
+
+def overload_of(results: Path, timeline: dict, phase: dict) -> Overload:
+    name = phase["name"]
+    start, end = parse_time(phase["start"]), parse_time(phase["end"])
+    ledger = read_ledger(results, name)
+    full = per_second([a.answered for a in ledger.answers if a.kind == "full"], start, end)
+    read = full[: max(1, len(full) - TAIL_S)]
+    trigger = timeline.get("triggers", {}).get(name, {})
+    if "on" not in trigger or "off" not in trigger:
+        raise ReportError(f"timeline.json: phase {name} has no trigger on and off")
+    on, off = (parse_time(trigger[k]) - start for k in ("on", "off"))
+    first = max(2, int(on) - 20)
+    before = full[first : int(on)] or [0]
+    goodput_before = sum(before) / len(before)
+    smooth = ahead(read, SMOOTH_S)
+    after = smooth[math.ceil(off) :]
+    recovered = next((i for i, g in enumerate(after) if g >= BACK * goodput_before), None)
+    below = next((i for i, g in enumerate(after) if g >= DOWN * goodput_before), len(after))
+    watched = round(len(read) - off, 1)
+    samples = timeline.get("calls", {}).get(name, [])
+    calls = int(samples[-1][1] - samples[0][1]) if len(samples) >= 2 and samples[0][1] is not None else None
+    visits = len(ledger.visits)
+    per_page = round(calls / visits, 2) if calls is not None and visits else None
+    if recovered is not None:
+        verdict = f"back above 95% of its goodput {recovered} s after the trigger ended"
+    elif below >= len(after):
+        verdict = f"metastable: below 20% of its goodput for all {watched:g} s watched after the trigger ended"
+    else:
+        verdict = f"not back above 95% of its goodput in the {watched:g} s watched after the trigger ended"
+    return Overload(
+        visits=visits,
+        arrival_rate=round(visits / (end - start), 2),
+        goodput_before=round(goodput_before, 2),
+        goodput_lowest=round(min(smooth[int(on) :], default=0.0), 2),
+        goodput_after=round(sum(read[math.ceil(off) :]) / max(1, len(read) - math.ceil(off)), 2),
+        recovered_after_s=recovered,
+        below_20pct_after_s=below,
+        watched_after_s=watched,
+        calls=calls,
+        calls_per_page=per_page,
+        verdict=verdict,
+        full_per_s=full,
+    )
+
+
+def summarize_overload(results: Path, timeline: dict) -> Report:
+    phases = {p["name"]: p for p in timeline["phases"]}
+    summaries = {}
+    for p in OVERLOAD.phases:
+        summaries[p.name] = summarize(results, p.name)
+        summaries[p.name].overload = overload_of(results, timeline, phases[p.name])
+    run = {**run_of(timeline), "overload": timeline.get("overload")}
+    return Report(OVERLOAD, summaries, run)
+
+
+def overload_json(report: Report) -> dict:
+    return {
+        "chapter": OVERLOAD.name,
+        "run": report.run,
+        **{p.name: report[p.name].to_json() for p in OVERLOAD.phases},
+    }
+
+
+def overload_rows(report: Report) -> list[tuple[str, ...]]:
+    phases = [report[p.name] for p in OVERLOAD.phases]
+
+    def row(label: str, cell) -> tuple[str, ...]:
+        return (label, *(cell(p) for p in phases))
+
+    def seconds(value: float | None) -> str:
+        return "never" if value is None else f"{value:g} s"
+
+    return [
+        row("Visits/s (open loop)", lambda p: f"{p.overload.arrival_rate:.1f}"),
+        row("Full pages/s before", lambda p: f"{p.overload.goodput_before:.1f}"),
+        row("Lowest (5 s average)", lambda p: f"{p.overload.goodput_lowest:.1f}"),
+        row("Full pages/s after the trigger", lambda p: f"{p.overload.goodput_after:.1f}"),
+        row("Back above 95% after", lambda p: seconds(p.overload.recovered_after_s)),
+        row("Below 20% after the trigger", lambda p: f"{p.overload.below_20pct_after_s:g} s"),
+        row(
+            "Calls to recommendations a page",
+            lambda p: "n/a" if p.overload.calls_per_page is None else f"{p.overload.calls_per_page:.2f}",
+        ),
+        row("Full pages", lambda p: fmt_pct(p.full_pct)),
+        row("Degraded", lambda p: fmt_pct(p.degraded_pct)),
+        row("Failed", lambda p: fmt_pct(p.failure_pct)),
+        row("p99", lambda p: fmt_ms(p.p99_ms)),
+    ]
+
+
+def overload_text_table(report: Report) -> str:
+    head = ("", *(p.label for p in OVERLOAD.phases))
+    rows = [head, *overload_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    lines += [f"{p.label}: {report[p.name].overload.verdict}" for p in OVERLOAD.phases]
+    return "\n".join(lines)
+
+
+def trigger_span(timeline: dict) -> tuple[float, float, str]:
+    """The trigger's window, in seconds since the phase began (the mean over the phases)."""
+    spans = []
+    for phase in timeline["phases"]:
+        trigger = timeline.get("triggers", {}).get(phase["name"], {})
+        if "on" in trigger and "off" in trigger:
+            start = parse_time(phase["start"])
+            spans.append((parse_time(trigger["on"]) - start, parse_time(trigger["off"]) - start))
+    on = sum(s[0] for s in spans) / max(1, len(spans))
+    off = sum(s[1] for s in spans) / max(1, len(spans))
+    return on, off, "slowdown"
+
+
+def calls_series(timeline: dict, phase: dict) -> list[tuple[float, float]]:
+    """Calls reaching recommendations a second, from the counter sampled during the phase."""
+    samples = [(parse_time(at), n) for at, n in timeline.get("calls", {}).get(phase["name"], []) if n is not None]
+    start = parse_time(phase["start"])
+    points = []
+    for (t0, n0), (t1, n1) in itertools.pairwise(samples):
+        if t1 - t0 > 0:
+            points.append((round(t1 - start, 2), (n1 - n0) / (t1 - t0)))
+    # One point a second: the mean of the rates sampled within it.
+    by_second: dict[int, list[float]] = {}
+    for t, rate in points:
+        by_second.setdefault(int(t), []).append(rate)
+    return [(t, sum(r) / len(r)) for t, r in sorted(by_second.items())]
+
+
+def render_overload(report: Report, series: dict[str, list[dict]], timeline: dict) -> str:
+    o = report.run.get("overload") or {}
+    phases = {p["name"]: p for p in timeline["phases"]}
+    head = "".join(f"<th>{html.escape(p.label)}</th>" for p in OVERLOAD.phases)
+    rows = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in overload_rows(report)
+    )
+    shade = trigger_span(timeline)
+
+    def goodput(name: str) -> list[tuple[float, float]]:
+        full = report[name].overload.full_per_s
+        return [(float(i), round(g, 2)) for i, g in enumerate(behind(full, 3))]
+
+    goodput_chart = line_chart(
+        "Full pages per second (3 s average)",
+        "goodput",
+        [(p.label, p.color, goodput(p.name)) for p in OVERLOAD.phases],
+        log_y=False,
+        unit="req/s",
+        shade=shade,
+    )
+    calls_chart = line_chart(
+        "Calls reaching recommendations per second",
+        "calls",
+        [(p.label, p.color, calls_series(timeline, phases[p.name])) for p in OVERLOAD.phases],
+        log_y=False,
+        unit="req/s",
+        shade=shade,
+    )
+    verdicts = "\n".join(
+        f"<li><b>{html.escape(p.label)}</b>: {html.escape(report[p.name].overload.verdict)}</li>"
+        for p in OVERLOAD.phases
+    )
+    settings = html.escape(json.dumps(report.run.get("breaker_settings"), separators=(", ", ": ")))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>Circuit breaker demo: a failure that outlives its trigger</title>
+<style>{CSS}</style></head>
+<body>
+<h1>A failure that outlives its trigger: retries, a queue, and the defences</h1>
+<p>recommendations-service has {o.get("workers")} workers of {html.escape(str(o.get("service_time")))} each
+({o.get("capacity_per_s", 0):g} calls a second at most) and a line of {o.get("max_waiting")} at most; a caller
+who gives up frees nothing. Visitors arrive at <b>{o.get("arrival_rate", 0):g} a second</b> whatever the site
+does, give up after {o.get("give_up_s", 0):g} s and reload {o.get("visitor_retries")} time(s). In each phase
+recommendations is {o.get("slowdown", 0):g}× slower for {o.get("trigger_for_s", 0):g} s (shaded), then itself
+again. v1 waits {html.escape(str(report.run.get("v1_timeout")))} and retries {o.get("v1_retries")} times at once;
+v2 runs <code>{settings}</code>, then with one defence off in each later phase.</p>
+<table>
+<thead><tr><th>Metric</th>{head}</tr></thead>
+<tbody>
+{rows}
+</tbody></table>
+<ul>
+{verdicts}
+</ul>
+<h2>Goodput</h2>
+{goodput_chart}
+<h2>The work that reaches recommendations</h2>
+{calls_chart}
+<p class="note">Calls a page above 1 are retries: v1's and the visitors' reloads, or v2's within its budget.</p>
+<h2>Raw data</h2>
+<p><a href="comparison_report.json">comparison_report.json</a>, <a href="timeline.json">timeline.json</a>,
+Locust's reports and CSVs per phase, and the ledger of every request and visit, <code>&lt;phase&gt;_requests.csv</code>.</p>
+</body></html>
+"""
+
+
 # ---- the chapters ---------------------------------------------------------------------------
 
 STORY = Chapter(
@@ -847,7 +1102,21 @@ ONE_BAD_POD = Chapter(
     text=endpoints_text_table,
     render=render_endpoints,
 )
-CHAPTERS = (STORY, ONE_BAD_POD)
+OVERLOAD = Chapter(
+    name="overload",
+    phases=(
+        Phase("v1", "v1, 3 retries at once", RED),
+        Phase("v2", "v2, every defence", GREEN),
+        Phase("v2_no_limit", "v2 without the adaptive limit", ORANGE),
+        Phase("v2_no_budget", "v2 without the retry budget", "#6a1b9a"),
+        Phase("v2_no_breaker", "v2 without the breaker", BLUE),
+    ),
+    summarize=summarize_overload,
+    to_json=overload_json,
+    text=overload_text_table,
+    render=render_overload,
+)
+CHAPTERS = (STORY, ONE_BAD_POD, OVERLOAD)
 
 
 if __name__ == "__main__":

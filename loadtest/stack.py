@@ -86,6 +86,61 @@ class Ports:
 
 
 @dataclass
+class OverloadConfig:
+    """The overload chapter: recommendations' capacity and its trigger, the visitors, and the
+    retries v1 makes."""
+
+    workers: int = 4
+    service_time: str = "50ms"
+    # The line's bound (at 4 × 50 ms, 5 s of waiting).
+    max_waiting: int = 400
+    slowdown: float = 5.0
+    # Seconds into each phase the slowdown starts, and how long it lasts.
+    trigger_at: float = 30.0
+    trigger_for: float = 10.0
+    # Visits a second, as a share of recommendations' capacity.
+    load_share: float = 0.7
+    give_up: float = 3.0
+    visitor_retries: int = 1
+    v1_retries: int = 3
+    v1_timeout: str = "1s"
+    settings: Path = ROOT / "config/breaker-overload.yaml"
+
+    @property
+    def capacity(self) -> float:
+        """Calls a second recommendations answers at most, without the slowdown."""
+        return self.workers / parse_duration(self.service_time)
+
+    @property
+    def arrival_rate(self) -> float:
+        return round(self.load_share * self.capacity, 2)
+
+    @staticmethod
+    def from_env(env: dict[str, str]) -> OverloadConfig:
+        """OVERLOAD_WORKERS, OVERLOAD_SERVICE_TIME, OVERLOAD_MAX_WAITING, OVERLOAD_SLOWDOWN,
+        TRIGGER_AT, TRIGGER_FOR, LOAD_SHARE, GIVE_UP, VISITOR_RETRIES, V1_RETRIES,
+        V1_UPSTREAM_TIMEOUT and BREAKER_OVERLOAD_CONFIG, each defaulting as above."""
+        d = OverloadConfig()
+        settings = Path(env.get("BREAKER_OVERLOAD_CONFIG", str(d.settings)))
+        if not settings.is_file():
+            raise StackError(f"BREAKER_OVERLOAD_CONFIG={settings} is not a file")
+        return OverloadConfig(
+            workers=env_number(env, "OVERLOAD_WORKERS", d.workers),
+            service_time=env_duration(env, "OVERLOAD_SERVICE_TIME", d.service_time, low=0.001),
+            max_waiting=env_number(env, "OVERLOAD_MAX_WAITING", d.max_waiting, low=0),
+            slowdown=env_number(env, "OVERLOAD_SLOWDOWN", d.slowdown, kind=float),
+            trigger_at=parse_duration(env_duration(env, "TRIGGER_AT", f"{d.trigger_at:g}s", low=1)),
+            trigger_for=parse_duration(env_duration(env, "TRIGGER_FOR", f"{d.trigger_for:g}s", low=1)),
+            load_share=env_number(env, "LOAD_SHARE", d.load_share, kind=float, low=0.01),
+            give_up=parse_duration(env_duration(env, "GIVE_UP", f"{d.give_up:g}s", low=0.1)),
+            visitor_retries=env_number(env, "VISITOR_RETRIES", d.visitor_retries, low=0),
+            v1_retries=env_number(env, "V1_RETRIES", d.v1_retries, low=0),
+            v1_timeout=env_duration(env, "V1_UPSTREAM_TIMEOUT", d.v1_timeout, low=0.001),
+            settings=settings.resolve(),
+        )
+
+
+@dataclass
 class StackConfig:
     bin_dir: Path
     log_dir: Path
@@ -101,6 +156,10 @@ class StackConfig:
     # The second chapter: three recommendations processes of which the last hangs, v1 and v2
     # spreading calls over them at random call by call, and a second v2 with scope Endpoint.
     endpoints_chapter: bool = False
+    # The third: recommendations with a capacity, v1 retrying, and one v2 per settings
+    # variant (its process name → the keys it changes in the overload settings).
+    overload: OverloadConfig | None = None
+    v2_variants: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
     @staticmethod
     def from_env(env: dict[str, str], log_dir: Path) -> StackConfig:
@@ -233,8 +292,13 @@ class Service:
 
 def with_scope(settings: str, scope: str) -> str:
     """The settings document with this scope in place of any scope it gave."""
-    kept = [line for line in settings.splitlines() if not line.startswith("scope:")]
-    return "\n".join([*kept, f"scope: {scope}", ""])
+    return with_settings(settings, {"scope": scope})
+
+
+def with_settings(settings: str, changes: dict[str, str | None]) -> str:
+    """The settings document with these keys given these values (None: left out)."""
+    kept = [line for line in settings.splitlines() if line.split(":", 1)[0].strip() not in changes]
+    return "\n".join([*kept, *(f"{key}: {value}" for key, value in changes.items() if value is not None), ""])
 
 
 class Services:
@@ -265,7 +329,24 @@ class Services:
             raise StackError(f"/circuit-status answered {status}")
         return body
 
-    def set_fault(self, mode: str, **fields: str) -> dict:
+    def recommendations_load(self) -> dict[str, float]:
+        """recommendations' counters: calls received, waiting for a worker, in flight."""
+        status, text = http("GET", f"{self.url('recommendations-service')}/metrics", timeout=2)
+        if status != 200 or not isinstance(text, str):
+            raise StackError(f"recommendations /metrics answered {status}")
+        wanted = {
+            "recommendation_requests_received_total": "received",
+            "recommendation_requests_waiting": "waiting",
+            "recommendation_requests_in_flight": "in_flight",
+        }
+        load = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in wanted:
+                load[wanted[name]] = float(value)
+        return load
+
+    def set_fault(self, mode: str, **fields: object) -> dict:
         """Switches recommendations' fault; its answer: the fault, and the pod that took it."""
         status, body = http(
             "PUT",
@@ -318,16 +399,30 @@ class Stack(Services):
             upstreams["RECOMMENDATIONS_ENDPOINTS"] = ",".join(
                 f"recommendations-{n}={self.url(f'recommendations-{n}')}" for n in (1, 2, 3)
             )
+        elif c.overload is not None:
+            o = c.overload
+            capacity = {
+                "CAPACITY_WORKERS": str(o.workers),
+                "SERVICE_TIME": o.service_time,
+                "MAX_WAITING": str(o.max_waiting),
+                "ADMIN_TOKEN": c.admin_token,
+            }
+            self._start("recommendations-service", c.ports.recommendations, capacity)
         else:
             self._start("recommendations-service", c.ports.recommendations, hanging)
         upstreams["RECOMMENDATIONS_SERVICE_URL"] = self.url("recommendations-service")
-        self._start("api-gateway-v1", c.ports.v1, {**upstreams, "UPSTREAM_TIMEOUT": c.v1_timeout})
+        v1 = {"UPSTREAM_TIMEOUT": c.v1_timeout}
+        if c.overload is not None:
+            v1 = {"UPSTREAM_TIMEOUT": c.overload.v1_timeout, "UPSTREAM_RETRIES": str(c.overload.v1_retries)}
+        self._start("api-gateway-v1", c.ports.v1, {**upstreams, **v1})
         if c.breaker_configmap:
             settings = {"BREAKER_CONFIGMAP": c.breaker_configmap}
             if "KUBECONFIG" in os.environ:
                 settings["KUBECONFIG"] = os.environ["KUBECONFIG"]
         elif c.endpoints_chapter:
             settings = {"BREAKER_CONFIG": str(self._scoped_settings("Service"))}
+        elif c.overload is not None:
+            settings = {"BREAKER_CONFIG": str(c.overload.settings)}
         else:
             settings = {"BREAKER_CONFIG": str(c.breaker_config)}
         self._start("api-gateway-v2", c.ports.v2, {**upstreams, **settings})
@@ -338,6 +433,11 @@ class Stack(Services):
                 {**upstreams, "BREAKER_CONFIG": str(self._scoped_settings("Endpoint"))},
                 binary="api-gateway-v2",
             )
+
+        for name, changes in c.v2_variants.items():
+            path = c.log_dir / f"breaker-{name}.yaml"
+            path.write_text(with_settings(c.overload.settings.read_text(), changes))
+            self._start(name, 0, {**upstreams, "BREAKER_CONFIG": str(path)}, binary="api-gateway-v2")
 
     def _scoped_settings(self, scope: str) -> Path:
         path = self.config.log_dir / f"breaker-scope-{scope.lower()}.yaml"

@@ -4,7 +4,9 @@
 //! servers do: a caller that gives up frees nothing, and its retry queues again.
 //!
 //! With `c` workers and service time `s`, the `k`-th of `n` requests that arrive together
-//! finishes at `ceil(k / c) * s`; `c / s` requests a second is the most it can answer.
+//! finishes at `ceil(k / c) * s`; `c / s` requests a second is the most it can answer. The line
+//! may be bounded (`maxWaiting`): past it a request is refused at once, as a server whose
+//! accept queue is full refuses connections.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,8 @@ pub struct CapacitySettings {
     pub service_time: Duration,
     /// The trigger: each request takes this many times its service time (1: normal).
     pub slowdown: f64,
+    /// Requests that may wait for a worker; more are refused at once. 0: no bound.
+    pub max_waiting: u32,
 }
 
 impl Default for CapacitySettings {
@@ -38,6 +42,7 @@ impl Default for CapacitySettings {
             workers: 0,
             service_time: Duration::from_millis(20),
             slowdown: 1.0,
+            max_waiting: 0,
         }
     }
 }
@@ -80,10 +85,17 @@ impl Capacity {
     /// Does one request's work: waits in line for a worker, then works for the service time
     /// `settings()` gives when the work starts. The work runs on a task of its own, so it is
     /// done (and holds its worker) even if this future is dropped because the caller left.
-    pub async fn work(self: &Arc<Self>, settings: impl Fn() -> CapacitySettings + Send + 'static) {
+    /// `Err(LineFull)` when the line is at its bound: no work is done.
+    pub async fn work(
+        self: &Arc<Self>,
+        settings: impl Fn() -> CapacitySettings + Send + 'static,
+    ) -> Result<(), LineFull> {
         let now = settings();
         if !now.is_on() {
-            return;
+            return Ok(());
+        }
+        if now.max_waiting > 0 && self.waiting.get() >= i64::from(now.max_waiting) {
+            return Err(LineFull);
         }
         let pool = self.pool(now.workers);
         let this = self.clone();
@@ -99,8 +111,14 @@ impl Capacity {
             let _ = done.send(());
         });
         let _ = finished.await;
+        Ok(())
     }
 }
+
+/// The line is at its bound (`maxWaiting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("overloaded: the line is full")]
+pub struct LineFull;
 
 #[cfg(test)]
 mod tests {
@@ -113,6 +131,7 @@ mod tests {
             workers,
             service_time: Duration::from_millis(ms),
             slowdown,
+            max_waiting: 0,
         }
     }
 
@@ -122,7 +141,7 @@ mod tests {
         let calls = (0..n).map(|_| {
             let capacity = capacity.clone();
             tokio::spawn(async move {
-                capacity.work(move || s).await;
+                capacity.work(move || s).await.unwrap();
                 start.elapsed().as_millis()
             })
         });
@@ -167,7 +186,7 @@ mod tests {
             let capacity = capacity.clone();
             tokio::spawn(async move {
                 let start = Instant::now();
-                capacity.work(move || s).await;
+                capacity.work(move || s).await.unwrap();
                 start.elapsed().as_millis()
             })
         };
@@ -177,6 +196,27 @@ mod tests {
             200,
             "it waited for the abandoned work"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn past_its_bound_the_line_refuses_at_once() {
+        let capacity = Arc::new(Capacity::default());
+        let s = CapacitySettings {
+            max_waiting: 2,
+            ..settings(1, 100, 1.0)
+        };
+        let calls: Vec<_> = (0..5)
+            .map(|_| {
+                let capacity = capacity.clone();
+                tokio::spawn(async move { capacity.work(move || s).await })
+            })
+            .collect();
+        let mut refused = 0;
+        for call in calls {
+            refused += usize::from(call.await.unwrap() == Err(LineFull));
+        }
+        // Five at once: two wait (one of them gets the worker first), three are refused.
+        assert_eq!(refused, 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,7 +5,7 @@
 
 mod capacity;
 
-pub use capacity::{Capacity, CapacitySettings, MAX_SLOWDOWN, MAX_WORKERS};
+pub use capacity::{Capacity, CapacitySettings, LineFull, MAX_SLOWDOWN, MAX_WORKERS};
 
 use std::time::Duration;
 
@@ -68,6 +68,7 @@ pub struct FaultUpdate {
     #[serde(default, with = "duration_text::serde::option")]
     pub service_time: Option<Duration>,
     pub slowdown: Option<f64>,
+    pub max_waiting: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +120,7 @@ impl Fault {
                 workers: update.workers.unwrap_or(self.capacity.workers),
                 service_time: update.service_time.unwrap_or(self.capacity.service_time),
                 slowdown: update.slowdown.unwrap_or(self.capacity.slowdown),
+                max_waiting: update.max_waiting.unwrap_or(self.capacity.max_waiting),
             },
         }
         .validate()
@@ -221,6 +223,9 @@ pub struct FaultArgs {
     /// How long one request takes a worker (with CAPACITY_WORKERS).
     #[arg(long, env = "SERVICE_TIME", default_value = "20ms", value_parser = parse_duration)]
     service_time: Duration,
+    /// Requests that may wait for a worker; more are answered 503 at once. 0: no bound.
+    #[arg(long, env = "MAX_WAITING", default_value_t = 0)]
+    max_waiting: u32,
 }
 
 impl FaultArgs {
@@ -249,6 +254,7 @@ impl FaultArgs {
                 workers: self.capacity_workers,
                 service_time: self.service_time,
                 slowdown: 1.0,
+                max_waiting: self.max_waiting,
             },
         }
         .validate()

@@ -9,6 +9,7 @@ mod admin;
 
 use std::sync::{Arc, RwLock};
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use clap::Parser;
 use prometheus_client::metrics::counter::Counter;
@@ -66,7 +67,11 @@ async fn recommendations(
     let _in_flight = scopeguard(&state.in_flight);
     let id = catalog::parse_id(&id).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let settings = state.clone();
-    state.capacity.work(move || settings.fault().capacity).await;
+    state
+        .capacity
+        .work(move || settings.fault().capacity)
+        .await
+        .map_err(|full| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, full.to_string()))?;
     // The fault as it is once the work is done (a switch meanwhile applies).
     let fault = state.fault();
     fault
