@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints demo-overload build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward loadtest-k8s loadtest-k8s-endpoints measure-scale kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints demo-overload build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward loadtest-k8s loadtest-k8s-endpoints loadtest-k8s-overload measure-scale kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -179,6 +179,9 @@ loadtest-k8s: $(VENV)/.demo-installed ## The demo's three phases against the for
 
 loadtest-k8s-endpoints: $(VENV)/.demo-installed ## The second chapter in the cluster (recommendations at 3 replicas, see the README): v1, v2 scope Service, v2 scope Endpoint
 	DEMO_TARGET=cluster DEMO_CHAPTER=endpoints ADMIN_TOKEN=$(CLUSTER_ADMIN_TOKEN) $(PY) loadtest/demo.py
+
+loadtest-k8s-overload: $(VENV)/.demo-installed ## The third chapter in the cluster (v1 with 3 retries and a 1 s timeout, see the README): v1, v2 and each defence off in turn
+	DEMO_TARGET=cluster DEMO_CHAPTER=overload V1_UPSTREAM_TIMEOUT=$${V1_UPSTREAM_TIMEOUT:-1s} ADMIN_TOKEN=$(CLUSTER_ADMIN_TOKEN) $(PY) loadtest/demo.py
 
 # The controller at scale (README, "At scale"): after make kind-up KIND_CONFIG=kind-config-3-workers.yaml.
 SCALE_REPLICAS ?= 20

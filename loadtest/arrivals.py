@@ -16,31 +16,15 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
 import gevent
-from answers import FAILED, KIND, ROW, classify
-from ledger import LedgerWriter
-from locust import HttpUser, constant, events, task
+from answers import FAILED
+from asking import LEDGER, PRODUCT_IDS, ask
+from locust import HttpUser, constant, task
 
-PRODUCT_IDS = range(1, 25)
 ARRIVAL_RATE = float(os.environ.get("ARRIVAL_RATE", "50"))
 GIVE_UP = float(os.environ.get("GIVE_UP", "3"))
 VISITOR_RETRIES = int(os.environ.get("VISITOR_RETRIES", "1"))
-LEDGER = LedgerWriter(Path(os.environ["DEMO_LEDGER"])) if os.environ.get("DEMO_LEDGER") else None
-
-
-@events.test_stopping.add_listener
-def phase_stopping(**_) -> None:
-    if LEDGER is not None:
-        LEDGER.stopped()
-
-
-def json_or_none(response) -> object:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 class Visitor(HttpUser):
@@ -64,21 +48,5 @@ class Visitor(HttpUser):
             LEDGER.visited()
         product_id = random.choice(PRODUCT_IDS)
         for _ in range(1 + VISITOR_RETRIES):
-            if self.ask(product_id) != FAILED:
+            if ask(self.client, product_id, GIVE_UP) != FAILED:
                 return
-
-    def ask(self, product_id: int) -> str:
-        request = LEDGER.sent() if LEDGER is not None else None
-        with self.client.get(
-            f"/product-details/{product_id}", name=ROW, timeout=GIVE_UP, catch_response=True
-        ) as response:
-            body = json_or_none(response) if response.error is None else None
-            row, failure = classify(response.status_code, body, response.error)
-            response.request_meta["name"] = row
-            if failure is None:
-                response.success()
-            else:
-                response.failure(failure)
-        if request is not None:
-            LEDGER.answered(request, KIND[row])
-        return row

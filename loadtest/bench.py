@@ -11,7 +11,8 @@ BENCH_THREADS (wrk's threads; default 1, so on a small machine the load generato
 core at most and leaves the rest to what it measures: one thread drove ~120,000 req/s at
 product-service here),
 BIN (target/release), RESULTS_DIR (results), WORKERS (each service's worker count; default
-one per core).
+one per core), BREAKER_CONFIG (v2's settings; config/breaker.yaml; the overload chapter's,
+config/breaker-overload.yaml, turns the adaptive limit and the retries on).
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ def main() -> int:
         log_dir=workdir / "logs",
         ports=Ports(0, 0, 0, 0),
         failure_hang="30s",
-        breaker_config=ROOT / "config/breaker.yaml",
+        breaker_config=Path(os.environ.get("BREAKER_CONFIG", ROOT / "config/breaker.yaml")).resolve(),
     )
     try:
         report = measure(config, workdir, duration, connections, threads)

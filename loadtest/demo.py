@@ -167,6 +167,19 @@ class Phase:
     changes: dict[str, str | None] | None = None
 
 
+# The overload chapter's defences, each turned off by changing the keys of v2's settings
+# (config/breaker-overload.yaml) that turn it on (None: the key left out).
+NO_LIMIT = {"adaptiveLimitMax": None, "adaptiveLimitMin": None, "adaptiveLimitLatency": None}
+# Retries stay; only their budget goes (any share of the requests, any number a second).
+NO_BUDGET = {"retryBudgetPercent": "100", "minRetriesPerSecond": "10000"}
+# The breaker never opens: no rate thresholds, and a failure threshold out of reach.
+NO_BREAKER = {
+    "failureThreshold": "1000",
+    "failureRateThreshold": None,
+    "slowCallDuration": None,
+    "slowCallRateThreshold": None,
+}
+
 CHAPTERS = {
     # The seed's story: one hanging dependency, without and with a breaker, and a heal.
     "story": (
@@ -186,30 +199,19 @@ CHAPTERS = {
         Phase("v1", "v1, 3 retries at once", "api-gateway-v1", trigger=True),
         Phase("v2", "v2, every defence", "api-gateway-v2", trigger=True),
         Phase(
-            "v2_no_limit",
-            "v2 without the adaptive limit",
-            "api-gateway-v2-no-limit",
-            trigger=True,
-            changes={"adaptiveLimitMax": None, "adaptiveLimitMin": None, "adaptiveLimitLatency": None},
+            "v2_no_limit", "v2 without the adaptive limit", "api-gateway-v2-no-limit", trigger=True, changes=NO_LIMIT
         ),
         Phase(
-            "v2_no_budget",
-            "v2 without the retry budget",
-            "api-gateway-v2-no-budget",
-            trigger=True,
-            changes={"retryBudgetPercent": "100", "minRetriesPerSecond": "10000"},
+            "v2_no_budget", "v2 without the retry budget", "api-gateway-v2-no-budget", trigger=True, changes=NO_BUDGET
         ),
+        Phase("v2_no_breaker", "v2 without the breaker", "api-gateway-v2-no-breaker", trigger=True, changes=NO_BREAKER),
+        # The control: v2's fallback and retries, none of the defences.
         Phase(
-            "v2_no_breaker",
-            "v2 without the breaker",
-            "api-gateway-v2-no-breaker",
+            "v2_none",
+            "v2 with none of them",
+            "api-gateway-v2-none",
             trigger=True,
-            changes={
-                "failureThreshold": "1000",
-                "failureRateThreshold": None,
-                "slowCallDuration": None,
-                "slowCallRateThreshold": None,
-            },
+            changes={**NO_LIMIT, **NO_BUDGET, **NO_BREAKER},
         ),
     ),
 }
@@ -251,7 +253,9 @@ class Demo:
         self.s = settings
         self.stack: Services
         if settings.cluster is not None:
-            self.stack = ClusterStack(settings.cluster, endpoints_chapter=settings.chapter == "endpoints")
+            self.stack = ClusterStack(
+                settings.cluster, endpoints_chapter=settings.chapter == "endpoints", overload=settings.overload
+            )
         else:
             self.stack = Stack(settings.local)
         self.locust_bin = Path(sys.executable).parent / "locust"
@@ -336,6 +340,8 @@ class Demo:
     def run_phase(self, phase: Phase) -> None:
         if phase.scope:
             self.stack.use_scope(phase.scope)
+        if self.s.overload is not None and phase.gateway.startswith("api-gateway-v2"):
+            self.stack.use_overload_settings(phase.changes or {})
         env = {}
         if self.s.overload is not None:
             self.calm_recommendations(phase)

@@ -18,28 +18,11 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 
-from answers import KIND, ROW, classify
-from ledger import LedgerWriter
-from locust import HttpUser, between, events, task
+from asking import PRODUCT_IDS, ask
+from locust import HttpUser, between, task
 
-PRODUCT_IDS = range(1, 25)
 REQUEST_TIMEOUT = float(os.environ.get("LOCUST_REQUEST_TIMEOUT", "60"))
-LEDGER = LedgerWriter(Path(os.environ["DEMO_LEDGER"])) if os.environ.get("DEMO_LEDGER") else None
-
-
-@events.test_stopping.add_listener
-def phase_stopping(**_) -> None:
-    if LEDGER is not None:
-        LEDGER.stopped()
-
-
-def json_or_none(response) -> object:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 class Shopper(HttpUser):
@@ -48,21 +31,4 @@ class Shopper(HttpUser):
 
     @task
     def product_details(self) -> None:
-        product_id = random.choice(PRODUCT_IDS)
-        request = LEDGER.sent() if LEDGER is not None else None
-        with self.client.get(
-            f"/product-details/{product_id}",
-            name=ROW,
-            timeout=REQUEST_TIMEOUT,
-            catch_response=True,
-        ) as response:
-            body = json_or_none(response) if response.error is None else None
-            row, failure = classify(response.status_code, body, response.error)
-            response.request_meta["name"] = row
-            if failure is None:
-                response.success()
-            else:
-                response.failure(failure)
-        # A user stopped mid-request never gets here: the ledger keeps that request waiting.
-        if request is not None:
-            LEDGER.answered(request, KIND[row])
+        ask(self.client, random.choice(PRODUCT_IDS), REQUEST_TIMEOUT)

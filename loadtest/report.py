@@ -1110,6 +1110,7 @@ OVERLOAD = Chapter(
         Phase("v2_no_limit", "v2 without the adaptive limit", ORANGE),
         Phase("v2_no_budget", "v2 without the retry budget", "#6a1b9a"),
         Phase("v2_no_breaker", "v2 without the breaker", BLUE),
+        Phase("v2_none", "v2 with none of them", "#757575"),
     ),
     summarize=summarize_overload,
     to_json=overload_json,

@@ -295,6 +295,27 @@ def with_scope(settings: str, scope: str) -> str:
     return with_settings(settings, {"scope": scope})
 
 
+def settings_file(path: Path) -> dict[str, str]:
+    """The `key: value` lines of a flat settings file (comments and blank lines skipped)."""
+    pairs = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            key, _, value = line.partition(":")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def typed(value: str) -> object:
+    """A settings value as JSON has it: a whole number, a number, or the text."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def with_settings(settings: str, changes: dict[str, str | None]) -> str:
     """The settings document with these keys given these values (None: left out)."""
     kept = [line for line in settings.splitlines() if line.split(":", 1)[0].strip() not in changes]
@@ -318,6 +339,10 @@ class Services:
     def use_scope(self, scope: str) -> None:
         """Makes the v2 of the next phase run this scope. Locally each v2 process runs one
         scope from its start (api-gateway-v2: Service, api-gateway-v2-endpoint: Endpoint)."""
+
+    def use_overload_settings(self, changes: dict[str, str | None]) -> None:
+        """Makes the v2 of the next phase run the overload settings with these changes. Locally
+        each variant is a v2 process of its own, started with its settings."""
 
     def policy_view(self) -> dict | None:
         """The BreakerPolicy as kubectl shows it, where there is one."""
@@ -501,15 +526,22 @@ class ClusterStack(Services):
     The second chapter's two v2 phases run on the same v2 pod, the scope switched between them
     in the BreakerPolicy; the scope the policy had is put back at the end."""
 
-    def __init__(self, config: ClusterConfig, endpoints_chapter: bool = False):
+    def __init__(self, config: ClusterConfig, endpoints_chapter: bool = False, overload: OverloadConfig | None = None):
         self.config = config
         self.admin_token = config.admin_token
         self.endpoints_chapter = endpoints_chapter
+        self.overload = overload
+        self.settings_before: dict | None = None
         self.urls = {
             "api-gateway-v1": config.v1,
             "api-gateway-v2": config.v2,
             "api-gateway-v2-endpoint": config.v2,
             "recommendations-service": config.recommendations,
+            # The overload chapter's v2 variants: the same v2, its policy's settings switched.
+            "api-gateway-v2-no-limit": config.v2,
+            "api-gateway-v2-no-budget": config.v2,
+            "api-gateway-v2-no-breaker": config.v2,
+            "api-gateway-v2-none": config.v2,
         }
         self.scope_before: str | None = None
         self.scope_changed = False
@@ -523,8 +555,30 @@ class ClusterStack(Services):
         if self.endpoints_chapter:
             self.scope_before = self.policy()["spec"].get("settings", {}).get("scope")
             self._hang_one_of_three()
+        elif self.overload is not None:
+            self._give_recommendations_capacity()
         else:
             self._hang()
+
+    def _give_recommendations_capacity(self) -> None:
+        """The overload chapter's recommendations: one pod (the forward's, whose counter the
+        chapter reads), given its capacity through the admin endpoint; v2's policy settings are
+        kept to be put back."""
+        endpoints = [e["name"] for e in self.circuit_status()["endpoints"]]
+        if len(endpoints) > 1:
+            raise StackError(
+                f"v2 calls {len(endpoints)} recommendations pods: the chapter reads one pod's counters "
+                "(make deploy HELM_ARGS='--set recommendations.replicas=1 --set gatewayV1.upstreamRetries=3 "
+                "--set gatewayV1.upstreamTimeout=1s')"
+            )
+        o = self.overload
+        try:
+            self.set_fault("none", workers=o.workers, serviceTime=o.service_time, maxWaiting=o.max_waiting, slowdown=1)
+        except StackError as err:
+            raise StackError(
+                f"{err}: ADMIN_TOKEN must be the token in the chart's Secret recommendations-admin"
+            ) from None
+        self.settings_before = self.policy()["spec"].get("settings", {})
 
     def _hang(self) -> dict:
         try:
@@ -572,6 +626,28 @@ class ClusterStack(Services):
                 )
             time.sleep(0.2)
 
+    def use_overload_settings(self, changes: dict[str, str | None]) -> None:
+        """Sets the policy's settings to the overload chapter's with these changes, and waits
+        until the v2 pod behind the forward runs them."""
+        settings = {k: v for k, v in {**settings_file(self.overload.settings), **changes}.items() if v is not None}
+        wire = {k: typed(v) for k, v in settings.items()}
+        self._replace_settings(wire)
+        deadline = time.monotonic() + 30
+        while True:
+            running = self.circuit_status()["settings"]
+            if all(running.get(k) == v or str(running.get(k)) == str(v) for k, v in wire.items()):
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"v2 did not take the settings from BreakerPolicy {self.config.policy} within 30 s "
+                    f"(it runs {running}): is breaker-controller running?"
+                )
+            time.sleep(0.2)
+
+    def _replace_settings(self, settings: dict) -> None:
+        patch = json.dumps([{"op": "replace", "path": "/spec/settings", "value": settings}])
+        self.kubectl("patch", "breakerpolicy", self.config.policy, "--type", "json", "-p", patch)
+
     def policy(self) -> dict:
         return json.loads(self.kubectl("get", "breakerpolicy", self.config.policy, "-o", "json"))
 
@@ -602,6 +678,13 @@ class ClusterStack(Services):
         self.kubectl("patch", "breakerpolicy", self.config.policy, "--type", "merge", "-p", patch)
 
     def stop(self) -> None:
+        if self.settings_before is not None:
+            settings, self.settings_before = self.settings_before, None
+            try:
+                self._replace_settings(settings)
+                self.set_fault("none", workers=0, slowdown=1)
+            except (OSError, StackError) as err:
+                print(f"demo: could not put the policy's settings or recommendations back: {err}", file=sys.stderr)
         if self.scope_changed:
             self.scope_changed = False
             try:

@@ -2,6 +2,7 @@
 //! ConfigMap, which the gateway hot-reloads. The Kubernetes glue lives here; the resource's
 //! types and the ConfigMap's format are in `breaker-api`, the breaker itself in `breaker`.
 
+mod context;
 pub mod leader;
 mod metrics;
 pub mod probe;

@@ -16,7 +16,6 @@
 //! ConfigMap's side instead ([`crate::release`]), whenever a controller runs. Policies and
 //! ConfigMaps from the finalizer's days are brought over as they are reconciled.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,17 +23,16 @@ use breaker_api::configmap;
 use breaker_api::policy::{Reason, READY};
 use breaker_api::{BreakerPolicy, BreakerPolicyStatus};
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use parking_lot::Mutex;
 use serde_json::json;
 
-use crate::metrics::Metrics;
+use crate::context::manager_name;
+pub use crate::context::{Context, Error, MANAGER};
 use crate::release;
 
 /// The finalizer earlier versions put on every policy; removed wherever it is seen.
@@ -42,131 +40,12 @@ pub const LEGACY_FINALIZER: &str = "resilience.demo.dev/configmap";
 pub const POLICY_LABEL: &str = "resilience.demo.dev/policy";
 /// Marks a ConfigMap as one a BreakerPolicy may write.
 pub const TARGET_LABEL: &str = "resilience.demo.dev/breaker-target";
-pub const MANAGER: &str = "breaker-controller";
 /// Re-applied this often even without changes, which repairs hand edits of the ConfigMap.
 const RESYNC: Duration = Duration::from_secs(300);
 /// A conflicting or missing target is looked at again this often, so a freed ConfigMap
 /// finds its next policy.
 const CONFLICT_RETRY: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// Objects whose failures are remembered for backoff; past this the oldest memory is dropped
-/// (a policy deleted while failing never reconciles again to clear its entry).
-const MAX_TRACKED_FAILURES: usize = 4096;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[source] kube::Error),
-    #[error("the BreakerPolicy has no name or no namespace")]
-    Unnamed,
-}
-
-impl From<kube::Error> for Error {
-    fn from(err: kube::Error) -> Self {
-        Error::Kube(err)
-    }
-}
-
-impl Error {
-    /// The variant, and for API errors the reason the API server gave (a bounded set:
-    /// `Conflict`, `Forbidden`, `NotFound`…), as a metric label.
-    pub fn metric_label(&self) -> String {
-        match self {
-            Error::Kube(kube::Error::Api(status)) if !status.reason.is_empty() => {
-                format!("kube_{}", status.reason)
-            }
-            Error::Kube(_) => "kube".into(),
-            Error::Unnamed => "unnamed".into(),
-        }
-    }
-}
-
-/// What every reconcile shares: the client, the metrics, the one Event recorder.
-pub struct Context {
-    pub client: kube::Client,
-    pub metrics: Metrics,
-    recorder: Recorder,
-    failures: Mutex<HashMap<String, u32>>,
-    /// The one ConfigMap name the controller's Role lets it write, when it was told.
-    allowed_target: Option<String>,
-}
-
-impl Context {
-    pub fn new(client: kube::Client, metrics: Metrics) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            metrics,
-            failures: Mutex::new(HashMap::new()),
-            allowed_target: None,
-        }
-    }
-
-    /// The controller may write ConfigMaps of this name only (what its Role allows): a policy
-    /// aiming elsewhere is told so in its status instead of failing on `Forbidden`.
-    pub fn allow_only(mut self, config_map: Option<String>) -> Self {
-        self.allowed_target = config_map;
-        self
-    }
-
-    pub fn allowed_target(&self) -> Option<&str> {
-        self.allowed_target.as_deref()
-    }
-
-    async fn event(&self, policy: &BreakerPolicy, type_: EventType, reason: Reason, note: String) {
-        self.publish(policy, type_, reason.as_str(), "Reconcile", note, None)
-            .await;
-    }
-
-    /// Records an Event on the policy, `related` to another object if given, through the
-    /// one Recorder, counted by reason. The Recorder makes repeats of the same type, reason,
-    /// action and related object into one series (the note is not part of that key).
-    pub(crate) async fn publish(
-        &self,
-        policy: &BreakerPolicy,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-        related: Option<ObjectReference>,
-    ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: related,
-        };
-        self.metrics.event_written(reason);
-        if let Err(err) = self.recorder.publish(&event, &policy.object_ref(&())).await {
-            tracing::warn!(error = %err, reason, "cannot record an Event");
-        }
-    }
-
-    fn forget_failures(&self, key: &str) {
-        self.failures.lock().remove(key);
-    }
-
-    /// Failures in a row for this object, this one included.
-    fn count_failure(&self, key: String) -> u32 {
-        let mut failures = self.failures.lock();
-        if failures.len() >= MAX_TRACKED_FAILURES && !failures.contains_key(&key) {
-            failures.clear();
-        }
-        let n = failures.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    }
-
-    #[cfg(test)]
-    pub(crate) fn tracked_failures(&self) -> usize {
-        self.failures.lock().len()
-    }
-}
 
 fn key(policy: &BreakerPolicy) -> String {
     format!(
@@ -297,11 +176,6 @@ async fn held_elsewhere(
         }
         _ => Ok(None),
     }
-}
-
-/// The field manager a policy's writes to its ConfigMap go under.
-pub(crate) fn manager_name(policy: &str) -> String {
-    format!("{MANAGER}.{policy}")
 }
 
 /// Another policy's field manager on the ConfigMap, if one applied fields there.

@@ -17,7 +17,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::reconcile::{manager_name, Context, Error, MANAGER};
+use crate::context::{manager_name, Context, Error, MANAGER};
 
 /// One pass over a target ConfigMap: every policy that wrote fields there and is gone (or
 /// going) has them released.

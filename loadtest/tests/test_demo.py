@@ -194,3 +194,42 @@ def test_the_endpoints_chapter_ejects_the_bad_pod_and_keeps_pages_full(fast_brea
     assert endpoint["degraded_pct"] < service["degraded_pct"], (endpoint, service)
     page = (tmp_path / "results" / "report.html").read_text()
     assert "scope Endpoint" in page and "recommendations-3" in page
+
+
+def test_the_overload_chapter_shows_v1_staying_down_after_the_trigger_and_v2_back_at_once(tmp_path):
+    """A short slowdown under steady arrivals: v1, retrying at once, stays down after it ends
+    (its queue full of work nobody waits for); v2 is back within seconds, and its retries
+    stay within their budget."""
+    results = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest/demo.py")],
+        check=False,
+        env=demo_env(
+            results,
+            ROOT / "config/breaker.yaml",
+            DEMO_CHAPTER="overload",
+            V1_UPSTREAM_TIMEOUT="1s",
+            DEMO_DURATION="20s",
+            TRIGGER_AT="6s",
+            TRIGGER_FOR="3s",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((results / "comparison_report.json").read_text())
+    run = summary["run"]["overload"]
+    for phase in ("v1", "v2", "v2_no_limit", "v2_no_budget", "v2_no_breaker", "v2_none"):
+        o = summary[phase]
+        # Open loop: the visitors came at the rate asked, whatever the gateway did.
+        assert abs(o["arrival_rate"] - run["arrival_rate"]) < 0.2 * run["arrival_rate"], (phase, o)
+        assert o["goodput_before"] > 0.8 * run["arrival_rate"], (phase, o)
+    v1, v2 = summary["v1"], summary["v2"]
+    assert v1["recovered_after_s"] is None and v1["below_20pct_after_s"] >= v1["watched_after_s"] - 1, v1
+    assert v1["calls_per_page"] > 2, v1
+    assert v2["recovered_after_s"] is not None and v2["recovered_after_s"] <= 10, v2
+    assert v2["calls_per_page"] <= 1.2 and v2["failure_pct"] == 0, v2
+    page = (results / "report.html").read_text()
+    assert 'data-chart="goodput"' in page and 'data-chart="calls"' in page and 'class="shade"' in page
+    assert "metastable" in proc.stdout, proc.stdout[-2000:]

@@ -639,6 +639,41 @@ def test_loadtest_k8s_endpoints_tells_the_second_chapter_and_the_policy_names_th
         make("deploy", f"HELM_ARGS={HELM_ARGS}")
 
 
+def test_loadtest_k8s_overload_tells_the_third_chapter(cluster: Cluster, tmp_path):
+    """The third chapter as a user runs it: v1 deployed with three immediate retries and a 1 s
+    timeout, recommendations given a capacity through its admin endpoint, and v2's settings
+    switched in the BreakerPolicy for each phase, then put back."""
+    make(
+        "deploy",
+        f"HELM_ARGS={HELM_ARGS} --set recommendations.faultMode=none "
+        "--set gatewayV1.upstreamRetries=3 --set gatewayV1.upstreamTimeout=1s",
+    )
+    try:
+        before = kubectl_json("get", "breakerpolicy", POLICY)["spec"]["settings"]
+        results = tmp_path / "results"
+        make(
+            "loadtest-k8s-overload",
+            f"V1_URL={cluster.forwards['api-gateway-v1']}",
+            f"V2_URL={cluster.forwards[V2]}",
+            f"RECOMMENDATIONS_URL={cluster.forwards['recommendations-service']}",
+            "DEMO_DURATION=20s",
+            "TRIGGER_AT=6s",
+            "TRIGGER_FOR=3s",
+            f"RESULTS_DIR={results}",
+        )
+        summary = json.loads((results / "comparison_report.json").read_text())
+        v1, v2 = summary["v1"], summary["v2"]
+        # v1 stays down after the slowdown ends: its line is full of work nobody waits for.
+        assert v1["recovered_after_s"] is None and v1["calls_per_page"] > 2, v1
+        # v2 is back within seconds, and its retries stayed within their budget.
+        assert v2["recovered_after_s"] is not None and v2["recovered_after_s"] <= 10, v2
+        assert v2["calls_per_page"] <= 1.2 and v2["failure_pct"] == 0, v2
+        assert kubectl_json("get", "breakerpolicy", POLICY)["spec"]["settings"] == before
+        figure("make loadtest-k8s-overload (20 s phases, slowdown 6-9 s):\n" + report.text_table(report.build(results)))
+    finally:
+        make("deploy", f"HELM_ARGS={HELM_ARGS}")
+
+
 def helm(*args: str, timeout: float = 200) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(ROOT / ".cache/tools/bin/helm"), *args, "-n", NAMESPACE], env=ENV, capture_output=True, text=True,

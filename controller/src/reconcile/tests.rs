@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 use tower_test::mock::{self, Handle};
 
 use super::*;
+use crate::context::MAX_TRACKED_FAILURES;
+use crate::Metrics;
 
 const NS: &str = "demo";
 const TARGET: &str = "gw-breaker";
