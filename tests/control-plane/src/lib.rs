@@ -156,7 +156,23 @@ impl ControlPlane {
             api_port: free_port()?,
         };
         plane.wait_etcd()?;
-        plane.start_apiserver()?;
+        // Its port was free when picked; another process may have taken it since (a test ran
+        // into that): pick another and try again, a few times.
+        let mut tries = 0;
+        loop {
+            match plane.start_apiserver() {
+                Err(_)
+                    if tries < 3
+                        && plane
+                            .log("kube-apiserver")
+                            .contains("address already in use") =>
+                {
+                    tries += 1;
+                    plane.api_port = free_port()?;
+                }
+                started => break started?,
+            }
+        }
         for who in Who::ALL {
             plane.write_kubeconfig(who)?;
         }
