@@ -276,15 +276,20 @@ class Demo:
         work = self.s.work
         shutil.rmtree(work, ignore_errors=True)
         (work / "logs").mkdir(parents=True)
+        o = self.s.overload
         if self.s.cluster is not None:
             which = "the recommendations pod behind its forward" if self.s.chapter == "endpoints" else "recommendations"
+            fault = f"{which} set to hang {self.s.failure_hang} per request"
+            if o is not None:
+                fault = (
+                    f"recommendations given {o.workers} workers × {o.service_time}; {o.arrival_rate:g} visits/s, "
+                    f"a {o.slowdown:g}× slowdown {o.trigger_at:g}–{o.trigger_at + o.trigger_for:g} s into each phase"
+                )
             print(
-                f"Against the cluster through the port-forwards (v1 {self.s.cluster.v1}, v2 {self.s.cluster.v2}); "
-                f"{which} set to hang {self.s.failure_hang} per request",
+                f"Against the cluster through the port-forwards (v1 {self.s.cluster.v1}, v2 {self.s.cluster.v2}); {fault}",
                 flush=True,
             )
         else:
-            o = self.s.overload
             if self.s.chapter == "endpoints":
                 what = (
                     f"three recommendations processes, the third hanging {self.s.failure_hang} per request, "
