@@ -1,5 +1,6 @@
-//! v2's protection around recommendations-service: the breaker, its bulkhead and the call
-//! timeout, with the fallback served whenever the call is not made or fails.
+//! v2's guard around recommendations-service: the breaker, its bulkhead, the call timeout and
+//! the load defences its settings turn on ([`crate::defences`]: an adaptive limit, retries
+//! within a budget), with the fallback served whenever the call is not made or fails.
 //!
 //! A half-open probe is not its user's problem: it runs on a task of its own, the user waits
 //! at most [`PROBE_WAIT`] for it (a fast probe still serves the full page), and a slow probe

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web;
+use outlier::EndpointAddress;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use service_runtime::{resource, ReadinessGate};
@@ -18,16 +19,18 @@ use crate::metrics::UpstreamMetrics;
 use crate::sources::{Origin, Update};
 use crate::status::{self, StatusSources};
 use crate::upstream::{Recommendations, UpstreamError, Upstreams};
-use outlier::EndpointAddress;
 
 pub enum Policy {
     /// v1: wait up to `timeout`, try again at once up to `retries` times; a failure fails the
     /// whole page.
     AllOrNothing { timeout: Duration, retries: u32 },
-    /// v2: circuit breaker, bulkhead and call timeout; a failure serves the fallback.
+    /// v2: circuit breaker, bulkhead and call timeout, and the load defences its settings turn
+    /// on; a failure serves the fallback.
     Protected(Protection),
 }
 
+/// What v2 runs: its guard around recommendations, where its settings come from and what it
+/// says of them, and who it is.
 pub struct Protection {
     guard: Arc<Guard>,
     config: Arc<Mutex<ConfigState>>,
