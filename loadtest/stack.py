@@ -564,20 +564,36 @@ class ClusterStack(Services):
         """The overload chapter's recommendations: one pod (the forward's, whose counter the
         chapter reads), given its capacity through the admin endpoint; v2's policy settings are
         kept to be put back."""
-        endpoints = [e["name"] for e in self.circuit_status()["endpoints"]]
-        if len(endpoints) > 1:
-            raise StackError(
-                f"v2 calls {len(endpoints)} recommendations pods: the chapter reads one pod's counters "
-                "(make deploy HELM_ARGS='--set recommendations.replicas=1 --set gatewayV1.upstreamRetries=3 "
-                "--set gatewayV1.upstreamTimeout=1s')"
-            )
         o = self.overload
-        try:
-            self.set_fault("none", workers=o.workers, serviceTime=o.service_time, maxWaiting=o.max_waiting, slowdown=1)
-        except StackError as err:
-            raise StackError(
-                f"{err}: ADMIN_TOKEN must be the token in the chart's Secret recommendations-admin"
-            ) from None
+        # Just after a rollout the forward may still reach a terminating pod, which v2 no longer
+        # calls: make port-forward moves to the live one when that pod goes.
+        deadline = time.monotonic() + 60
+        while True:
+            endpoints = [e["name"] for e in self.circuit_status()["endpoints"]]
+            if len(endpoints) > 1:
+                raise StackError(
+                    f"v2 calls {len(endpoints)} recommendations pods: the chapter reads one pod's counters "
+                    "(make deploy HELM_ARGS='--set recommendations.replicas=1 --set gatewayV1.upstreamRetries=3 "
+                    "--set gatewayV1.upstreamTimeout=1s')"
+                )
+            try:
+                given = self.set_fault(
+                    "none", workers=o.workers, serviceTime=o.service_time, maxWaiting=o.max_waiting, slowdown=1
+                )
+            except StackError as err:
+                raise StackError(
+                    f"{err}: ADMIN_TOKEN must be the token in the chart's Secret recommendations-admin"
+                ) from None
+            except OSError:
+                given = {"pod": "unreachable"}
+            if given.get("pod") in endpoints:
+                break
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"the recommendations forward reaches {given.get('pod')}, v2 calls "
+                    f"{', '.join(endpoints) or 'nothing'}: run make port-forward, and wait for the rollout to end"
+                )
+            time.sleep(1)
         self.settings_before = self.policy()["spec"].get("settings", {})
 
     def _hang(self) -> dict:
