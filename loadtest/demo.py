@@ -396,8 +396,13 @@ class Demo:
         self.progress.done(f"[{phase.label}] done in {clock(time.monotonic() - started)}")
 
     def calm_recommendations(self, phase: Phase) -> None:
-        """Before an overload phase: no slowdown, and the line the last phase left worked off."""
-        self.stack.set_fault("none", slowdown=1)
+        """Before an overload phase: no slowdown, and the line the last phase left worked off.
+        The capacity is given again too: in the cluster the forward may have moved to another
+        pod since the last phase."""
+        o = self.s.overload
+        self.stack.set_fault(
+            "none", workers=o.workers, serviceTime=o.service_time, maxWaiting=o.max_waiting, slowdown=1
+        )
         deadline = time.monotonic() + DRAIN_WITHIN
         while True:
             load = self.stack.recommendations_load()
