@@ -400,9 +400,7 @@ class Demo:
         The capacity is given again too: in the cluster the forward may have moved to another
         pod since the last phase."""
         o = self.s.overload
-        self.stack.set_fault(
-            "none", workers=o.workers, serviceTime=o.service_time, maxWaiting=o.max_waiting, slowdown=1
-        )
+        self.stack.set_fault("none", **o.at_normal_speed())
         deadline = time.monotonic() + DRAIN_WITHIN
         while True:
             load = self.stack.recommendations_load()

@@ -111,6 +111,15 @@ class OverloadConfig:
         """Calls a second recommendations answers at most, without the slowdown."""
         return self.workers / parse_duration(self.service_time)
 
+    def at_normal_speed(self) -> dict[str, object]:
+        """The `/admin/fault` fields that give recommendations this capacity, no slowdown."""
+        return {
+            "workers": self.workers,
+            "serviceTime": self.service_time,
+            "maxWaiting": self.max_waiting,
+            "slowdown": 1,
+        }
+
     @property
     def arrival_rate(self) -> float:
         return round(self.load_share * self.capacity, 2)
@@ -577,9 +586,7 @@ class ClusterStack(Services):
                     "--set gatewayV1.upstreamTimeout=1s')"
                 )
             try:
-                given = self.set_fault(
-                    "none", workers=o.workers, serviceTime=o.service_time, maxWaiting=o.max_waiting, slowdown=1
-                )
+                given = self.set_fault("none", **o.at_normal_speed())
             except StackError as err:
                 raise StackError(
                     f"{err}: ADMIN_TOKEN must be the token in the chart's Secret recommendations-admin"
