@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints demo-overload build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward loadtest-k8s loadtest-k8s-endpoints loadtest-k8s-overload measure-scale kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints demo-overload build run test test-disk msrv test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward load-image loadtest-k8s loadtest-k8s-endpoints loadtest-k8s-overload measure-scale kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -137,7 +137,7 @@ manifests: tools ## Regenerate k8s/ and the chart's CRD from the chart and the R
 	cp k8s/crd.yaml helm/circuit-breaker-demo/crds/breakerpolicies.yaml
 
 lint-dockerfile: $(VENV)/.test-installed ## hadolint the Dockerfiles
-	$(VENV)/bin/hadolint Dockerfile tools/kind/*.Dockerfile tools/stand-ins/*.Dockerfile
+	$(VENV)/bin/hadolint Dockerfile tools/kind/*.Dockerfile tools/stand-ins/*.Dockerfile tools/loadtest/*.Dockerfile
 
 # ---- Kubernetes in kind. Docker is started (and installed, as root) when missing; with no
 # registry, the node and app images are built here (OFFLINE=auto|1|0, see scripts/offline.sh).
@@ -147,9 +147,11 @@ KIND_CONFIG ?= kind-config.yaml
 NAMESPACE ?= demo
 # The recommendations admin token in the cluster, for the heal in make loadtest-k8s: the one the
 # chart generated and keeps in its Secret, unless given.
-ADMIN_SECRET := recommendations-admin
-CLUSTER_ADMIN_TOKEN = $${ADMIN_TOKEN:-$$($(KUBECTL) get secret $(ADMIN_SECRET) -n $(NAMESPACE) -o jsonpath='{.data.token}' | base64 -d)}
-export KIND CLUSTER IMAGE KUBE_VERSION KIND_VERSION KIND_NODE_IMAGE KIND_CONFIG KUBE_BIN KUBECTL NAMESPACE
+# The Helm release make deploy installs and the cluster runs drive.
+RELEASE ?= circuit-breaker-demo
+# The image of the chapters' load runs from inside the cluster (Locust, the locustfiles, kubectl).
+LOAD_IMAGE := circuit-breaker-demo/locust:$(APP_VERSION)
+export KIND CLUSTER IMAGE KUBE_VERSION KIND_VERSION KIND_NODE_IMAGE KIND_CONFIG KUBE_BIN KUBECTL NAMESPACE RELEASE LOAD_IMAGE
 
 stand-ins: ## Local images under the upstream names OFFLINE=0 pulls (builder, bases, kind node), as CI runs that path; `scripts/stand-ins.sh remove` untags them
 	scripts/stand-ins.sh
@@ -161,27 +163,34 @@ images: ## Build the image with all five binaries from the Dockerfile (locally w
 kind-up: $(KIND) ## Create the kind cluster (Docker and node image made here when needed), load the image
 	scripts/kind-up.sh
 
-# The chart make deploy installs (make deploy-previous points it at chart 0.1.0's).
+# The chart make deploy installs (make deploy-previous points it at chart 0.1.0's, which has no
+# loadtest value).
 CHART ?= helm/circuit-breaker-demo
-deploy: tools ## Install the chart into namespace demo (restricted Pod Security) and wait for every pod
+DEPLOY_VALUES := $(if $(filter helm/circuit-breaker-demo,$(CHART)),--set loadtest.enabled=true)
+deploy: tools ## Install the chart into namespace demo (restricted Pod Security, the load runs' parts on) and wait for every pod
 	$(KUBECTL) create namespace $(NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) label --overwrite namespace $(NAMESPACE) pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted
 	@# Helm installs crds/ once and never upgrades it: apply the CRD first, so an upgrade brings it too.
 	$(KUBECTL) apply --server-side --force-conflicts -f $(CHART)/crds/
-	$(HELM) upgrade --install circuit-breaker-demo $(CHART) --namespace $(NAMESPACE) --wait --timeout 5m \
-	  $(HELM_ARGS)
+	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --wait --timeout 5m \
+	  $(DEPLOY_VALUES) $(HELM_ARGS)
 
 port-forward: ## Forward v1 to 127.0.0.1:8080, v2 to :8090, recommendations to :8082, restarting when a pod goes (Ctrl-C stops)
 	scripts/port-forward.sh api-gateway-v1:8080 api-gateway-v2:8090 recommendations-service:8082
 
-loadtest-k8s: $(VENV)/.demo-installed ## The demo's three phases against the forwarded cluster gateways (after make port-forward), results/ as make demo
-	DEMO_TARGET=cluster ADMIN_TOKEN=$(CLUSTER_ADMIN_TOKEN) $(PY) loadtest/demo.py
+# The chapters in the cluster, driven from inside it (loadtest/incluster.py): the demo and
+# Locust's master in one pod, LOCUST_WORKERS (2) workers in others, results/ as make demo.
+load-image: $(KIND) ## Build the load image of the cluster runs (Locust, the locustfiles, kubectl) and load it into the kind cluster
+	scripts/load-image.sh $(LOAD_IMAGE)
 
-loadtest-k8s-endpoints: $(VENV)/.demo-installed ## The second chapter in the cluster (recommendations at 3 replicas, see the README): v1, v2 scope Service, v2 scope Endpoint
-	DEMO_TARGET=cluster DEMO_CHAPTER=endpoints ADMIN_TOKEN=$(CLUSTER_ADMIN_TOKEN) $(PY) loadtest/demo.py
+loadtest-k8s: $(VENV)/.demo-installed load-image ## The demo's three phases from inside the cluster (after make deploy), results/ as make demo
+	$(PY) loadtest/incluster.py
 
-loadtest-k8s-overload: $(VENV)/.demo-installed ## The third chapter in the cluster (v1 with 3 retries and a 1 s timeout, see the README): v1, v2 and each defence off in turn
-	DEMO_TARGET=cluster DEMO_CHAPTER=overload V1_UPSTREAM_TIMEOUT=$${V1_UPSTREAM_TIMEOUT:-1s} ADMIN_TOKEN=$(CLUSTER_ADMIN_TOKEN) $(PY) loadtest/demo.py
+loadtest-k8s-endpoints: $(VENV)/.demo-installed load-image ## The second chapter from inside the cluster (recommendations at 3 replicas, see the README): v1, v2 scope Service, v2 scope Endpoint
+	DEMO_CHAPTER=endpoints $(PY) loadtest/incluster.py
+
+loadtest-k8s-overload: $(VENV)/.demo-installed load-image ## The third chapter from inside the cluster (v1 with 3 retries and a 1 s timeout, see the README): v1, v2 and each defence off in turn
+	DEMO_CHAPTER=overload V1_UPSTREAM_TIMEOUT=$${V1_UPSTREAM_TIMEOUT:-1s} $(PY) loadtest/incluster.py
 
 # The controller at scale (README, "At scale"): after make kind-up KIND_CONFIG=kind-config-3-workers.yaml.
 SCALE_REPLICAS ?= 20

@@ -8,9 +8,11 @@ ledger of every request sent (``<phase>_requests.csv``, answered or not), ``time
 written to ``results.partial/`` and moves into ``results/`` only once its report is built, so a
 run that fails leaves the last good report in place.
 
-With ``DEMO_TARGET=cluster`` (``make loadtest-k8s``) nothing is started: the same phases run
-against the chart's gateways in a cluster, reached through ``make port-forward`` (``V1_URL``,
-``V2_URL``, ``RECOMMENDATIONS_URL``), and the heal goes through recommendations' admin endpoint.
+With ``DEMO_TARGET=cluster`` nothing is started: the same phases run against the chart's
+gateways in a cluster, reached by their Services (``V1_URL``, ``V2_URL``,
+``RECOMMENDATIONS_URL``), and the heal goes through recommendations' admin endpoint. That is how
+``make loadtest-k8s`` runs it, in a pod of the cluster (``incluster.py``), with
+``LOCUST_WORKERS`` Locust workers in pods of their own.
 
 ``DEMO_CHAPTER=endpoints`` (``make demo-endpoints``, ``make loadtest-k8s-endpoints``) tells the
 second chapter: one recommendations pod of three hangs; v1, v2 with ``scope: Service`` and v2
@@ -64,6 +66,9 @@ WATCHED_AFTER_TRIGGER = 70.0
 # How long recommendations may take to work off its line between phases.
 DRAIN_WITHIN = 120.0
 SAMPLE_EVERY = 0.25
+# How long Locust may take to send its first request (in distributed mode, until its workers
+# have connected and started their users).
+LOAD_WITHIN = 90.0
 
 
 class DemoError(Exception):
@@ -99,10 +104,14 @@ class Settings:
     # "story" (v1, v2, recovery), "endpoints" (one bad recommendations pod of three) or
     # "overload" (a short slowdown, and retries)
     chapter: str
-    # one of the two: the services started here, or the cluster's through port-forwards
+    # one of the two: the services started here, or the cluster's
     local: StackConfig | None
     cluster: ClusterConfig | None
     overload: OverloadConfig | None = None
+    # Locust's workers: 0 runs Locust as one process; N runs it as a master that waits for N
+    # workers (the cluster runs, whose workers are pods of their own), on this port.
+    workers: int = 0
+    master_port: int = 5557
 
     @property
     def work(self) -> Path:
@@ -148,6 +157,8 @@ class Settings:
                 local=local,
                 cluster=cluster,
                 overload=overload,
+                workers=env_number(env, "LOCUST_WORKERS", 0, low=0),
+                master_port=env_number(env, "LOCUST_MASTER_PORT", 5557),
             )
         except StackError as err:
             raise DemoError(str(err)) from None
@@ -260,6 +271,8 @@ class Demo:
             self.stack = Stack(settings.local)
         self.locust_bin = Path(sys.executable).parent / "locust"
         self.locust: subprocess.Popen | None = None
+        # When the running phase's Locust was started (monotonic).
+        self.launched = 0.0
         self.progress = Progress()
         self.timeline: dict = {
             "phases": [],
@@ -278,7 +291,7 @@ class Demo:
         (work / "logs").mkdir(parents=True)
         o = self.s.overload
         if self.s.cluster is not None:
-            which = "the recommendations pod behind its forward" if self.s.chapter == "endpoints" else "recommendations"
+            which = "one recommendations pod of three" if self.s.chapter == "endpoints" else "recommendations"
             fault = f"{which} set to hang {self.s.failure_hang} per request"
             if o is not None:
                 fault = (
@@ -286,7 +299,7 @@ class Demo:
                     f"a {o.slowdown:g}× slowdown {o.trigger_at:g}–{o.trigger_at + o.trigger_for:g} s into each phase"
                 )
             print(
-                f"Against the cluster through the port-forwards (v1 {self.s.cluster.v1}, v2 {self.s.cluster.v2}); {fault}",
+                f"Against the cluster (v1 {self.s.cluster.v1}, v2 {self.s.cluster.v2}); {fault}",
                 flush=True,
             )
         else:
@@ -347,15 +360,22 @@ class Demo:
             self.stack.use_scope(phase.scope)
         if self.s.overload is not None and phase.gateway.startswith("api-gateway-v2"):
             self.stack.use_overload_settings(phase.changes or {})
-        env = {}
+        options = []
         if self.s.overload is not None:
             self.calm_recommendations(phase)
             o = self.s.overload
-            env = {
-                "ARRIVAL_RATE": f"{o.arrival_rate:g}",
-                "GIVE_UP": f"{o.give_up:g}",
-                "VISITOR_RETRIES": str(o.visitor_retries),
-            }
+            options = [
+                "--visit-rate", f"{o.arrival_rate / self.s.users:g}",
+                "--give-up", f"{o.give_up:g}",
+                "--visitor-retries", str(o.visitor_retries),
+            ]  # fmt: skip
+        if self.s.workers:
+            # In a pod the workers come from other pods; locally, from this machine only.
+            bind = "0.0.0.0" if self.s.cluster is not None else "127.0.0.1"
+            options += [
+                "--master", "--master-bind-host", bind, "--master-bind-port", str(self.s.master_port),
+                "--expect-workers", str(self.s.workers), "--expect-workers-max-wait", "60",
+            ]  # fmt: skip
         gateway = self.stack.url(phase.gateway)
         prefix = self.s.work / phase.name
         ledger = self.s.work / f"{phase.name}_requests.csv"
@@ -374,7 +394,10 @@ class Demo:
             "--only-summary",
             "--loglevel", "WARNING",
             "--exit-code-on-error", "0",
+            *options,
         ]  # fmt: skip
+        # The start is when the first request is sent (watch() sets it): Locust takes a moment
+        # to start its users, longer when its workers must connect first.
         record = {"name": phase.name, "label": phase.label, "host": gateway, "start": now_iso()}
         self.timeline["phases"].append(record)
         with open(self.s.work / "logs" / f"locust-{phase.name}.log", "wb") as log:
@@ -385,9 +408,9 @@ class Demo:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                env={**os.environ, **env, "DEMO_LEDGER": str(ledger)},
+                env={**os.environ, "DEMO_LEDGER": str(ledger)},
             )
-            self.watch(phase, LiveLedger(ledger), started)
+            self.watch(phase, LiveLedger(ledger), record)
             code = self.locust.wait()
             self.locust = None
         record["end"] = now_iso()
@@ -397,8 +420,7 @@ class Demo:
 
     def calm_recommendations(self, phase: Phase) -> None:
         """Before an overload phase: no slowdown, and the line the last phase left worked off.
-        The capacity is given again too: in the cluster the forward may have moved to another
-        pod since the last phase."""
+        The capacity is given again too, as the admin endpoint may have switched it since."""
         o = self.s.overload
         self.stack.set_fault("none", **o.at_normal_speed())
         deadline = time.monotonic() + DRAIN_WITHIN
@@ -423,11 +445,35 @@ class Demo:
             trigger["off"] = now_iso()
             self.progress.done(f"[{phase.label}] recommendations back to speed at {clock(elapsed)}")
 
-    def watch(self, phase: Phase, ledger: LiveLedger, started: float) -> None:
+    def load_began(self, phase: Phase, ledger: LiveLedger, record: dict) -> float | None:
+        """When the phase's first request or visit was sent (monotonic; the phase's start in
+        `record`), or None while nothing has been sent yet."""
+        requests = ledger.refresh()
+        sent = [*requests.waiting.values(), *(a.sent for a in requests.answers), *requests.visits]
+        if not sent:
+            if time.monotonic() - self.launched > LOAD_WITHIN:
+                raise DemoError(
+                    f"Locust sent no request within {LOAD_WITHIN:g} s in phase {phase.name}"
+                    + (f" (are its {self.s.workers} workers running?)" if self.s.workers else "")
+                )
+            self.progress.show(f"[{phase.label}] waiting for Locust's first request")
+            return None
+        first = min(sent)
+        record["start"] = datetime.fromtimestamp(first, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return time.monotonic() - (time.time() - first)
+
+    def watch(self, phase: Phase, ledger: LiveLedger, record: dict) -> None:
         """Samples the breaker, shows progress, heals midway or pulls the trigger, until Locust
-        exits."""
+        exits; the phase's clock starts with its first request."""
         state = "?"
+        started = None
+        self.launched = time.monotonic()
         while self.locust.poll() is None:
+            if started is None:
+                started = self.load_began(phase, ledger, record)
+                if started is None:
+                    time.sleep(SAMPLE_EVERY)
+                    continue
             elapsed = time.monotonic() - started
             if phase.trigger:
                 self.pull_trigger(phase, elapsed)

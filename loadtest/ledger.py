@@ -32,25 +32,34 @@ KINDS = frozenset(KIND.values())
 
 
 class LedgerWriter:
-    """Appends events, one line each, flushed as written (the demo reads it live)."""
+    """Appends events, one line each, flushed as written (the demo reads it live). Request ids
+    carry `prefix`, so that the lines of several writers (Locust's workers) can share a file."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, prefix: str = ""):
         self.file = open(path, "a", buffering=1)  # noqa: SIM115 (open for the process's life)
+        self.prefix = prefix
         self.ids = itertools.count(1)
 
-    def sent(self) -> int:
-        request = next(self.ids)
-        self.file.write(f"S,{request},{time.time():.6f}\n")
+    def write_lines(self, lines: str) -> None:
+        """Whole lines, as another writer made them."""
+        self.file.write(lines)
+
+    def flush(self) -> None:
+        """Lines are written as they come: nothing is held."""
+
+    def sent(self) -> str:
+        request = f"{self.prefix}{next(self.ids)}"
+        self.write_lines(f"S,{request},{time.time():.6f}\n")
         return request
 
-    def answered(self, request: int, kind: str) -> None:
-        self.file.write(f"A,{request},{time.time():.6f},{kind}\n")
+    def answered(self, request: str, kind: str) -> None:
+        self.write_lines(f"A,{request},{time.time():.6f},{kind}\n")
 
     def visited(self) -> None:
-        self.file.write(f"V,{time.time():.6f}\n")
+        self.write_lines(f"V,{time.time():.6f}\n")
 
     def stopped(self) -> None:
-        self.file.write(f"Q,{time.time():.6f}\n")
+        self.write_lines(f"Q,{time.time():.6f}\n")
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The four services: as local processes on 127.0.0.1 (``Stack``: the demo, ``make bench``,
 the demo's tests, and ``make run``, which is this file run as a program), or already running
-in a cluster and reached through ``make port-forward`` (``ClusterStack``).
+in a cluster and reached by their Services from a pod there (``ClusterStack``, which
+``incluster.py`` runs).
 
 The one place for the local defaults and the environment that changes them
 (``StackConfig.from_env``, ``ClusterConfig.from_env``).
@@ -380,11 +381,12 @@ class Services:
                 load[wanted[name]] = float(value)
         return load
 
-    def set_fault(self, mode: str, **fields: object) -> dict:
-        """Switches recommendations' fault; its answer: the fault, and the pod that took it."""
+    def set_fault(self, mode: str, at: str | None = None, **fields: object) -> dict:
+        """Switches recommendations' fault (of the one at base URL `at`, else of whichever its
+        URL reaches); its answer: the fault, and the pod that took it."""
         status, body = http(
             "PUT",
-            f"{self.url('recommendations-service')}/admin/fault",
+            f"{at or self.url('recommendations-service')}/admin/fault",
             body={"mode": mode, **fields},
             headers={"Authorization": f"Bearer {self.admin_token}"},
         )
@@ -493,7 +495,8 @@ class Stack(Services):
 
 @dataclass
 class ClusterConfig:
-    """Where make port-forward exposes the cluster's services, and the policy the demo steers."""
+    """Where the cluster's services answer (their Services, from the load pods of
+    loadtest/incluster.py), and the policy the demo steers."""
 
     v1: str = "http://127.0.0.1:8080"
     v2: str = "http://127.0.0.1:8090"
@@ -528,12 +531,12 @@ class ClusterConfig:
 
 class ClusterStack(Services):
     """The chart's services in a cluster: nothing to start, but the fault is set to the seed's
-    hang first, so that every run starts broken whatever the last one healed. The hang goes to
-    the one recommendations pod the port-forward is bound to: with the chart's
-    `recommendations.replicas=3` and `faultMode=none`, one bad pod of three.
+    hang first, so that every run starts broken whatever the last one healed. In the second
+    chapter (the chart's `recommendations.replicas=3` and `faultMode=none`) the hang goes to
+    one of the three pods v2 calls, by its own address: one bad pod of three.
 
-    The second chapter's two v2 phases run on the same v2 pod, the scope switched between them
-    in the BreakerPolicy; the scope the policy had is put back at the end."""
+    The second chapter's two v2 phases run on the same v2, the scope switched between them in
+    the BreakerPolicy; the scope the policy had is put back at the end."""
 
     def __init__(self, config: ClusterConfig, endpoints_chapter: bool = False, overload: OverloadConfig | None = None):
         self.config = config
@@ -561,6 +564,8 @@ class ClusterStack(Services):
     def start(self) -> None:
         for name in ("api-gateway-v1", "api-gateway-v2", "recommendations-service"):
             self._wait_ready(name, self.urls[name])
+        if self.endpoints_chapter or self.overload is not None:
+            self._one_v2_replica()
         if self.endpoints_chapter:
             self.scope_before = self.policy()["spec"].get("settings", {}).get("scope")
             self._hang_one_of_three()
@@ -570,12 +575,12 @@ class ClusterStack(Services):
             self._hang()
 
     def _give_recommendations_capacity(self) -> None:
-        """The overload chapter's recommendations: one pod (the forward's, whose counter the
-        chapter reads), given its capacity through the admin endpoint; v2's policy settings are
-        kept to be put back."""
+        """The overload chapter's recommendations: one pod (whose counter the chapter reads),
+        given its capacity through the admin endpoint; v2's policy settings are kept to be put
+        back."""
         o = self.overload
-        # Just after a rollout the forward may still reach a terminating pod, which v2 no longer
-        # calls: make port-forward moves to the live one when that pod goes.
+        # Just after a rollout the pod that answers may still be a terminating one, which v2 no
+        # longer calls.
         deadline = time.monotonic() + 60
         while True:
             endpoints = [e["name"] for e in self.circuit_status()["endpoints"]]
@@ -597,11 +602,24 @@ class ClusterStack(Services):
                 break
             if time.monotonic() > deadline:
                 raise StackError(
-                    f"the recommendations forward reaches {given.get('pod')}, v2 calls "
-                    f"{', '.join(endpoints) or 'nothing'}: run make port-forward, and wait for the rollout to end"
+                    f"recommendations answered from {given.get('pod')}, v2 calls "
+                    f"{', '.join(endpoints) or 'nothing'}: wait for the rollout to end"
                 )
             time.sleep(1)
         self.settings_before = self.policy()["spec"].get("settings", {})
+
+    def _one_v2_replica(self) -> None:
+        """The second and third chapters read v2's breaker and counters from the one replica
+        that answers: there must be only one (the policy's status lists them)."""
+        # Right after a scale-down the status still lists the replica that is going.
+        deadline = time.monotonic() + 60
+        while len(replicas := self.policy().get("status", {}).get("replicas", [])) > 1:
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"v2 has {len(replicas)} replicas; this chapter reads one replica's breaker "
+                    "(make deploy HELM_ARGS='--set gatewayV2.replicas=1 ...', as the README's chapter says)"
+                )
+            time.sleep(1)
 
     def _hang(self) -> dict:
         try:
@@ -613,31 +631,34 @@ class ClusterStack(Services):
             ) from None
 
     def _hang_one_of_three(self, timeout: float = 60.0) -> None:
-        """Hangs the pod behind the forward, once it is one of the three v2 calls. Just after a
-        rollout the forward may still reach a terminating pod, which v2 no longer calls:
-        make port-forward moves to a live one when that pod goes."""
+        """Hangs one of the three pods v2 calls, through its own address (its Service would
+        pick any of them), once v2 calls three."""
         deadline = time.monotonic() + timeout
         while True:
-            endpoints = [e["name"] for e in self.circuit_status()["endpoints"]]
-            try:
-                pod = self._hang().get("pod")
-            except (OSError, StackError):
-                pod = "unreachable"
-            if pod is None:
-                raise StackError("recommendations does not say its pod (POD_NAME): deploy this version's chart")
-            if pod in endpoints and len(endpoints) >= 3:
-                return
+            endpoints = self.circuit_status()["endpoints"]
+            if len(endpoints) >= 3:
+                break
             if time.monotonic() > deadline:
                 raise StackError(
-                    f"the recommendations forward reaches {pod}, v2 calls {', '.join(endpoints) or 'nothing'}: "
-                    "the chapter needs three pods, two of them healthy, and the forward on one of them "
-                    "(make deploy HELM_ARGS='--set recommendations.replicas=3 --set recommendations.faultMode=none', "
-                    "then make port-forward)"
+                    f"v2 calls {', '.join(e['name'] for e in endpoints) or 'nothing'}: the chapter needs three "
+                    "recommendations pods (make deploy HELM_ARGS='--set recommendations.replicas=3 "
+                    "--set recommendations.faultMode=none --set gatewayV2.replicas=1')"
                 )
             time.sleep(1)
+        bad = endpoints[-1]
+        try:
+            pod = self.set_fault("hang", at=bad["address"], hang=self.config.failure_hang).get("pod")
+        except StackError as err:
+            raise StackError(
+                f"{err}: ADMIN_TOKEN must be the token in the chart's Secret recommendations-admin"
+            ) from None
+        if pod is None:
+            raise StackError("recommendations does not say its pod (POD_NAME): deploy this version's chart")
+        if pod != bad["name"]:
+            raise StackError(f"{bad['address']} answered as {pod}, not {bad['name']}")
 
     def use_scope(self, scope: str) -> None:
-        """Sets the policy's scope and waits until the v2 pod behind the forward runs it."""
+        """Sets the policy's scope and waits until v2 runs it."""
         self._patch_scope(scope)
         self.scope_changed = True
         deadline = time.monotonic() + 30
@@ -651,7 +672,7 @@ class ClusterStack(Services):
 
     def use_overload_settings(self, changes: dict[str, str | None]) -> None:
         """Sets the policy's settings to the overload chapter's with these changes, and waits
-        until the v2 pod behind the forward runs them."""
+        until v2 runs them."""
         settings = {k: v for k, v in {**settings_file(self.overload.settings), **changes}.items() if v is not None}
         wire = {k: typed(v) for k, v in settings.items()}
         self._replace_settings(wire)
@@ -717,15 +738,15 @@ class ClusterStack(Services):
 
     @staticmethod
     def _wait_ready(name: str, url: str, timeout: float = 15.0) -> None:
-        """A forward whose pod went away fails one request, then make port-forward starts it
-        again: so a few seconds of failures are expected before giving up."""
+        """Just after a rollout a Service may have no ready pod for a moment: a few seconds of
+        failures are expected before giving up."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 status, _ = http("GET", f"{url}/readyz", timeout=5)
                 problem = None if status == 200 else f"not ready (/readyz answered {status})"
             except OSError as err:
-                problem = f"does not answer ({err}): run 'make port-forward' in another terminal"
+                problem = f"does not answer ({err})"
             if problem is None:
                 return
             if time.monotonic() > deadline:
