@@ -50,11 +50,13 @@ msrv: ## Check the workspace with exactly its rust-version (rustup installs it),
 
 # The tiers past `cargo test`'s own (which needs nothing built) are #[ignore]d with their tier
 # as the reason; --include-ignored is the one switch that runs them.
+# Each is timed (scripts/timed.sh): the summary says where the time went.
 test-tiers:
-	$(CARGO) build --workspace --bins
-	$(CARGO) test --workspace -- --include-ignored --nocapture
-	$(PY) -m pytest -c loadtest/pytest.ini loadtest/tests
-	$(MAKE) --no-print-directory test-cluster
+	scripts/timed.sh "debug build" $(CARGO) build --workspace --bins
+	scripts/timed.sh "cargo test (unit, property, processes, API server, chart)" \
+	  $(CARGO) test --workspace -- --include-ignored --nocapture
+	scripts/timed.sh "demo and browser (pytest)" $(PY) -m pytest -c loadtest/pytest.ini loadtest/tests
+	scripts/timed.sh "kind cluster" $(MAKE) --no-print-directory test-cluster
 
 test-cluster: $(VENV)/.test-installed control-plane-bins tools $(KIND) ## The Kubernetes path for real: a kind cluster made, tested and deleted
 	KUBECTL=$(CURDIR)/$(KUBE_BIN)/kubectl $(PY) -m pytest -c tests/cluster/pytest.ini tests/cluster

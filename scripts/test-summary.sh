@@ -7,6 +7,8 @@ log=${1:?usage: test-summary.sh LOG}
 echo
 echo "---- figures measured by the tests ----"
 grep -E '^figure: ' "$log" | sed 's/^figure: /  /' || echo "  (none)"
+echo "---- time by tier ----"
+grep -E '^tier: ' "$log" | sed 's/^tier: /  /' || echo "  (none)"
 awk '
   /^test result:/ { p += $4; f += $6; s += $8 }
   /^=+ .* in [0-9.]+s/ {
