@@ -77,9 +77,11 @@ class Overload:
     goodput_before: float
     goodput_lowest: float
     goodput_after: float
-    # seconds from the trigger's end until the 5 s average is back above 95% of before
+    # seconds from the trigger's end until the 5 s average of full pages is back above 95% of
+    # the visits that arrived in those 5 s (the demand, not a measured baseline)
     recovered_after_s: float | None
-    # seconds after the trigger's end that the 5 s average stayed below 20% of before
+    # seconds after the trigger's end that it stayed below 20% of them (all that was watched,
+    # if it never rose above)
     below_20pct_after_s: float
     watched_after_s: float
     calls: int | None
@@ -864,7 +866,8 @@ Locust's reports and CSVs per phase, and the ledger of every request, <code>&lt;
 
 # ---- the third chapter: a failure that outlives its trigger ----------------------------------
 
-# The goodput is read as a 5 s average; "back" is above 95% of before, "down" below 20%.
+# The goodput is read as a 5 s average, against the visits that arrived in the same 5 s: "back"
+# is above 95% of them, "down" below 20%.
 SMOOTH_S, BACK, DOWN = 5, 0.95, 0.20
 # The last seconds of a phase, cut short by its end (visits under way are not answered), are
 # not read.
@@ -887,28 +890,43 @@ def overload_of(results: Path, timeline: dict, phase: dict) -> Overload:
     ledger = read_ledger(results, name)
     full = per_second([a.answered for a in ledger.answers if a.kind == "full"], start, end)
     read = full[: max(1, len(full) - TAIL_S)]
+    demand = per_second(ledger.visits, start, end)[: len(read)]
     trigger = timeline.get("triggers", {}).get(name, {})
     if "on" not in trigger or "off" not in trigger:
         raise ReportError(f"timeline.json: phase {name} has no trigger on and off")
     on, off = (parse_time(trigger[k]) - start for k in ("on", "off"))
     first = max(2, int(on) - 20)
-    before = full[first : int(on)] or [0]
+    if int(on) <= first:
+        raise ReportError(
+            f"phase {name}: the trigger came {on:.1f} s in, too early to measure a goodput before it "
+            f"(at least {first + 1} s in: a later TRIGGER_AT)"
+        )
+    before = full[first : int(on)]
     goodput_before = sum(before) / len(before)
     smooth = ahead(read, SMOOTH_S)
-    after = smooth[math.ceil(off) :]
-    recovered = next((i for i, g in enumerate(after) if g >= BACK * goodput_before), None)
-    below = next((i for i, g in enumerate(after) if g >= DOWN * goodput_before), len(after))
+    # Only whole 5 s windows are judged, each against the visits that arrived in it.
+    windows = range(math.ceil(off), len(read) - SMOOTH_S + 1)
+    if not windows:
+        raise ReportError(
+            f"phase {name}: {len(read) - off:.1f} s watched after the trigger ended, too short for the "
+            f"{SMOOTH_S} s average its verdict needs (a longer DEMO_DURATION, or an earlier or shorter trigger)"
+        )
+    served = [smooth[i] / max(1e-9, sum(demand[i : i + SMOOTH_S]) / SMOOTH_S) for i in windows]
+    recovered = next((i for i, share in enumerate(served) if share >= BACK), None)
+    rose = next((i for i, share in enumerate(served) if share >= DOWN), None)
     watched = round(len(read) - off, 1)
     samples = timeline.get("calls", {}).get(name, [])
     calls = int(samples[-1][1] - samples[0][1]) if len(samples) >= 2 and samples[0][1] is not None else None
     visits = len(ledger.visits)
     per_page = round(calls / visits, 2) if calls is not None and visits else None
     if recovered is not None:
-        verdict = f"back above 95% of its goodput {recovered} s after the trigger ended"
-    elif below >= len(after):
-        verdict = f"metastable: below 20% of its goodput for all {watched:g} s watched after the trigger ended"
+        verdict = f"full pages for over 95% of the visits again {recovered} s after the trigger ended"
+    elif rose is None:
+        verdict = (
+            f"metastable: full pages for under 20% of the visits for all {watched:g} s watched after the trigger ended"
+        )
     else:
-        verdict = f"not back above 95% of its goodput in the {watched:g} s watched after the trigger ended"
+        verdict = f"not back above 95% of the visits in the {watched:g} s watched after the trigger ended"
     return Overload(
         visits=visits,
         arrival_rate=round(visits / (end - start), 2),
@@ -916,7 +934,7 @@ def overload_of(results: Path, timeline: dict, phase: dict) -> Overload:
         goodput_lowest=round(min(smooth[int(on) :], default=0.0), 2),
         goodput_after=round(sum(read[math.ceil(off) :]) / max(1, len(read) - math.ceil(off)), 2),
         recovered_after_s=recovered,
-        below_20pct_after_s=below,
+        below_20pct_after_s=watched if rose is None else rose,
         watched_after_s=watched,
         calls=calls,
         calls_per_page=per_page,
@@ -957,8 +975,8 @@ def overload_rows(report: Report) -> list[tuple[str, ...]]:
         row("Full pages/s before", lambda p: f"{p.overload.goodput_before:.1f}"),
         row("Lowest (5 s average)", lambda p: f"{p.overload.goodput_lowest:.1f}"),
         row("Full pages/s after the trigger", lambda p: f"{p.overload.goodput_after:.1f}"),
-        row("Back above 95% after", lambda p: seconds(p.overload.recovered_after_s)),
-        row("Below 20% after the trigger", lambda p: f"{p.overload.below_20pct_after_s:g} s"),
+        row("Back above 95% of visits after", lambda p: seconds(p.overload.recovered_after_s)),
+        row("Below 20% of visits after", lambda p: f"{p.overload.below_20pct_after_s:g} s"),
         row(
             "Calls to recommendations a page",
             lambda p: "n/a" if p.overload.calls_per_page is None else f"{p.overload.calls_per_page:.2f}",
