@@ -158,7 +158,7 @@ class Settings:
                 cluster=cluster,
                 overload=overload,
                 workers=env_number(env, "LOCUST_WORKERS", 0, low=0),
-                master_port=env_number(env, "LOCUST_MASTER_PORT", 5557),
+                master_port=env_number(env, "DEMO_MASTER_PORT", 5557),
             )
         except StackError as err:
             raise DemoError(str(err)) from None

@@ -39,9 +39,9 @@ PASSED_ON = (
     "TRIGGER_FOR", "LOAD_SHARE", "GIVE_UP", "VISITOR_RETRIES", "V1_RETRIES", "LOCUST_REQUEST_TIMEOUT",
 )  # fmt: skip
 MASTER_PORT = 5557
-# Where the demo writes in its pod, and the file that holds its exit status once it is done.
+# Where the demo writes in its pod, and the line its pod prints when the demo has ended.
 RESULTS = "/results/out"
-EXIT_FILE = "/results/exit-status"
+ENDED = "loadtest-k8s: the demo exited with "
 # The pod keeps its results this long after the demo ends, for this script to copy.
 KEEP_FOR_S = 3600
 SECURITY = {
@@ -136,6 +136,9 @@ class Run:
         return {
             "serviceAccountName": self.name("loadtest"),
             "restartPolicy": restart,
+            # No Service variables: Locust reads LOCUST_* from its environment, and the master's
+            # Service would set LOCUST_MASTER_PORT to a URL.
+            "enableServiceLinks": False,
             "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [container],
             "volumes": [{"name": "results", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
@@ -159,7 +162,7 @@ class Run:
         }
         driver = self.container(
             "demo",
-            ["/bin/sh", "-c", f"python3 loadtest/demo.py; echo $? > {EXIT_FILE}; exec sleep {KEEP_FOR_S}"],
+            ["/bin/sh", "-c", f'python3 loadtest/demo.py; echo "{ENDED}$?"; exec sleep {KEEP_FOR_S}'],
             driver_env,
         )
         # The admin token, from the chart's Secret (never in this script's arguments).
@@ -235,29 +238,36 @@ class Run:
             flush=True,
         )
         self.kubectl("wait", "--for=condition=Ready", f"pod/{self.driver}", "--timeout=180s", timeout=200)
-        logs = subprocess.Popen(
-            [self.kubectl_bin, "--namespace", self.namespace, "logs", "-f", f"pod/{self.driver}"],
-            stdout=sys.stdout, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            status = self.wait_for_exit()
-        finally:
-            logs.terminate()
-            logs.wait(10)
+        status = self.follow()
         self.copy_results(status)
         return status
 
-    def wait_for_exit(self) -> int:
-        """The demo's exit status, once its pod wrote it."""
+    def follow(self) -> int:
+        """Prints the demo's output as it comes, until the line that gives its exit status. A
+        log stream that breaks is taken up again where it broke."""
         deadline = time.monotonic() + KEEP_FOR_S
+        seen = 0
         while time.monotonic() < deadline:
-            text = self.kubectl("exec", self.driver, "--", "cat", EXIT_FILE, check=False).strip()
-            if text.isdigit():
-                return int(text)
+            logs = subprocess.Popen(
+                [self.kubectl_bin, "--namespace", self.namespace, "logs", "-f", f"pod/{self.driver}"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
+            try:
+                for i, line in enumerate(logs.stdout):
+                    if i < seen:
+                        continue
+                    seen += 1
+                    if line.startswith(ENDED):
+                        return int(line[len(ENDED) :].strip())
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+            finally:
+                logs.terminate()
+                logs.wait(10)
             phase = self.kubectl("get", "pod", self.driver, "-o", "jsonpath={.status.phase}", check=False)
             if phase in ("Failed", "Succeeded"):
-                raise RunError(f"pod {self.driver} ended ({phase}) before the demo wrote its status")
-            time.sleep(2)
+                raise RunError(f"pod {self.driver} ended ({phase}) before the demo did")
+            time.sleep(1)
         raise RunError(f"the demo in pod {self.driver} did not end within {KEEP_FOR_S} s")
 
     def copy_results(self, status: int) -> None:

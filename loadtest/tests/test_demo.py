@@ -255,7 +255,7 @@ def test_in_distributed_mode_the_master_keeps_every_workers_ledger(fast_breaker,
         for _ in range(2)
     ]
     try:
-        proc = run_demo(fast_breaker, tmp_path, DEMO_DURATION="8s", LOCUST_WORKERS="2", LOCUST_MASTER_PORT=str(port))
+        proc = run_demo(fast_breaker, tmp_path, DEMO_DURATION="8s", LOCUST_WORKERS="2", DEMO_MASTER_PORT=str(port))
     finally:
         for worker in workers:
             os.killpg(worker.pid, signal.SIGTERM)
