@@ -74,7 +74,7 @@ def open_ledger(environment, **_) -> None:
 
 
 @events.test_stopping.add_listener
-def phase_stopping(environment, **_) -> None:
+def phase_stopping(**_) -> None:
     # The master marks the stop; a worker sends what it still holds.
     if LEDGER is not None:
         LEDGER.stopped()

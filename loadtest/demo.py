@@ -69,6 +69,8 @@ SAMPLE_EVERY = 0.25
 # How long Locust may take to send its first request (in distributed mode, until its workers
 # have connected and started their users).
 LOAD_WITHIN = 90.0
+# Where Locust's master listens for its workers (Locust's own default).
+MASTER_PORT = 5557
 
 
 class DemoError(Exception):
@@ -111,7 +113,7 @@ class Settings:
     # Locust's workers: 0 runs Locust as one process; N runs it as a master that waits for N
     # workers (the cluster runs, whose workers are pods of their own), on this port.
     workers: int = 0
-    master_port: int = 5557
+    master_port: int = MASTER_PORT
 
     @property
     def work(self) -> Path:
@@ -158,7 +160,7 @@ class Settings:
                 cluster=cluster,
                 overload=overload,
                 workers=env_number(env, "LOCUST_WORKERS", 0, low=0),
-                master_port=env_number(env, "DEMO_MASTER_PORT", 5557),
+                master_port=env_number(env, "DEMO_MASTER_PORT", MASTER_PORT),
             )
         except StackError as err:
             raise DemoError(str(err)) from None

@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from demo import publish
+from demo import MASTER_PORT, publish
+from stack import StackError, kubectl
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_NAME = "circuit-breaker-demo"
@@ -38,7 +39,6 @@ PASSED_ON = (
     "OVERLOAD_WORKERS", "OVERLOAD_SERVICE_TIME", "OVERLOAD_MAX_WAITING", "OVERLOAD_SLOWDOWN", "TRIGGER_AT",
     "TRIGGER_FOR", "LOAD_SHARE", "GIVE_UP", "VISITOR_RETRIES", "V1_RETRIES", "LOCUST_REQUEST_TIMEOUT",
 )  # fmt: skip
-MASTER_PORT = 5557
 # Where the demo writes in its pod, and the line its pod prints when the demo has ended.
 RESULTS = "/results/out"
 ENDED = "loadtest-k8s: the demo exited with "
@@ -109,15 +109,9 @@ class Run:
 
     def kubectl(self, *args: str, input: str | None = None, timeout: float = 60, check: bool = True) -> str:
         try:
-            done = subprocess.run(
-                [self.kubectl_bin, "--namespace", self.namespace, *args],
-                input=input, capture_output=True, text=True, timeout=timeout, check=False,
-            )  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise RunError(f"kubectl {' '.join(args[:2])}: {err}") from None
-        if check and done.returncode != 0:
-            raise RunError(f"kubectl {' '.join(args[:3])} failed: {done.stderr.strip()}")
-        return done.stdout
+            return kubectl(self.kubectl_bin, self.namespace, *args, input=input, timeout=timeout, check=check)
+        except StackError as err:
+            raise RunError(str(err)) from None
 
     # ---- the objects of one run ----------------------------------------------------------
 

@@ -198,6 +198,23 @@ class StackConfig:
         )
 
 
+def kubectl(
+    binary: str, namespace: str, *args: str, input: str | None = None, timeout: float = 30, check: bool = True
+) -> str:
+    """Runs kubectl in `namespace`; its output. StackError when it cannot run, or (with check)
+    when it fails."""
+    try:
+        done = subprocess.run(
+            [binary, "--namespace", namespace, *args],
+            input=input, capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise StackError(f"kubectl {' '.join(args)}: {err} (KUBECTL={binary})") from None
+    if check and done.returncode != 0:
+        raise StackError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
 def port_taken(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
@@ -705,16 +722,7 @@ class ClusterStack(Services):
         }
 
     def kubectl(self, *args: str) -> str:
-        try:
-            done = subprocess.run(
-                [self.config.kubectl, "--namespace", self.config.namespace, *args],
-                capture_output=True, text=True, timeout=30, check=False,
-            )  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise StackError(f"kubectl {' '.join(args)}: {err} (KUBECTL={self.config.kubectl})") from None
-        if done.returncode != 0:
-            raise StackError(f"kubectl {' '.join(args)} failed: {done.stderr.strip()}")
-        return done.stdout
+        return kubectl(self.config.kubectl, self.config.namespace, *args)
 
     def _patch_scope(self, scope: str | None) -> None:
         # A merge patch: null removes the key, and the default applies again.
