@@ -1,6 +1,8 @@
 //! v2's load defences beside the breaker, each a setting (off by default): an adaptive
 //! concurrency limit on the calls in flight, and retries within a budget with jittered
-//! backoff. In Observe they shed nothing and say what they would have shed.
+//! backoff. In Observe the limit sheds nothing and says what it would have shed; a retry the
+//! budget refuses is not made in either mode (a dry run must not add load to a failing
+//! dependency), only counted as `would_refuse` instead of `refused`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -69,7 +71,7 @@ impl Defences {
         };
         registry.register(
             "breaker_retries",
-            "Retries of recommendation calls: allowed, refused by the retry budget, or let through in Observe that it would have refused",
+            "Retries of recommendation calls: allowed, or refused by the retry budget (would_refuse in Observe; not made either way)",
             defences.retries.clone(),
         );
         registry.register(
@@ -184,7 +186,7 @@ impl Defences {
                         (RetryVerdict::Refused, false) => "refused",
                     };
                     self.retries.get_or_create(&RetryLabels { outcome }).inc();
-                    if outcome == "refused" {
+                    if outcome != "allowed" {
                         return Err(err);
                     }
                     retry += 1;
@@ -268,7 +270,7 @@ mod tests {
     }
 
     #[actix_web::test]
-    async fn retries_stop_at_the_budget_and_observe_retries_on_saying_it_would_not() {
+    async fn retries_stop_at_the_budget_in_observe_too_and_observe_says_it_would_refuse() {
         let spec = SettingsSpec {
             max_retries: 3,
             retry_budget_percent: 100.0,
@@ -276,7 +278,7 @@ mod tests {
             retry_backoff: Duration::from_millis(1),
             ..SettingsSpec::default()
         };
-        for (mode, calls_made) in [(Mode::Auto, 2), (Mode::Observe, 4)] {
+        for mode in [Mode::Auto, Mode::Observe] {
             let d = defences(spec.clone(), mode);
             let made = std::sync::atomic::AtomicU32::new(0);
             let failing = |_: Duration, _: Option<Arc<str>>| {
@@ -288,20 +290,24 @@ mod tests {
                     ))
                 }
             };
-            // One request in the budget at 100%: one retry; the next is refused (or, in
-            // Observe, made and counted as one the budget would have refused).
+            // One request in the budget at 100%: one retry; the next is refused in both modes
+            // (in Observe, counted as one the budget would have refused): two calls made.
             let plan = d.retry_plan();
             let result = d
                 .call_with_retries(failing, Duration::from_secs(1), None, plan)
                 .await;
             assert!(result.is_err());
-            assert_eq!(made.into_inner(), calls_made, "{mode:?}");
+            assert_eq!(made.into_inner(), 2, "{mode:?}");
             let status = d.status();
             assert_eq!(status.retries, 1, "{mode:?}");
-            assert_eq!(
-                status.retries_refused,
-                if mode == Mode::Auto { 1 } else { 2 }
-            );
+            assert_eq!(status.retries_refused, 1, "{mode:?}");
+            let refused = if mode == Mode::Auto {
+                "refused"
+            } else {
+                "would_refuse"
+            };
+            let counted = |outcome| d.retries.get_or_create(&RetryLabels { outcome }).get();
+            assert_eq!((counted(refused), counted("allowed")), (1, 1), "{mode:?}");
         }
     }
 }
