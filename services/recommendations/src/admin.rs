@@ -59,17 +59,21 @@ pub(crate) async fn show(
 pub(crate) async fn update(
     state: web::Data<AppState>,
     req: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    // The caller is authorized before a byte of what it sent is parsed.
+    // The caller is authorized before a byte of what it sent is read (a `Bytes` extractor
+    // would take up to 256 KiB, decompressed, from anyone), then the services' JSON limit.
     authorize(&state, &req)?;
-    // The services' JSON limit, applied here since the body comes as bytes.
-    if body.len() > MAX_JSON_BODY {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("body over {MAX_JSON_BODY} bytes"),
-        ));
-    }
+    let body = payload
+        .to_bytes_limited(MAX_JSON_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {MAX_JSON_BODY} bytes"),
+            )
+        })?
+        .map_err(|err| ApiError::bad_request(err.to_string()))?;
     let update: FaultUpdate =
         serde_json::from_slice(&body).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let mut fault = state.fault.write().unwrap_or_else(|e| e.into_inner());
