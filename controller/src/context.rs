@@ -14,8 +14,9 @@ use parking_lot::Mutex;
 use crate::metrics::Metrics;
 
 pub const MANAGER: &str = "breaker-controller";
-/// Objects whose failures are remembered for backoff; past this the oldest memory is dropped
-/// (a policy deleted while failing never reconciles again to clear its entry).
+/// Objects whose failures are remembered for backoff; a new one past this clears them all (a
+/// policy deleted while failing never reconciles again to clear its entry). What that costs is
+/// a backoff that starts over for the objects still failing, never a memory that grows.
 pub(crate) const MAX_TRACKED_FAILURES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
