@@ -593,37 +593,39 @@ class ClusterStack(Services):
 
     def _give_recommendations_capacity(self) -> None:
         """The overload chapter's recommendations: one pod (whose counter the chapter reads),
-        given its capacity through the admin endpoint; v2's policy settings are kept to be put
-        back."""
-        o = self.overload
-        # Just after a rollout the pod that answers may still be a terminating one, which v2 no
-        # longer calls.
-        deadline = time.monotonic() + 60
-        while True:
-            endpoints = [e["name"] for e in self.circuit_status()["endpoints"]]
-            if len(endpoints) > 1:
-                raise StackError(
-                    f"v2 calls {len(endpoints)} recommendations pods: the chapter reads one pod's counters "
-                    "(make deploy HELM_ARGS='--set recommendations.replicas=1 --set gatewayV1.upstreamRetries=3 "
-                    "--set gatewayV1.upstreamTimeout=1s')"
-                )
-            try:
-                given = self.set_fault("none", **o.at_normal_speed())
-            except StackError as err:
-                raise StackError(
-                    f"{err}: ADMIN_TOKEN must be the token in the chart's Secret recommendations-admin"
-                ) from None
-            except OSError:
-                given = {"pod": "unreachable"}
-            if given.get("pod") in endpoints:
-                break
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"recommendations answered from {given.get('pod')}, v2 calls "
-                    f"{', '.join(endpoints) or 'nothing'}: wait for the rollout to end"
-                )
-            time.sleep(1)
+        given its capacity through its own admin endpoint; v2's policy settings are kept to be
+        put back."""
+        (only,) = self._v2_endpoints(
+            lambda n: n == 1,
+            "the chapter reads one pod's counters (make deploy HELM_ARGS='--set recommendations.replicas=1 "
+            "--set gatewayV1.upstreamRetries=3 --set gatewayV1.upstreamTimeout=1s')",
+        )
+        self._set_fault_of(only, "none", **self.overload.at_normal_speed())
         self.settings_before = self.policy()["spec"].get("settings", {})
+
+    def _v2_endpoints(self, enough, needed: str, timeout: float = 60.0) -> list[dict]:
+        """The recommendations pods v2 calls, once `enough` of their count is true: right after
+        a rollout v2 may still list a pod that is going, or not yet the new ones."""
+        deadline = time.monotonic() + timeout
+        while not enough(len(endpoints := self.circuit_status()["endpoints"])):
+            if time.monotonic() > deadline:
+                raise StackError(f"v2 calls {', '.join(e['name'] for e in endpoints) or 'nothing'}: {needed}")
+            time.sleep(1)
+        return endpoints
+
+    def _set_fault_of(self, endpoint: dict, mode: str, **fields) -> None:
+        """Sets the fault of the one pod `endpoint` names, through its own address (its Service
+        would pick any pod, a terminating one too)."""
+        try:
+            pod = self.set_fault(mode, at=endpoint["address"], **fields).get("pod")
+        except StackError as err:
+            raise StackError(
+                f"{err}: ADMIN_TOKEN must be the token in the chart's Secret recommendations-admin"
+            ) from None
+        if pod is None:
+            raise StackError("recommendations does not say its pod (POD_NAME): deploy this version's chart")
+        if pod != endpoint["name"]:
+            raise StackError(f"{endpoint['address']} answered as {pod}, not {endpoint['name']}")
 
     def _one_v2_replica(self) -> None:
         """The second and third chapters read v2's breaker and counters from the one replica
@@ -647,32 +649,14 @@ class ClusterStack(Services):
                 "(make loadtest-k8s reads it from there)"
             ) from None
 
-    def _hang_one_of_three(self, timeout: float = 60.0) -> None:
-        """Hangs one of the three pods v2 calls, through its own address (its Service would
-        pick any of them), once v2 calls three."""
-        deadline = time.monotonic() + timeout
-        while True:
-            endpoints = self.circuit_status()["endpoints"]
-            if len(endpoints) >= 3:
-                break
-            if time.monotonic() > deadline:
-                raise StackError(
-                    f"v2 calls {', '.join(e['name'] for e in endpoints) or 'nothing'}: the chapter needs three "
-                    "recommendations pods (make deploy HELM_ARGS='--set recommendations.replicas=3 "
-                    "--set recommendations.faultMode=none --set gatewayV2.replicas=1')"
-                )
-            time.sleep(1)
-        bad = endpoints[-1]
-        try:
-            pod = self.set_fault("hang", at=bad["address"], hang=self.config.failure_hang).get("pod")
-        except StackError as err:
-            raise StackError(
-                f"{err}: ADMIN_TOKEN must be the token in the chart's Secret recommendations-admin"
-            ) from None
-        if pod is None:
-            raise StackError("recommendations does not say its pod (POD_NAME): deploy this version's chart")
-        if pod != bad["name"]:
-            raise StackError(f"{bad['address']} answered as {pod}, not {bad['name']}")
+    def _hang_one_of_three(self) -> None:
+        """Hangs one of the three pods v2 calls, once v2 calls three."""
+        endpoints = self._v2_endpoints(
+            lambda n: n >= 3,
+            "the chapter needs three recommendations pods (make deploy HELM_ARGS='--set recommendations.replicas=3 "
+            "--set recommendations.faultMode=none --set gatewayV2.replicas=1')",
+        )
+        self._set_fault_of(endpoints[-1], "hang", hang=self.config.failure_hang)
 
     def use_scope(self, scope: str) -> None:
         """Sets the policy's scope and waits until v2 runs it."""
