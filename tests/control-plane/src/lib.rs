@@ -1,5 +1,5 @@
 //! etcd and kube-apiserver, built from their Go modules (`make control-plane-bins`), started on
-//! 127.0.0.1 with free ports: a real API server for tests of Kubernetes code, with no cluster,
+//! 127.0.0.1 on ports reserved below the ephemeral range: a real API server for tests of Kubernetes code, with no cluster,
 //! kubelet or Docker. RBAC is on; a static token file gives three identities: an admin, and the
 //! service accounts of the controller and of the v2 gateway, so Roles bound to those service
 //! accounts (as the chart ships them) are what tests exercise. Everything stops on drop,
@@ -82,6 +82,8 @@ pub struct ControlPlane {
     apiserver: Option<Child>,
     etcd_port: u16,
     pub api_port: u16,
+    /// etcd's client and peer ports and the API server's, held for the plane's life.
+    _ports: [ReservedPort; 3],
 }
 
 /// Where `make control-plane-bins` puts the binaries (`CONTROL_PLANE_BIN` overrides).
@@ -93,8 +95,53 @@ pub fn bin_dir() -> PathBuf {
         })
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// A port for a server the harness starts later by number (etcd and kube-apiserver take a
+/// number, not a socket), kept off other planes' until this one is dropped.
+///
+/// Port 0 would be one of the kernel's ephemeral ports, which any process's outgoing
+/// connection may take before the server binds it (a test ran into that): this one lies below
+/// the ephemeral range, where nothing is handed out unasked, and a lock file (held while the
+/// plane lives) keeps the other test threads and binaries, which pick from the same range,
+/// off it.
+struct ReservedPort {
+    port: u16,
+    _lock: std::fs::File,
+}
+
+/// Where the reservations are: below the ephemeral range, at most this wide.
+const RESERVED_RANGE: u16 = 8192;
+
+fn reserve_port() -> std::io::Result<ReservedPort> {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let high = ephemeral_start.saturating_sub(1);
+    let low = high.saturating_sub(RESERVED_RANGE).max(1024);
+    if low >= high {
+        return Err(std::io::Error::other(format!(
+            "no room for test ports below the ephemeral range (it starts at {ephemeral_start})"
+        )));
+    }
+    let dir = std::env::temp_dir().join("control-plane-ports");
+    std::fs::create_dir_all(&dir)?;
+    for _ in 0..256 {
+        let port = rand::random_range(low..=high);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))?;
+        // Taken by another plane, or by a server that is not ours: try another.
+        if lock.try_lock().is_err() || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        return Ok(ReservedPort { port, _lock: lock });
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        format!("no free port in {low}-{high} after 256 picks"),
+    ))
 }
 
 fn token() -> String {
@@ -144,8 +191,9 @@ impl ControlPlane {
             std::fs::write(dir.join(format!("{}.token", who.name())), &t)?;
         }
         std::fs::write(dir.join("tokens.csv"), tokens)?;
-        let etcd_port = free_port()?;
-        let etcd = spawn_etcd(&bin, &dir, etcd_port)?;
+        let ports = [reserve_port()?, reserve_port()?, reserve_port()?];
+        let [etcd_port, etcd_peer_port, api_port] = [0, 1, 2].map(|i| ports[i].port);
+        let etcd = spawn_etcd(&bin, &dir, etcd_port, etcd_peer_port)?;
         let mut plane = ControlPlane {
             dir,
             _temp: temp,
@@ -153,26 +201,11 @@ impl ControlPlane {
             etcd,
             apiserver: None,
             etcd_port,
-            api_port: free_port()?,
+            api_port,
+            _ports: ports,
         };
         plane.wait_etcd()?;
-        // Its port was free when picked; another process may have taken it since (a test ran
-        // into that): pick another and try again, a few times.
-        let mut tries = 0;
-        loop {
-            match plane.start_apiserver() {
-                Err(_)
-                    if tries < 3
-                        && plane
-                            .log("kube-apiserver")
-                            .contains("address already in use") =>
-                {
-                    tries += 1;
-                    plane.api_port = free_port()?;
-                }
-                started => break started?,
-            }
-        }
+        plane.start_apiserver()?;
         for who in Who::ALL {
             plane.write_kubeconfig(who)?;
         }
@@ -377,8 +410,7 @@ impl ControlPlane {
     }
 }
 
-fn spawn_etcd(bin: &Path, dir: &Path, port: u16) -> Result<Child, Error> {
-    let peer = free_port()?;
+fn spawn_etcd(bin: &Path, dir: &Path, port: u16, peer: u16) -> Result<Child, Error> {
     let log = std::fs::File::create(dir.join("etcd.log"))?;
     Command::new(bin.join("etcd"))
         .arg("--name=default")
