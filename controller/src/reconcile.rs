@@ -257,7 +257,10 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
     {
         Ok(written) => written,
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            if let Some(other) = other_policy_manager(&existing, &manager) {
+            // Who holds the fields is asked of a fresh read: `existing` may predate another
+            // policy's first write (two created at once), and forcing on it would overwrite it.
+            let now = configmaps.get(target).await?;
+            if let Some(other) = other_policy_manager(&now, &manager) {
                 let message = format!("ConfigMap {target}: its fields are managed by {other}");
                 return retry_later(&policy, ctx, ns, Reason::Conflict, message).await;
             }

@@ -28,6 +28,7 @@ async fn policy_changes_reach_the_running_gateway_without_restart() {
     hand_edits_of_the_configmap_are_taken_back(&plane, &c, &stack).await;
     a_second_policy_for_the_configmap_is_a_conflict(&plane).await;
     deleting_releases_the_configmap_for_the_next_policy(&plane, &c, &stack).await;
+    two_policies_created_at_once_one_applies_one_conflicts(&plane).await;
 }
 
 /// `kubectl apply` → the ConfigMap written and labelled with its policy, status Ready for
@@ -290,6 +291,46 @@ async fn deleting_releases_the_configmap_for_the_next_policy(
         s["mode"] == "ForceOpen" && s["settings"]["failureThreshold"] == 1
     })
     .await;
+}
+
+/// Two policies for the freed ConfigMap in one `kubectl apply`: whichever writes first holds
+/// it; the other is a Conflict, and what the first wrote is not overwritten.
+async fn two_policies_created_at_once_one_applies_one_conflicts(plane: &ControlPlane) {
+    let out = plane.kubectl(Who::Admin, &["delete", "bp", "rival", "-n", NS], None);
+    assert!(out.status.success());
+    wait_for(Duration::from_secs(5), "the ConfigMap released", || {
+        get_json(plane, &["configmap", TARGET]).filter(|cm| cm["data"].is_null())
+    })
+    .await;
+    let both = format!(
+        "{}---\n{}",
+        policy("left", "Auto", "failureThreshold: 11"),
+        policy("right", "Auto", "failureThreshold: 12")
+    );
+    assert!(kubectl_apply(plane, &both).status.success());
+    let ready = wait_for(Duration::from_secs(10), "both told", || {
+        let ready = |name| ready_condition(&get_json(plane, &["bp", name])?).cloned();
+        Some([ready("left")?, ready("right")?])
+    })
+    .await;
+    let applied: Vec<usize> = (0..2)
+        .filter(|&i| ready[i]["reason"] == "Applied")
+        .collect();
+    assert_eq!(applied.len(), 1, "{ready:?}");
+    let (winner, threshold) = [("left", 11), ("right", 12)][applied[0]];
+    assert_eq!(ready[1 - applied[0]]["reason"], "Conflict", "{ready:?}");
+    let cm = get_json(plane, &["configmap", TARGET]).unwrap();
+    assert_eq!(
+        cm["metadata"]["labels"]["resilience.demo.dev/policy"],
+        winner
+    );
+    assert!(
+        cm["data"]["breaker.yaml"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("failureThreshold: {threshold}")),
+        "{cm}"
+    );
 }
 
 #[actix_web::test]
