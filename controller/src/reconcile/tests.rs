@@ -291,22 +291,25 @@ fn conflict_status() -> Value {
 }
 
 #[tokio::test]
-async fn another_policys_fields_are_a_conflict_told_by_managed_fields() {
+async fn another_policys_fields_are_a_conflict_told_by_managed_fields_read_afresh() {
     let (ctx, handle, _) = test_context();
     let p = policy(BreakerSettings::default());
+    // The rival's first write lands between the read and this policy's apply (two policies
+    // created at once): only a fresh read shows it, and nothing is forced over it.
     let script = vec![
+        configmap_read(200, prepared_configmap(&["helm"])),
+        step(Method::PATCH, &configmap_path(), 409, conflict_status()),
         configmap_read(
             200,
             prepared_configmap(&["helm", "breaker-controller.rival"]),
         ),
-        step(Method::PATCH, &configmap_path(), 409, conflict_status()),
         status_patched(&p),
         event_created(),
     ];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(CONFLICT_RETRY));
     assert_not_ready(
-        &bodies[2],
+        &bodies[3],
         "Conflict",
         &["managed by breaker-controller.rival"],
     );
@@ -319,6 +322,7 @@ async fn hand_edits_are_taken_back_with_force_and_the_policy_is_ready() {
     let script = vec![
         configmap_read(200, prepared_configmap(&["helm", "kubectl-edit"])),
         step(Method::PATCH, &configmap_path(), 409, conflict_status()),
+        configmap_read(200, prepared_configmap(&["helm", "kubectl-edit"])),
         step(
             Method::PATCH,
             &configmap_path(),
@@ -330,15 +334,15 @@ async fn hand_edits_are_taken_back_with_force_and_the_policy_is_ready() {
     ];
     let (result, bodies, _) = run(p, ctx, handle, script).await;
     assert_eq!(result.unwrap(), Action::requeue(RESYNC));
-    let written = &bodies[2]["data"];
+    let written = &bodies[3]["data"];
     assert_eq!(written["mode"], "Auto");
     assert!(written["breaker.yaml"]
         .as_str()
         .unwrap()
         .contains("failureThreshold: 3"));
-    assert_eq!(ready(&bodies[3])["status"], "True");
-    assert_eq!(ready(&bodies[3])["reason"], "Applied");
-    assert_eq!(bodies[4]["reason"], "Applied");
+    assert_eq!(ready(&bodies[4])["status"], "True");
+    assert_eq!(ready(&bodies[4])["reason"], "Applied");
+    assert_eq!(bodies[5]["reason"], "Applied");
 }
 
 #[tokio::test]
