@@ -284,6 +284,22 @@ pub async fn request(
     }
 }
 
+/// Sends raw bytes on a new connection to 127.0.0.1:`port` and reads what comes back
+/// (bounded), or reports that the peer closed or did not answer within 5 s.
+pub async fn raw(port: u16, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let _ = s.write_all(request).await;
+    let mut buf = vec![0; 4096];
+    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => String::from_utf8_lossy(&buf[..n]).to_string(),
+        Ok(_) => "closed".into(),
+        Err(_) => "no answer within 5 s".into(),
+    }
+}
+
 pub async fn get(client: &awc::Client, url: &str) -> Answer {
     request(client, "GET", url, &[], None).await
 }

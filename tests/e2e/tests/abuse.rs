@@ -22,18 +22,6 @@ fn rss_kb_and_fds(proc: &Proc) -> (u64, usize) {
     (rss, fds)
 }
 
-/// Sends raw bytes and reads what comes back (bounded), or reports that the peer closed.
-async fn raw(port: u16, request: &[u8]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let _ = s.write_all(request).await;
-    let mut buf = vec![0; 4096];
-    match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-        Ok(Ok(n)) if n > 0 => String::from_utf8_lossy(&buf[..n]).to_string(),
-        Ok(_) => "closed".into(),
-        Err(_) => "no answer within 5 s".into(),
-    }
-}
-
 async fn still_serves(c: &awc::Client, stack: &Stack) {
     let started = Instant::now();
     let a = get(c, &stack.v2.url("/product-details/5")).await;
