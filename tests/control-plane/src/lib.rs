@@ -1,6 +1,6 @@
 //! etcd and kube-apiserver, built from their Go modules (`make control-plane-bins`), started on
-//! 127.0.0.1 on ports reserved below the ephemeral range: a real API server for tests of Kubernetes code, with no cluster,
-//! kubelet or Docker. RBAC is on; a static token file gives three identities: an admin, and the
+//! 127.0.0.1 on ports reserved below the ephemeral range: a real API server for tests of
+//! Kubernetes code, with no cluster, kubelet or Docker. RBAC is on; a static token file gives three identities: an admin, and the
 //! service accounts of the controller and of the v2 gateway, so Roles bound to those service
 //! accounts (as the chart ships them) are what tests exercise. Everything stops on drop,
 //! including during a panic.
@@ -192,7 +192,7 @@ impl ControlPlane {
         }
         std::fs::write(dir.join("tokens.csv"), tokens)?;
         let ports = [reserve_port()?, reserve_port()?, reserve_port()?];
-        let [etcd_port, etcd_peer_port, api_port] = [0, 1, 2].map(|i| ports[i].port);
+        let [etcd_port, etcd_peer_port, api_port] = ports.each_ref().map(|p| p.port);
         let etcd = spawn_etcd(&bin, &dir, etcd_port, etcd_peer_port)?;
         let mut plane = ControlPlane {
             dir,
