@@ -1,6 +1,6 @@
 //! What every part of the controller shares: the [`Context`] (client, metrics, the one Event
-//! recorder, failure counts for backoff), its [`Error`], and the field manager names it
-//! writes under.
+//! recorder, the leader gate every write asks, failure counts for backoff), its [`Error`], and
+//! the field manager names it writes under.
 
 use std::collections::HashMap;
 
@@ -11,6 +11,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Resource;
 use parking_lot::Mutex;
 
+use crate::leader::LeaderGate;
 use crate::metrics::Metrics;
 
 pub const MANAGER: &str = "breaker-controller";
@@ -25,6 +26,8 @@ pub enum Error {
     Kube(#[source] kube::Error),
     #[error("the BreakerPolicy has no name or no namespace")]
     Unnamed,
+    #[error("this replica does not lead now: it writes nothing")]
+    NotLeading,
 }
 
 impl From<kube::Error> for Error {
@@ -43,22 +46,24 @@ impl Error {
             }
             Error::Kube(_) => "kube".into(),
             Error::Unnamed => "unnamed".into(),
+            Error::NotLeading => "not_leading".into(),
         }
     }
 }
 
-/// What every reconcile shares: the client, the metrics, the one Event recorder.
+/// What every reconcile shares: the client, the metrics, the one Event recorder, the gate.
 pub struct Context {
     pub client: kube::Client,
     pub metrics: Metrics,
     recorder: Recorder,
+    leader: LeaderGate,
     failures: Mutex<HashMap<String, u32>>,
     /// The one ConfigMap name the controller's Role lets it write, when it was told.
     allowed_target: Option<String>,
 }
 
 impl Context {
-    pub fn new(client: kube::Client, metrics: Metrics) -> Self {
+    pub fn new(client: kube::Client, metrics: Metrics, leader: LeaderGate) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -67,6 +72,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            leader,
             failures: Mutex::new(HashMap::new()),
             allowed_target: None,
         }
@@ -81,6 +87,16 @@ impl Context {
 
     pub fn allowed_target(&self) -> Option<&str> {
         self.allowed_target.as_deref()
+    }
+
+    /// Asked right before every write: leadership held now, not when the work began (a
+    /// reconcile can outlast the renew deadline).
+    pub(crate) fn ensure_leading(&self) -> Result<(), Error> {
+        if self.leader.is_leading() {
+            Ok(())
+        } else {
+            Err(Error::NotLeading)
+        }
     }
 
     pub(crate) async fn event(
@@ -113,6 +129,10 @@ impl Context {
             action: action.into(),
             secondary: related,
         };
+        if self.ensure_leading().is_err() {
+            tracing::debug!(reason, "not leading: Event not written");
+            return;
+        }
         self.metrics.event_written(reason);
         if let Err(err) = self.recorder.publish(&event, &policy.object_ref(&())).await {
             tracing::warn!(error = %err, reason, "cannot record an Event");

@@ -46,13 +46,18 @@ struct Cli {
     /// The Lease's namespace; the watched namespace (or `default`) when unset.
     #[arg(long, env = "LEASE_NAMESPACE")]
     lease_namespace: Option<String>,
-    /// Whole seconds without a renewal after which a standby takes the Lease over (then within
-    /// a second more: kube-lease-manager spaces its candidates up to 1 s apart).
-    #[arg(long, env = "LEASE_DURATION", default_value = "3s", value_parser = service_runtime::parse_duration)]
+    /// How long a standby waits, from the last change of the Lease it saw, before it takes the
+    /// Lease over (whole seconds): how long a killed leader's work waits.
+    #[arg(long, env = "LEASE_DURATION", default_value = "10s", value_parser = service_runtime::parse_duration)]
     lease_duration: Duration,
-    /// How long before it lapses the leader renews the Lease (whole seconds).
-    #[arg(long, env = "LEASE_GRACE", default_value = "2s", value_parser = service_runtime::parse_duration)]
-    lease_grace: Duration,
+    /// The leader stops leading this long after the start of its last successful renewal.
+    /// Shorter than the Lease by what a write in flight may take to land; long enough for two
+    /// renewals at 3 s each (a slow API server keeps its leader).
+    #[arg(long, env = "LEASE_RENEW_DEADLINE", default_value = "7s", value_parser = service_runtime::parse_duration)]
+    lease_renew_deadline: Duration,
+    /// How often the leader renews and a standby tries (standbys up to 20% later).
+    #[arg(long, env = "LEASE_RETRY_PERIOD", default_value = "1s", value_parser = service_runtime::parse_duration)]
+    lease_retry_period: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,10 +99,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
-    let client = kube::Client::try_default().await?;
+    let identity = lease_identity();
+    let mut config = kube::Config::infer().await?;
+    // Which replica made a request, in the API server's audit log.
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&format!(
+            "breaker-controller/{} ({identity})",
+            env!("CARGO_PKG_VERSION")
+        ))?,
+    ));
+    let client = kube::Client::try_from(config)?;
     let mut service = Service::new("breaker-controller");
     let metrics = Metrics::register(service.registry());
-    let ready = service.readiness_gate();
+    let ready = Arc::new(service.readiness_gate());
     let policies: Api<BreakerPolicy> = namespaced_or_all(&client, &cli.watch_namespace);
     controller::startup::check_crd(&policies).await?;
     let lease = LeaseSettings {
@@ -107,12 +122,13 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             .or_else(|| cli.watch_namespace.clone())
             .unwrap_or_else(|| "default".into()),
         name: cli.lease_name.clone(),
-        identity: lease_identity(),
+        identity,
         duration: cli.lease_duration,
-        grace: cli.lease_grace,
+        renew_deadline: cli.lease_renew_deadline,
+        retry_period: cli.lease_retry_period,
     };
-    let leadership = Leadership::start(client.clone(), lease).await?;
-    let (identity, leading) = (leadership.identity.clone(), metrics.clone());
+    let leadership = Leadership::start(client.clone(), lease)?;
+    let (identity, leading) = (leadership.identity.clone(), leadership.gate());
     let server = service.run(&cli.serve, 8083, move |config| {
         let (identity, leading) = (identity.clone(), leading.clone());
         config.service(resource("/leader").get(move || {
@@ -123,28 +139,37 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             async move { actix_web::HttpResponse::Ok().json(body) }
         }));
     });
-    let ctx = Arc::new(Context::new(client, metrics).allow_only(cli.target_configmap.clone()));
+    let gate = leadership.gate();
+    let ctx = Arc::new(
+        Context::new(client, metrics, gate.clone()).allow_only(cli.target_configmap.clone()),
+    );
     let lead = async {
         // A free Lease is taken at once; one still held keeps this replica a standby, which is
         // healthy and ready (a rollout must be able to count it) while it waits.
-        if tokio::time::timeout(FIRST_ELECTION, leadership.acquired())
+        if tokio::time::timeout(FIRST_ELECTION, gate.acquired())
             .await
             .is_err()
         {
             tracing::info!(identity = %leadership.identity, "standing by for the Lease");
             ready.set_ready();
         }
-        leadership.acquired().await?;
-        ctx.metrics.set_leading(true);
-        tracing::info!(identity = %leadership.identity, "leading");
-        tokio::select! {
-            () = run_controllers(&cli, policies, ctx.clone(), ready) => Ok(()),
-            lost = leadership.lost() => Err(lost),
+        // Leading ends at the renew deadline: the controllers stop (their writes are gated
+        // already) and this replica stands by again, ready to lead once more.
+        loop {
+            gate.acquired().await;
+            ctx.metrics.set_leading(true);
+            tracing::info!(identity = %leadership.identity, "leading");
+            tokio::select! {
+                () = run_controllers(&cli, policies.clone(), ctx.clone(), ready.clone()) => return,
+                () = gate.lost() => {}
+            }
+            ctx.metrics.set_leading(false);
+            tracing::warn!(identity = %leadership.identity, "stopped leading: standing by");
         }
     };
     let result: Result<(), Box<dyn std::error::Error>> = tokio::select! {
         served = server => served.map_err(Into::into),
-        led = lead => led.map_err(Into::into),
+        () = lead => Ok(()),
     };
     ctx.metrics.set_leading(false);
     leadership.release().await;
@@ -183,7 +208,7 @@ async fn run_controllers(
     cli: &Cli,
     policies: Api<BreakerPolicy>,
     ctx: Arc<Context>,
-    ready: ReadinessGate,
+    ready: Arc<ReadinessGate>,
 ) {
     let client = ctx.client.clone();
     // The target ConfigMaps: by name when the Role names it (what RBAC can grant), else by label.
@@ -263,7 +288,8 @@ async fn run_controllers(
             }
         });
     let pods: Api<Pod> = namespaced_or_all(&client, &cli.watch_namespace);
-    actix_web::rt::spawn(Replicas::new(ctx.clone(), store.clone()).run(pods));
+    // Stopped with the rest when leading ends (its tasks are aborted on drop).
+    let replicas = Replicas::new(ctx.clone(), store.clone()).run(pods);
     actix_web::rt::spawn(async move {
         // Ready once the first list has been seen: before that, the controller cannot act.
         // Asked again every 250 ms: the store's readiness wakes only the last task that waited
@@ -285,6 +311,9 @@ async fn run_controllers(
         namespace = cli.watch_namespace.as_deref().unwrap_or("(all)"),
         "watching BreakerPolicies"
     );
-    futures::join!(policy_controller, release_controller);
+    tokio::select! {
+        _ = futures::future::join(policy_controller, release_controller) => {}
+        () = replicas => {}
+    }
     tracing::info!("controller stopped");
 }

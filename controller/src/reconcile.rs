@@ -76,7 +76,7 @@ async fn reconcile_policy(policy: Arc<BreakerPolicy>, ctx: &Context) -> Result<A
         let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
         let target = &policy.spec.target.config_map;
         if let Some(cm) = configmaps.get_opt(target).await? {
-            release::release(&configmaps, &cm, &policy.name_any()).await?;
+            release::release(ctx, &configmaps, &cm, &policy.name_any()).await?;
         }
         drop_legacy_finalizer(&policy, ctx, &ns).await?;
         ctx.forget_failures(&key(&policy));
@@ -115,6 +115,7 @@ async fn drop_legacy_finalizer(
         .collect();
     let patch =
         json!({"metadata": {"finalizers": kept, "resourceVersion": current.resource_version()}});
+    ctx.ensure_leading()?;
     policies
         .patch(
             &policy.name_any(),
@@ -171,7 +172,7 @@ async fn held_elsewhere(
                     "ConfigMap {target} is managed by BreakerPolicy {holder}"
                 )));
             }
-            release::release(configmaps, cm, holder).await?;
+            release::release(ctx, configmaps, cm, holder).await?;
             Ok(None)
         }
         _ => Ok(None),
@@ -251,6 +252,7 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
     // Hand edits (any other manager) are taken back: the policy is the source of truth.
     let manager = manager_name(&policy.name_any());
     let apply = Patch::Apply(&configmap);
+    ctx.ensure_leading()?;
     let written = match configmaps
         .patch(target, &PatchParams::apply(&manager), &apply)
         .await
@@ -265,6 +267,7 @@ async fn apply(policy: Arc<BreakerPolicy>, ctx: &Context, ns: &str) -> Result<Ac
                 return retry_later(&policy, ctx, ns, Reason::Conflict, message).await;
             }
             tracing::warn!(policy = %key(&policy), configmap = %target, conflict = %status.message, "taking back hand edits of the ConfigMap");
+            ctx.ensure_leading()?;
             configmaps
                 .patch(target, &PatchParams::apply(&manager).force(), &apply)
                 .await?
@@ -396,6 +399,7 @@ async fn set_ready(
     };
     let policies: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), ns);
     let patch = BreakerPolicy::status_patch(&status);
+    ctx.ensure_leading()?;
     policies
         .patch_status(
             &policy.name_any(),

@@ -27,7 +27,7 @@ pub async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Context>) -> Result<Action, 
     let configmaps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     for holder in policy_managers(&cm) {
         if !is_live(&policies, &holder).await? {
-            release(&configmaps, &cm, &holder).await?;
+            release(&ctx, &configmaps, &cm, &holder).await?;
         }
     }
     Ok(Action::await_change())
@@ -62,6 +62,7 @@ fn policy_managers(cm: &ConfigMap) -> Vec<String> {
 
 /// Removes the fields `policy` wrote to the ConfigMap, if it wrote any.
 pub async fn release(
+    ctx: &Context,
     configmaps: &Api<ConfigMap>,
     cm: &ConfigMap,
     policy: &str,
@@ -71,6 +72,7 @@ pub async fn release(
     }
     let name = cm.name_any();
     let empty = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": cm.namespace()}});
+    ctx.ensure_leading()?;
     match configmaps
         .patch(
             &name,

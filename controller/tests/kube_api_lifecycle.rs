@@ -7,7 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use control_plane::{ControlPlane, Who, SYSTEM_NAMESPACE as NS};
+use control_plane::SYSTEM_NAMESPACE as NS;
 use e2e::*;
 use serde_json::Value;
 use support::*;
@@ -178,16 +178,6 @@ async fn leader_of(c: &awc::Client, controllers: &[Proc]) -> Option<usize> {
     None
 }
 
-fn threshold_in_configmap(plane: &ControlPlane) -> Option<u32> {
-    let cm = get_json(plane, &["configmap", TARGET])?;
-    let yaml = cm["data"]["breaker.yaml"].as_str()?;
-    yaml.lines()
-        .find_map(|l| l.strip_prefix("failureThreshold: "))?
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// Two controllers: one leads, the other stands by, ready, writing nothing. The leader is
 /// killed (no release) in the middle of a stream of policy changes; the standby takes over
 /// within the Lease's duration and applies the changes, each once, none lost.
@@ -272,19 +262,7 @@ async fn the_standby_takes_over_from_a_killed_leader_within_the_lease_and_loses_
     assert_eq!(ready_condition(&bp).unwrap()["reason"], "Applied");
     // one Applied Event series per generation: the new leader wrote none for a generation the
     // old one had applied
-    let events = plane.kubectl(
-        Who::Admin,
-        &["get", "events.events.k8s.io", "-n", NS, "-o", "json"],
-        None,
-    );
-    let events: Value = serde_json::from_slice(&events.stdout).unwrap();
-    let applied: u64 = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["reason"] == "Applied")
-        .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
-        .sum();
+    let applied = applied_events(&plane);
     let generations = bp["metadata"]["generation"].as_u64().unwrap();
     assert!(
         applied <= generations,

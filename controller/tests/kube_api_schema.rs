@@ -226,14 +226,15 @@ async fn the_shipped_roles_grant_no_more_than_needed() {
     assert!(can(Who::Controller, &["create", "events.events.k8s.io"]));
     // leader election: its own Lease, and no other
     let lease = "leases.coordination.k8s.io/breaker-controller";
-    assert!(can(Who::Controller, &["patch", lease]));
+    assert!(can(Who::Controller, &["update", lease]));
+    assert!(!can(Who::Controller, &["patch", lease]));
     assert!(can(
         Who::Controller,
         &["create", "leases.coordination.k8s.io"]
     ));
     assert!(!can(
         Who::Controller,
-        &["patch", "leases.coordination.k8s.io/kube-scheduler"]
+        &["update", "leases.coordination.k8s.io/kube-scheduler"]
     ));
     assert!(!can(Who::Controller, &["delete", lease]));
     assert!(!can(

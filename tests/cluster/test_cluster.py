@@ -520,7 +520,8 @@ def test_the_leader_killed_under_a_change_stream_the_standby_takes_over(cluster:
     """Two controllers, one Lease: the leader's process is killed (SIGKILL, from this machine:
     kind's nodes are containers here, so it cannot give the Lease up, nor apply one more
     change on its way out) while the policy keeps changing; the standby applies the next change
-    within 5 s (a 3 s Lease, taken up to 1 s after it lapses), and the last change wins on every replica."""
+    within 13 s (the default Lease: 10 s from the last renewal it saw, a renewal every second,
+    its own tries up to 1.2 s apart), and the last change wins on every replica."""
     pods = cluster.pods(V2)
     wait_for("two controllers ready", lambda: len(cluster.pods("breaker-controller", ready=True)) == 2, 120)
     leader = wait_for("a leader", lambda: lease_holder() or None, 30)
@@ -533,7 +534,7 @@ def test_the_leader_killed_under_a_change_stream_the_standby_takes_over(cluster:
     os.kill(scale.controller_pid(leader_pod), signal.SIGKILL)
     killed = time.monotonic()
     first_applied, value = None, 20
-    while time.monotonic() - killed < 10:
+    while time.monotonic() - killed < 16:
         value += 1
         patch_policy({"settings": {"failureThreshold": value}})
         time.sleep(0.25)
@@ -546,10 +547,10 @@ def test_the_leader_killed_under_a_change_stream_the_standby_takes_over(cluster:
     # A new holder: the standby, or the killed pod's restarted container as a new candidate.
     assert new_leader and new_leader != leader, (leader, new_leader)
     assert policy["status"]["observedGeneration"] == policy["metadata"]["generation"], policy["status"]
-    assert first_applied is not None and first_applied < 5, first_applied
+    assert first_applied is not None and first_applied < 13, first_applied
     figure(
         f"leader {leader} killed under a change every 250 ms: {new_leader} applied the next change "
-        f"{first_applied:.1f} s after the kill (Lease 3 s)"
+        f"{first_applied:.1f} s after the kill (Lease 10 s, renew deadline 7 s, retry 1 s)"
     )
 
 

@@ -13,6 +13,7 @@ use tower_test::mock::{self, Handle};
 
 use super::*;
 use crate::context::MAX_TRACKED_FAILURES;
+use crate::leader::LeaderGate;
 use crate::Metrics;
 
 const NS: &str = "demo";
@@ -46,11 +47,19 @@ fn invalid_settings() -> BreakerSettings {
 }
 
 fn test_context() -> (Arc<Context>, ApiHandle, Registry) {
+    context_of(LeaderGate::held())
+}
+
+fn context_of(leader: LeaderGate) -> (Arc<Context>, ApiHandle, Registry) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    (Arc::new(Context::new(client, metrics)), handle, registry)
+    (
+        Arc::new(Context::new(client, metrics, leader)),
+        handle,
+        registry,
+    )
 }
 
 /// One expected request and the answer to it.
@@ -343,6 +352,18 @@ async fn hand_edits_are_taken_back_with_force_and_the_policy_is_ready() {
     assert_eq!(ready(&bodies[4])["status"], "True");
     assert_eq!(ready(&bodies[4])["reason"], "Applied");
     assert_eq!(bodies[5]["reason"], "Applied");
+}
+
+/// A replica that does not lead reads, but writes nothing: the script ends after the read, so
+/// a write would fail on the closed mock (a `Kube` error), not stop as `NotLeading`.
+#[tokio::test]
+async fn a_replica_that_does_not_lead_writes_nothing() {
+    let (ctx, handle, registry) = context_of(LeaderGate::standing_by());
+    let p = policy(BreakerSettings::default());
+    let script = vec![configmap_read(200, prepared_configmap(&["helm"]))];
+    let (result, _, _) = run(p, ctx, handle, script).await;
+    assert!(matches!(result, Err(Error::NotLeading)), "{result:?}");
+    assert!(metrics_text(&registry).contains(r#"error="not_leading""#));
 }
 
 #[tokio::test]

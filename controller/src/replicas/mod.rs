@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix_web::rt::task::JoinHandle;
 use breaker_api::circuit_status::BreakerReport;
 use breaker_api::BreakerPolicy;
 use futures::StreamExt;
@@ -55,8 +56,25 @@ pub struct Replicas {
     asker: Asker,
     groups: Mutex<HashMap<ReplicaGroup, GroupState>>,
     /// Polling tasks by pod.
-    polls: Mutex<HashMap<PodKey, actix_web::rt::task::JoinHandle<()>>>,
+    polls: Mutex<HashMap<PodKey, JoinHandle<()>>>,
+    /// The Event flusher and the groups' writers.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     events: Mutex<EventThrottle>,
+}
+
+/// Aborts every task [`Replicas::run`] started when it ends or is dropped (leading ended): a
+/// replica that stands by polls and writes nothing, and leads afresh with a new [`Replicas`].
+struct StopTasks(Rc<Replicas>);
+
+impl Drop for StopTasks {
+    fn drop(&mut self) {
+        for (_, task) in self.0.polls.lock().drain() {
+            task.abort();
+        }
+        for task in self.0.tasks.lock().drain(..) {
+            task.abort();
+        }
+    }
 }
 
 impl Replicas {
@@ -68,13 +86,16 @@ impl Replicas {
             asker: Asker::new(),
             groups: Mutex::new(HashMap::new()),
             polls: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Vec::new()),
             events: Mutex::new(EventThrottle::default()),
         })
     }
 
     /// Follows the v2 pods until the watch ends.
     pub async fn run(self: Rc<Self>, pods: Api<Pod>) {
-        actix_web::rt::spawn(self.clone().flush_events());
+        let _stop = StopTasks(self.clone());
+        let flusher = actix_web::rt::spawn(self.clone().flush_events());
+        self.tasks.lock().push(flusher);
         let config = watcher::Config::default().labels(CONFIGMAP_LABEL);
         let mut events = watcher(pods, config).default_backoff().boxed_local();
         while let Some(event) = events.next().await {
@@ -229,7 +250,7 @@ impl Replicas {
         let changed = groups.entry(group.clone()).or_default().changed.clone();
         let this = self.clone();
         let group = group.clone();
-        actix_web::rt::spawn(async move {
+        let writer = actix_web::rt::spawn(async move {
             let mut writer = StatusWriter::default();
             loop {
                 let _ = tokio::time::timeout(RECHECK, changed.notified()).await;
@@ -241,5 +262,6 @@ impl Replicas {
                 tokio::time::sleep(WRITE_EVERY).await;
             }
         });
+        self.tasks.lock().push(writer);
     }
 }

@@ -50,6 +50,11 @@ impl StatusWriter {
             let patch = BreakerPolicy::status_patch(&status);
             let api: Api<BreakerPolicy> = Api::namespaced(ctx.client.clone(), namespace);
             let params = PatchParams::apply(REPLICAS_MANAGER).force();
+            if ctx.ensure_leading().is_err() {
+                // Written by the next leader's writer; this one's memory is now stale.
+                self.written.clear();
+                return;
+            }
             match api
                 .patch_status(&name, &params, &Patch::Apply(&patch))
                 .await

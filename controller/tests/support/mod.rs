@@ -5,7 +5,7 @@
 // Each test binary uses some of these.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use control_plane::{ControlPlane, Who, SYSTEM_NAMESPACE as NS};
@@ -115,19 +115,27 @@ pub async fn wait_for_ready(c: &awc::Client, proc: &Proc) {
     }
 }
 
+/// The Lease the control-plane tests elect on: short, so a takeover after a kill takes 3 s
+/// rather than the default's 10 (same proportions: the deadline a second short of it).
+pub const TEST_LEASE: [(&str, &str); 3] = [
+    ("LEASE_DURATION", "3s"),
+    ("LEASE_RENEW_DEADLINE", "2s"),
+    ("LEASE_RETRY_PERIOD", "500ms"),
+];
+
 pub fn start_controller(plane: &ControlPlane, dir: &Path) -> Proc {
-    Proc::start(
-        "breaker-controller",
-        &[
-            (
-                "KUBECONFIG",
-                plane.kubeconfig(Who::Controller).display().to_string(),
-            ),
-            ("WATCH_NAMESPACE", NS.to_string()),
-            ("TARGET_CONFIGMAP", TARGET.to_string()),
-        ],
-        dir,
-    )
+    start_controller_with(plane.kubeconfig(Who::Controller), &TEST_LEASE, dir)
+}
+
+/// A controller reaching the API server through `kubeconfig`, electing with `lease`.
+pub fn start_controller_with(kubeconfig: PathBuf, lease: &[(&str, &str)], dir: &Path) -> Proc {
+    let mut env = vec![
+        ("KUBECONFIG", kubeconfig.display().to_string()),
+        ("WATCH_NAMESPACE", NS.to_string()),
+        ("TARGET_CONFIGMAP", TARGET.to_string()),
+    ];
+    env.extend(lease.iter().map(|(k, v)| (*k, v.to_string())));
+    Proc::start("breaker-controller", &env, dir)
 }
 
 pub fn gateway_stack(plane: &ControlPlane) -> Stack {
@@ -257,4 +265,32 @@ pub fn replica<'a>(bp: &'a Value, pod: &str) -> Option<&'a Value> {
         .as_array()?
         .iter()
         .find(|r| r["pod"] == pod)
+}
+
+/// `failureThreshold` in the target ConfigMap's breaker settings.
+pub fn threshold_in_configmap(plane: &ControlPlane) -> Option<u32> {
+    let cm = get_json(plane, &["configmap", TARGET])?;
+    let yaml = cm["data"]["breaker.yaml"].as_str()?;
+    yaml.lines()
+        .find_map(|l| l.strip_prefix("failureThreshold: "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Applied Events on the policies, each series counted by its count.
+pub fn applied_events(plane: &ControlPlane) -> u64 {
+    let events = plane.kubectl(
+        Who::Admin,
+        &["get", "events.events.k8s.io", "-n", NS, "-o", "json"],
+        None,
+    );
+    let events: Value = serde_json::from_slice(&events.stdout).unwrap();
+    events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "Applied")
+        .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
+        .sum()
 }

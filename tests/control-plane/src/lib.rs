@@ -274,6 +274,14 @@ impl ControlPlane {
             // No controller-manager runs here to mint service-account tokens.
             .arg("--disable-admission-plugins=ServiceAccount")
             .arg("--allow-privileged=false")
+            // Every write, with who made it (user agent) and when: what tests of "one writer"
+            // count.
+            .arg(format!(
+                "--audit-policy-file={}",
+                self.audit_policy()?.display()
+            ))
+            .arg(format!("--audit-log-path={}", self.audit_log().display()))
+            .arg("--audit-log-format=json")
             .arg("--v=1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -333,6 +341,39 @@ impl ControlPlane {
 
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.api_port)
+    }
+
+    /// The API server's port (a proxy in front of it forwards here).
+    pub fn api_port(&self) -> u16 {
+        self.api_port
+    }
+
+    /// The audit log: one JSON line per write (create, update, patch, delete), at its
+    /// response, with `userAgent`, `objectRef`, `responseStatus` and both timestamps.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
+    fn audit_policy(&self) -> Result<PathBuf, Error> {
+        let path = self.dir.join("audit-policy.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  verbs: [create, update, patch, delete]\n- level: None\n",
+        )?;
+        Ok(path)
+    }
+
+    /// A kubeconfig for `who` that reaches the API server at `server` instead (a proxy's
+    /// address: the API server's certificate is not checked here).
+    pub fn kubeconfig_via(&self, who: Who, server: &str) -> Result<PathBuf, Error> {
+        let direct = std::fs::read_to_string(self.kubeconfig(who))?;
+        let path = self.dir.join(format!(
+            "{}-via-{}.kubeconfig",
+            who.name(),
+            server.rsplit(':').next().unwrap_or("proxy")
+        ));
+        std::fs::write(&path, direct.replace(&self.url(), server))?;
+        Ok(path)
     }
 
     pub fn kubeconfig(&self, who: Who) -> PathBuf {

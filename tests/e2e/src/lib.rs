@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod stall;
+
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 
 /// `target/<profile>/<name>`, next to this test binary's `deps/` folder.
@@ -71,6 +73,11 @@ impl Proc {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How it exited, if it has.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
     }
 
     fn wait_listening(&mut self) -> u16 {
