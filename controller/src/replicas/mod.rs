@@ -155,8 +155,15 @@ impl Replicas {
         loop {
             match self.asker.ask(&address, revision).await {
                 Ok(report) => {
+                    let unchanged = revision == Some(report.revision);
                     revision = Some(report.revision);
                     self.reported(&group, &pod, &report).await;
+                    if unchanged {
+                        // The wait ended, or the replica answered at once because it holds as
+                        // many waits as it may: asked again a second later (nothing is missed,
+                        // the next ask names this revision).
+                        tokio::time::sleep(poll::RETRY).await;
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(%pod, %error, "cannot ask a v2 replica; retrying");

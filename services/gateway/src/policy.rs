@@ -17,7 +17,7 @@ use crate::endpoint_slices;
 use crate::guard::Guard;
 use crate::metrics::UpstreamMetrics;
 use crate::sources::{Origin, Update};
-use crate::status::{self, StatusSources};
+use crate::status::{self, HeldWaits, StatusSources};
 use crate::upstream::{Recommendations, UpstreamError, Upstreams};
 
 pub enum Policy {
@@ -38,6 +38,7 @@ pub struct Protection {
     replica: Option<String>,
     /// The Service whose EndpointSlices keep the endpoints up to date.
     slices: Option<NamespacedName>,
+    waits: Arc<HeldWaits>,
 }
 
 /// recommendations' endpoints: those known at start, and where later ones come from in
@@ -70,6 +71,7 @@ impl Protection {
             origin: source.origin,
             replica: replica.name,
             slices: endpoints.slices,
+            waits: Arc::new(HeldWaits::register(registry)),
         }
     }
 }
@@ -154,6 +156,7 @@ impl Policy {
                 guard: v2.guard.clone(),
                 config: v2.config.clone(),
                 replica: v2.replica.clone(),
+                waits: v2.waits.clone(),
             }))
             .service(resource("/circuit-status").get(status::circuit_status))
             .service(resource("/dashboard").get(dashboard::dashboard));

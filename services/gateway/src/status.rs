@@ -3,8 +3,11 @@
 //!
 //! `?after=<revision>&wait=<duration>` holds the answer until the `revision` it gave has moved
 //! on (a transition, new settings), or `wait` (at most [`MAX_WAIT`]) has passed: a watcher (the
-//! controller) learns of a transition at once, without polling.
+//! controller) learns of a transition at once, without polling. Held answers are bounded
+//! ([`HeldWaits`]): past the bound a wait is answered at once, with `Retry-After: 1`, and
+//! counted, so a flood of waits costs a connection each, not a worker's memory for a minute.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +15,9 @@ use actix_web::{web, HttpResponse};
 use breaker_api::circuit_status::{BreakerReport, CircuitStatus, EndpointStatus};
 use breaker_api::BreakerSettings;
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use service_runtime::ApiError;
 
@@ -24,6 +30,67 @@ pub struct StatusSources {
     pub config: Arc<Mutex<ConfigState>>,
     /// This replica's name (its pod's, in Kubernetes).
     pub replica: Option<String>,
+    pub waits: Arc<HeldWaits>,
+}
+
+/// How many `?wait` answers are held at once, at most [`HeldWaits::MAX`]. The controller's
+/// leader holds one per replica; the rest is room for people watching.
+pub struct HeldWaits {
+    held: AtomicUsize,
+    held_now: Gauge,
+    refused: Counter,
+}
+
+impl HeldWaits {
+    pub const MAX: usize = 64;
+
+    pub fn register(registry: &mut Registry) -> Self {
+        let waits = Self {
+            held: AtomicUsize::new(0),
+            held_now: Gauge::default(),
+            refused: Counter::default(),
+        };
+        registry.register(
+            "circuit_status_waits_held",
+            "/circuit-status answers held until a change (?after&wait), now",
+            waits.held_now.clone(),
+        );
+        registry.register(
+            "circuit_status_waits_refused",
+            "/circuit-status waits answered at once because the most that may be held already were",
+            waits.refused.clone(),
+        );
+        waits
+    }
+
+    /// A place among the held waits, or `None` (counted) when all are taken.
+    fn hold(&self) -> Option<HeldWait<'_>> {
+        let taken = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < Self::MAX).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => {
+                self.held_now.inc();
+                Some(HeldWait(self))
+            }
+            Err(_) => {
+                self.refused.inc();
+                None
+            }
+        }
+    }
+}
+
+/// Gives its place back when the answer goes (or the client does).
+struct HeldWait<'a>(&'a HeldWaits);
+
+impl Drop for HeldWait<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+        self.0.held_now.dec();
+    }
 }
 
 /// The longest a request may wait for a transition.
@@ -51,6 +118,14 @@ pub async fn circuit_status(
                     duration_text::format(MAX_WAIT)
                 )));
             }
+            let Some(_held) = sources.waits.hold() else {
+                let mut answer = current(&sources);
+                answer.headers_mut().insert(
+                    actix_web::http::header::RETRY_AFTER,
+                    actix_web::http::header::HeaderValue::from_static("1"),
+                );
+                return Ok(answer);
+            };
             let revision = sources.guard.revision();
             let _ = tokio::time::timeout(wait, revision.moved_past(after)).await;
         }

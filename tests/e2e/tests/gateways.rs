@@ -222,6 +222,50 @@ async fn with_fallback_after_users_wait_the_budget_while_calls_run_on_to_be_judg
     assert_eq!(a.recommendation_count(), 3, "{}", a.raw);
 }
 
+/// Held waits are bounded: with 64 held, the next is answered at once with `Retry-After` and
+/// counted; the held ones still answer at the next transition.
+#[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
+async fn held_status_waits_are_bounded_and_the_refused_ones_answered_at_once() {
+    let _timing = exclusive_timing();
+    let stack = Stack::start(StackConfig {
+        recommendations_env: hang("30s"),
+        ..Default::default()
+    });
+    let c = client();
+    let revision = status(&c, &stack).await["revision"].as_u64().unwrap();
+    let waiting = stack
+        .v2
+        .url(&format!("/circuit-status?after={revision}&wait=20s"));
+    let held: Vec<_> = (0..64).map(|_| get(&c, &waiting)).collect();
+    let held = futures_util::future::join_all(held);
+    let check = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metrics(&c, &stack.v2).await.get("circuit_status_waits_held") != Some(&64.0) {
+            assert!(std::time::Instant::now() < deadline, "64 waits not held within 10 s");
+            tokio::time::sleep(MS(20)).await;
+        }
+        let started = std::time::Instant::now();
+        let refused = c.get(&waiting).send().await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(refused.status(), 200);
+        assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
+        assert!(elapsed < MS(1000), "the 65th wait was held {elapsed:?}");
+        let m = metrics(&c, &stack.v2).await;
+        assert_eq!(m.get("circuit_status_waits_refused_total"), Some(&1.0));
+        for _ in 0..3 {
+            get(&c, &stack.v2.url("/product-details/1")).await;
+        }
+    };
+    let (answers, ()) = tokio::join!(held, check);
+    for a in &answers {
+        assert_eq!(a.body["state"], "open", "{}", a.raw);
+        assert!(a.elapsed < MS(15_000), "a held wait answered after {:?}", a.elapsed);
+    }
+    let m = metrics(&c, &stack.v2).await;
+    assert_eq!(m.get("circuit_status_waits_held"), Some(&0.0));
+}
+
 #[actix_web::test]
 #[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
 async fn circuit_status_can_wait_for_the_next_change() {
