@@ -461,3 +461,43 @@ fn the_admin_token_is_generated_per_install_and_never_written_into_a_file() {
         std::fs::read_to_string(Path::new(ROOT).join("k8s/circuit-breaker-demo.yaml")).unwrap();
     assert!(!shipped.contains("kind: Secret") && !shipped.contains("ADMIN_TOKEN"));
 }
+
+/// What runs more than one replica (v2, the controller) has a PodDisruptionBudget that lets a
+/// drain take one pod at a time, selecting exactly its pods, and spreads its pods over nodes;
+/// what runs one has neither (a budget would block every drain).
+#[test]
+#[ignore = "chart tier: needs helm (make tools); run by `make test`"]
+fn replicated_workloads_have_a_disruption_budget_and_spread_over_nodes() {
+    let docs = render_release("circuit-breaker-demo");
+    let budgets: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "PodDisruptionBudget")
+        .collect();
+    let mut budgeted: Vec<&str> = budgets
+        .iter()
+        .map(|b| b["metadata"]["name"].as_str().unwrap())
+        .collect();
+    budgeted.sort();
+    assert_eq!(budgeted, ["api-gateway-v2", "breaker-controller"]);
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let name = d["metadata"]["name"].as_str().unwrap();
+        let pods = &d["spec"]["selector"]["matchLabels"];
+        let spread = &d["spec"]["template"]["spec"]["topologySpreadConstraints"];
+        match budgets.iter().find(|b| b["metadata"]["name"] == name) {
+            Some(budget) => {
+                assert_eq!(budget["spec"]["maxUnavailable"], 1, "{name}");
+                assert_eq!(&budget["spec"]["selector"]["matchLabels"], pods, "{name}");
+                assert_eq!(spread[0]["topologyKey"], "kubernetes.io/hostname", "{name}");
+                assert_eq!(spread[0]["whenUnsatisfiable"], "ScheduleAnyway", "{name}");
+                assert_eq!(&spread[0]["labelSelector"]["matchLabels"], pods, "{name}");
+            }
+            None => {
+                assert_eq!(
+                    d["spec"]["replicas"], 1,
+                    "{name} runs more than one without a budget"
+                );
+                assert!(spread.is_null(), "{name}: {spread}");
+            }
+        }
+    }
+}

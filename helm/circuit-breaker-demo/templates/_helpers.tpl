@@ -128,6 +128,17 @@ spec:
       affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+      {{- if gt (int .replicas) 1 }}
+      # Replicas on different nodes where there are nodes enough: one node lost or drained
+      # takes one replica, not all (ScheduleAnyway: a one-node cluster still runs them all).
+      topologySpreadConstraints:
+        - maxSkew: 1
+          topologyKey: kubernetes.io/hostname
+          whenUnsatisfiable: ScheduleAnyway
+          labelSelector:
+            matchLabels:
+              {{- include "cbd.selectorLabels" . | nindent 14 }}
+      {{- end }}
       securityContext:
         runAsNonRoot: true
         seccompProfile:

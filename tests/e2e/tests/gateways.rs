@@ -241,8 +241,15 @@ async fn held_status_waits_are_bounded_and_the_refused_ones_answered_at_once() {
     let held = futures_util::future::join_all(held);
     let check = async {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while metrics(&c, &stack.v2).await.get("circuit_status_waits_held") != Some(&64.0) {
-            assert!(std::time::Instant::now() < deadline, "64 waits not held within 10 s");
+        while metrics(&c, &stack.v2)
+            .await
+            .get("circuit_status_waits_held")
+            != Some(&64.0)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "64 waits not held within 10 s"
+            );
             tokio::time::sleep(MS(20)).await;
         }
         let started = std::time::Instant::now();
@@ -260,7 +267,11 @@ async fn held_status_waits_are_bounded_and_the_refused_ones_answered_at_once() {
     let (answers, ()) = tokio::join!(held, check);
     for a in &answers {
         assert_eq!(a.body["state"], "open", "{}", a.raw);
-        assert!(a.elapsed < MS(15_000), "a held wait answered after {:?}", a.elapsed);
+        assert!(
+            a.elapsed < MS(15_000),
+            "a held wait answered after {:?}",
+            a.elapsed
+        );
     }
     let m = metrics(&c, &stack.v2).await;
     assert_eq!(m.get("circuit_status_waits_held"), Some(&0.0));
