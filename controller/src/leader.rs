@@ -228,9 +228,9 @@ impl Elector {
                 _ = stopping.changed() => break,
             }
         }
-        if self.is_leading() {
-            self.release().await;
-        }
+        // Also when this replica does not lead by its own clock: a takeover write may have
+        // landed as it stopped. The release reads the holder first and leaves others' alone.
+        self.release().await;
     }
 
     fn is_leading(&self) -> bool {
@@ -368,6 +368,8 @@ impl Elector {
     /// compare-and-swap, so a Lease taken over meanwhile is left alone.
     async fn release(&self) {
         let identity = &self.lease.identity;
+        // Stop saying it leads before the Lease goes: a standby may lead the moment it does.
+        self.until.send_replace(None);
         let released = async {
             let mut lease = self.api.get(&self.lease.name).await?;
             let Some(spec) = lease.spec.as_mut() else {
@@ -387,13 +389,12 @@ impl Elector {
         match released.await {
             Ok(true) => tracing::info!(%identity, "Lease released"),
             Ok(false) => {
-                tracing::info!(%identity, "the Lease is no longer this replica's: nothing to release")
+                tracing::debug!(%identity, "the Lease is not this replica's: nothing to release")
             }
             Err(error) => {
                 tracing::warn!(%identity, %error, "could not release the Lease; it lapses instead")
             }
         }
-        self.until.send_replace(None);
     }
 }
 

@@ -51,8 +51,8 @@ struct Cli {
     #[arg(long, env = "LEASE_DURATION", default_value = "10s", value_parser = service_runtime::parse_duration)]
     lease_duration: Duration,
     /// The leader stops leading this long after the start of its last successful renewal.
-    /// Shorter than the Lease by what a write in flight may take to land; long enough for two
-    /// renewals at 3 s each (a slow API server keeps its leader).
+    /// Shorter than the Lease by a margin for a write sent just before it to land; long enough
+    /// for two renewals at 3 s each (a slow API server keeps its leader).
     #[arg(long, env = "LEASE_RENEW_DEADLINE", default_value = "7s", value_parser = service_runtime::parse_duration)]
     lease_renew_deadline: Duration,
     /// How often the leader renews and a standby tries (standbys up to 20% later).
@@ -164,6 +164,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 () = gate.lost() => {}
             }
             ctx.metrics.set_leading(false);
+            // A term that ended before its first sync must not leave this replica unready.
+            ready.set_ready();
             tracing::warn!(identity = %leadership.identity, "stopped leading: standing by");
         }
     };

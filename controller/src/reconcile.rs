@@ -129,6 +129,12 @@ async fn drop_legacy_finalizer(
 
 /// Exponential backoff per object: 1 s, 2 s, 4 s … up to 5 minutes.
 pub fn error_policy(policy: Arc<BreakerPolicy>, err: &Error, ctx: Arc<Context>) -> Action {
+    if matches!(err, Error::NotLeading) {
+        // Not a failure of the policy: the controller stops with this term; the next leader
+        // reconciles it afresh.
+        tracing::debug!(policy = %key(&policy), "not leading: reconcile stopped before its write");
+        return Action::await_change();
+    }
     let n = ctx.count_failure(key(&policy));
     let delay = Duration::from_secs(1u64 << (n - 1).min(9)).min(MAX_BACKOFF);
     tracing::warn!(policy = %key(&policy), error = %err, retry_in = ?delay, "reconcile failed");
