@@ -28,6 +28,11 @@ impl Asker {
             http: awc::Client::builder()
                 .timeout(ASK_TIMEOUT)
                 .disable_redirects()
+                // One connection per replica, each held by its long poll: awc's default pool
+                // of 100 would leave the replicas past the 100th waiting for a connection
+                // until their asks time out (shown `unreachable`). No limit: a connection per
+                // v2 pod the controller follows.
+                .connector(awc::Connector::new().limit(0))
                 .finish(),
         }
     }
