@@ -87,9 +87,7 @@ pub struct LeaderGate {
 
 impl LeaderGate {
     pub fn is_leading(&self) -> bool {
-        self.until
-            .borrow()
-            .is_some_and(|until| Instant::now() < until)
+        leads_now(*self.until.borrow())
     }
 
     /// Waits until this replica leads.
@@ -129,8 +127,8 @@ impl LeaderGate {
     /// A gate that always leads, for reconcile tests without an election.
     #[cfg(test)]
     pub(crate) fn held() -> Self {
-        let (send, until) = watch::channel(Some(Instant::now() + Duration::from_secs(3600)));
-        std::mem::forget(send);
+        // The value outlives its sender.
+        let (_, until) = watch::channel(Some(Instant::now() + Duration::from_secs(3600)));
         Self { until }
     }
 
@@ -234,9 +232,7 @@ impl Elector {
     }
 
     fn is_leading(&self) -> bool {
-        self.until
-            .borrow()
-            .is_some_and(|until| Instant::now() < until)
+        leads_now(*self.until.borrow())
     }
 
     fn settle(
@@ -396,6 +392,11 @@ impl Elector {
             }
         }
     }
+}
+
+/// The one rule of "leads now", for the gate and the election alike.
+fn leads_now(until: Option<Instant>) -> bool {
+    until.is_some_and(|until| Instant::now() < until)
 }
 
 enum Attempt {

@@ -7,6 +7,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -182,6 +183,59 @@ fn since(cut: SystemTime, at: chrono::DateTime<chrono::Utc>) -> f64 {
     (at - cut).num_milliseconds() as f64 / 1000.0
 }
 
+/// A stall proxy in front of the API server, and a controller kubeconfig through it.
+fn stall_proxy(plane: &ControlPlane) -> (StallProxy, PathBuf) {
+    let api = format!("127.0.0.1:{}", plane.api_port()).parse().unwrap();
+    let proxy = StallProxy::start(api);
+    let kubeconfig = plane.kubeconfig_via(Who::Controller, &proxy.url()).unwrap();
+    (proxy, kubeconfig)
+}
+
+/// Controller `a` (through `a_via`), once it leads, then `b` (through `b_via`), standing by.
+fn leader_then_standby(
+    a_via: PathBuf,
+    b_via: PathBuf,
+    lease: &[(&str, &str)],
+    dir: &Path,
+) -> (Proc, Proc) {
+    let a = start_controller_with(a_via, lease, dir);
+    wait_until(
+        Duration::from_secs(10),
+        || "a leads".into(),
+        || leads(a.port) == Some(true),
+    );
+    let b = start_controller_with(b_via, lease, dir);
+    wait_until(
+        Duration::from_secs(10),
+        || "b answers".into(),
+        || leads(b.port) == Some(false),
+    );
+    (a, b)
+}
+
+/// At most one replica says it leads, at every sample; `since` names the moment a failure's
+/// times are told from.
+fn assert_never_two_leaders(samples: &[Sample], since: (&str, f64)) {
+    for s in samples {
+        let at = s.at.as_secs_f64();
+        assert!(
+            !(s.a == Some(true) && s.b == Some(true)),
+            "both lead at {at:.1} s ({:.1} s after {})",
+            at - since.1,
+            since.0
+        );
+    }
+}
+
+fn assert_neither_exited(a: &mut Proc, b: &mut Proc) {
+    assert!(
+        a.exited().is_none() && b.exited().is_none(),
+        "a replica exited:\n{}\n{}",
+        a.log_text(),
+        b.log_text()
+    );
+}
+
 /// The leader's API connection held for 20 s (every byte, no reset) while the policy keeps
 /// changing, then released. At every sample at most one replica says it leads; the standby
 /// takes over within the Lease's takeover time and keeps leading after the release; the old
@@ -197,21 +251,9 @@ fn a_partitioned_leader_stops_writing_before_the_standby_takes_over_and_neither_
     let _serial = serial();
     let plane = control_plane();
     let dir = tempfile::tempdir().unwrap();
-    let api = format!("127.0.0.1:{}", plane.api_port()).parse().unwrap();
-    let proxy = StallProxy::start(api);
-    let via_proxy = plane.kubeconfig_via(Who::Controller, &proxy.url()).unwrap();
-    let mut a = start_controller_with(via_proxy, &TEST_LEASE, dir.path());
-    wait_until(
-        Duration::from_secs(10),
-        || "a leads".into(),
-        || leads(a.port) == Some(true),
-    );
-    let mut b = start_controller(&plane, dir.path());
-    wait_until(
-        Duration::from_secs(10),
-        || "b answers".into(),
-        || leads(b.port) == Some(false),
-    );
+    let (proxy, via_proxy) = stall_proxy(&plane);
+    let direct = plane.kubeconfig(Who::Controller);
+    let (mut a, mut b) = leader_then_standby(via_proxy, direct, &TEST_LEASE, dir.path());
     let identity = |p: &Proc| {
         leader_answer(p.port).unwrap()["identity"]
             .as_str()
@@ -273,15 +315,7 @@ fn a_partitioned_leader_stops_writing_before_the_standby_takes_over_and_neither_
     let (cut, cut_wall) = *cut_at.lock().unwrap();
     let cut_s = (cut - started).as_secs_f64();
 
-    // at most one says it leads, at every sample
-    for s in &samples {
-        assert!(
-            !(s.a == Some(true) && s.b == Some(true)),
-            "both lead at {:.1} s ({:.1} s after the cut)",
-            s.at.as_secs_f64(),
-            s.at.as_secs_f64() - cut_s
-        );
-    }
+    assert_never_two_leaders(&samples, ("the cut", cut_s));
     let after_cut = |s: &&Sample| s.at.as_secs_f64() > cut_s;
     let a_stopped = samples
         .iter()
@@ -314,12 +348,7 @@ fn a_partitioned_leader_stops_writing_before_the_standby_takes_over_and_neither_
     // the Lease's 3 s from then; plus the sampler's pace
     assert!(b_led < 5.0, "b led {b_led:.1} s after the cut");
     assert_eq!(leads(a.port), Some(false), "the old leader stands by");
-    assert!(
-        a.exited().is_none() && b.exited().is_none(),
-        "a replica exited:\n{}\n{}",
-        a.log_text(),
-        b.log_text()
-    );
+    assert_neither_exited(&mut a, &mut b);
 
     // who wrote what: nothing by a after b's first write
     let writes = writes(&plane);
@@ -392,21 +421,8 @@ fn a_slow_api_server_keeps_its_leader_and_no_replica_exits() {
     let _serial = serial();
     let plane = control_plane();
     let dir = tempfile::tempdir().unwrap();
-    let api = format!("127.0.0.1:{}", plane.api_port()).parse().unwrap();
-    let proxy = StallProxy::start(api);
-    let via_proxy = || plane.kubeconfig_via(Who::Controller, &proxy.url()).unwrap();
-    let mut a = start_controller_with(via_proxy(), &[], dir.path());
-    wait_until(
-        Duration::from_secs(10),
-        || "a leads".into(),
-        || leads(a.port) == Some(true),
-    );
-    let mut b = start_controller_with(via_proxy(), &[], dir.path());
-    wait_until(
-        Duration::from_secs(10),
-        || "b answers".into(),
-        || leads(b.port) == Some(false),
-    );
+    let (proxy, via_proxy) = stall_proxy(&plane);
+    let (mut a, mut b) = leader_then_standby(via_proxy.clone(), via_proxy, &[], dir.path());
 
     let (stop, on, last) = (
         AtomicBool::new(false),
@@ -436,19 +452,8 @@ fn a_slow_api_server_keeps_its_leader_and_no_replica_exits() {
         stop.store(true, Ordering::Relaxed);
         sampler.join().unwrap()
     });
-    for s in &samples {
-        assert!(
-            !(s.a == Some(true) && s.b == Some(true)),
-            "both lead at {:.1} s",
-            s.at.as_secs_f64()
-        );
-    }
-    assert!(
-        a.exited().is_none() && b.exited().is_none(),
-        "a replica exited:\n{}\n{}",
-        a.log_text(),
-        b.log_text()
-    );
+    assert_never_two_leaders(&samples, ("the start", 0.0));
+    assert_neither_exited(&mut a, &mut b);
     let a_led = samples.iter().filter(|s| s.a == Some(true)).count();
     let b_led = samples.iter().filter(|s| s.b == Some(true)).count();
     let none = samples
