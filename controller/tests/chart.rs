@@ -488,7 +488,8 @@ fn replicated_workloads_have_a_disruption_budget_and_spread_over_nodes() {
                 assert_eq!(budget["spec"]["maxUnavailable"], 1, "{name}");
                 assert_eq!(&budget["spec"]["selector"]["matchLabels"], pods, "{name}");
                 assert_eq!(spread[0]["topologyKey"], "kubernetes.io/hostname", "{name}");
-                assert_eq!(spread[0]["whenUnsatisfiable"], "ScheduleAnyway", "{name}");
+                assert_eq!(spread[0]["whenUnsatisfiable"], "DoNotSchedule", "{name}");
+                assert_eq!(spread[0]["nodeTaintsPolicy"], "Honor", "{name}");
                 assert_eq!(&spread[0]["labelSelector"]["matchLabels"], pods, "{name}");
             }
             None => {
@@ -499,5 +500,125 @@ fn replicated_workloads_have_a_disruption_budget_and_spread_over_nodes() {
                 assert!(spread.is_null(), "{name}: {spread}");
             }
         }
+    }
+}
+
+/// The API server egress of v2 and the controller, by the chart's defaults: never anywhere.
+fn api_server_cidrs(docs: &[Value]) -> Vec<Vec<String>> {
+    let mut found: Vec<Vec<String>> = docs
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .flat_map(|d| d["spec"]["egress"].as_array().cloned().unwrap_or_default())
+        .filter(|rule| {
+            rule["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["port"] == 443)
+        })
+        .map(|rule| {
+            rule["to"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|peer| peer["ipBlock"]["cidr"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .collect();
+    found.dedup();
+    found
+}
+
+/// Rendered without a cluster, the API server egress is kind's ranges (IPv4 and IPv6); given
+/// addresses replace them.
+#[test]
+#[ignore = "chart tier: needs helm (make tools); run by `make test`"]
+fn the_api_server_egress_is_kinds_addresses_without_a_cluster_and_the_given_ones_when_set() {
+    let kind = [
+        "172.18.0.0/16",
+        "fc00:f853:ccd:e793::/64",
+        "10.96.0.1/32",
+        "fd00:10:96::1/128",
+    ];
+    assert_eq!(
+        api_server_cidrs(&render_release("circuit-breaker-demo")),
+        [kind]
+    );
+    let chart = chart().display().to_string();
+    let out = helm(&[
+        "template",
+        "circuit-breaker-demo",
+        &chart,
+        "--namespace",
+        NS,
+        "--set",
+        "networkPolicy.apiServerCIDRs={192.0.2.7/32,2001:db8::7/128}",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        api_server_cidrs(&documents(&String::from_utf8(out.stdout).unwrap())),
+        [["192.0.2.7/32", "2001:db8::7/128"]]
+    );
+}
+
+/// Installed into a cluster, the API server egress is that API server's own addresses, read
+/// from the `kubernetes` Service and its EndpointSlice (helm's lookup; a server-side dry run),
+/// an IPv4 endpoint as a /32 and an IPv6 one as a /128.
+#[test]
+#[ignore = "chart tier: needs helm (make tools) and kube-apiserver; run by `make test`"]
+fn installed_the_api_server_egress_is_the_clusters_own_api_server() {
+    let plane = ControlPlane::start().unwrap_or_else(|e| panic!("{e}"));
+    // helm's dry run installs no CRDs, and checks the BreakerPolicy against its kind
+    plane
+        .install_crds(&chart().join("crds/breakerpolicies.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = plane.kubeconfig(Who::Admin).display().to_string();
+    let chart = chart().display().to_string();
+    let service = plane.kubectl(
+        Who::Admin,
+        &[
+            "get",
+            "service",
+            "kubernetes",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+        None,
+    );
+    assert!(service.status.success(), "{}", text(&service));
+    let cluster_ip = String::from_utf8(service.stdout).unwrap();
+    // A loopback API server publishes no endpoints (nor may a slice hold loopback addresses):
+    // the slice a cluster's API server writes, with a documentation address, IPv4 then IPv6.
+    // A dry run: nothing calls them.
+    for (family, address, cidr) in [
+        ("IPv4", "192.0.2.10", "192.0.2.10/32"),
+        ("IPv6", "2001:db8::10", "2001:db8::10/128"),
+    ] {
+        let slice = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: kubernetes\n  namespace: default\n  labels: {{kubernetes.io/service-name: kubernetes}}\naddressType: {family}\nendpoints:\n  - addresses: [\"{address}\"]\nports:\n  - {{name: https, port: 6443, protocol: TCP}}\n"
+        );
+        let out = plane.kubectl(Who::Admin, &["replace", "--force", "-f", "-"], Some(&slice));
+        assert!(out.status.success(), "{}", text(&out));
+        let out = helm(&[
+            "install",
+            "circuit-breaker-demo",
+            &chart,
+            "--namespace",
+            NS,
+            "--create-namespace",
+            "--dry-run=server",
+            "--kubeconfig",
+            &kubeconfig,
+        ]);
+        let said = text(&out);
+        assert!(out.status.success(), "{said}");
+        // the manifest follows "MANIFEST:", up to the notes
+        let manifest = &said[said.find("MANIFEST:").expect("a manifest") + "MANIFEST:".len()..];
+        let manifest = &manifest[..manifest.find("NOTES:").unwrap_or(manifest.len())];
+        let own = [format!("{cluster_ip}/32"), cidr.to_owned()];
+        figure!("installed ({family} API server), the API server egress: {own:?}");
+        assert_eq!(api_server_cidrs(&documents(manifest)), [own]);
     }
 }

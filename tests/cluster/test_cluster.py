@@ -395,6 +395,8 @@ def probe_pod(name: str, labels: dict[str, str]) -> dict:
         "metadata": {"name": name, "labels": labels},
         "spec": {
             "restartPolicy": "Never",
+            # sleep ignores SIGTERM: without this each would take 30 s to go
+            "terminationGracePeriodSeconds": 0,
             "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [
                 {
@@ -417,13 +419,45 @@ def connects(pod: str, host: str, port: int) -> bool:
     return "connected" in done
 
 
+def elsewhere_listener(name: str) -> dict:
+    """A pod of the test's own listening on the API server's ports, 443 and 6443 (product-service
+    on each; the safe sysctl lets a non-root process bind 443): a peer the API server egress must
+    not reach."""
+    container = {
+        "image": APP_IMAGE,
+        "imagePullPolicy": "Never",
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "np-elsewhere"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+                "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
+            },
+            "containers": [
+                {**container, "name": f"on-{port}", "command": ["/usr/local/bin/product-service", "--port", str(port)]}
+                for port in (443, 6443)
+            ],
+        },
+    }
+
+
 def test_network_policies_let_each_component_make_its_own_calls_and_no_other(cluster: Cluster):
     """A probe pod wearing each component's labels (and a stranger with none): who reaches what.
     Ingress: the backends answer the gateways only (and recommendations the load pods);
     gateways and controller answer anyone on their port. Egress: the backends call nothing, the
     gateways only the backends (and DNS, which every name below needs), the controller only v2
-    (and the API server), the load pods the gateways and recommendations (and the API server)."""
+    and the API server, the load pods the gateways and recommendations and the API server. The
+    API server is its own addresses, not anything on its ports: a listener of the test's own on
+    443 and 6443, in a namespace of its own, answers the stranger and none of the components."""
     release = "circuit-breaker-demo"
+    elsewhere = "np-elsewhere"
 
     def component(name: str) -> dict[str, str]:
         # No app.kubernetes.io/name: the probes must not become endpoints of the Services.
@@ -442,18 +476,24 @@ def test_network_policies_let_each_component_make_its_own_calls_and_no_other(clu
         "v1": ("api-gateway-v1", 8080),
         "v2": ("api-gateway-v2", 8090),
         "controller": ("breaker-controller", 8083),
+        "api-server": ("kubernetes.default.svc", 443),
     }
     allowed = {
-        "np-stranger": {"v1", "v2", "controller"},
+        "np-stranger": {"v1", "v2", "controller", "api-server", "elsewhere:443", "elsewhere:6443"},
         "np-gateway": {"product", "recommendations"},
         "np-backend": set(),
-        "np-controller": {"v2"},
-        # the chapters' load pods: the gateways, and recommendations' admin endpoint
-        "np-loadtest": {"v1", "v2", "recommendations"},
+        "np-controller": {"v2", "api-server"},
+        # the chapters' load pods: the gateways, recommendations' admin endpoint, the policy
+        "np-loadtest": {"v1", "v2", "recommendations", "api-server"},
     }
+    kubectl("create", "namespace", elsewhere)
+    kubectl("apply", "-n", elsewhere, "-f", "-", input=json.dumps(elsewhere_listener("listener")))
     for name, labels in pods.items():
         kubectl("apply", "-f", "-", input=json.dumps(probe_pod(name, labels)))
     try:
+        kubectl("wait", "-n", elsewhere, "--for=condition=Ready", "pod/listener", "--timeout=60s")
+        listener = kubectl("get", "-n", elsewhere, "pod/listener", "-o", "jsonpath={.status.podIP}").strip()
+        targets |= {"elsewhere:443": (listener, 443), "elsewhere:6443": (listener, 6443)}
         for name in pods:
             kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=60s")
         reached = {
@@ -462,7 +502,9 @@ def test_network_policies_let_each_component_make_its_own_calls_and_no_other(clu
         figure(f"NetworkPolicies (kube-router), who reaches what: {reached}")
         assert reached == allowed, reached
     finally:
-        kubectl("delete", "pod", *pods, "--wait=false", check=False)
+        # Gone before the drain test, which evicts every pod of a node and refuses bare ones.
+        kubectl("delete", "pod", *pods, "--timeout=60s", check=False)
+        kubectl("delete", "namespace", elsewhere, "--timeout=90s", check=False)
 
 
 def test_a_v2_pod_deleted_under_load(cluster: Cluster):
@@ -552,6 +594,69 @@ def test_the_leader_killed_under_a_change_stream_the_standby_takes_over(cluster:
         f"leader {leader} killed under a change every 250 ms: {new_leader} applied the next change "
         f"{first_applied:.1f} s after the kill (Lease 10 s, renew deadline 7 s, retry 1 s)"
     )
+
+
+def nodes_of(app: str) -> dict[str, str]:
+    """The app's pods that are not terminating, each with the node it runs on."""
+    pods = kubectl_json("get", "pods", "-l", f"app.kubernetes.io/name={app}")["items"]
+    return {
+        p["metadata"]["name"]: p["spec"].get("nodeName", "")
+        for p in pods
+        if p["metadata"].get("deletionTimestamp") is None
+    }
+
+
+def test_the_replicas_of_v2_and_of_the_controller_run_on_distinct_nodes(cluster: Cluster):
+    """Three workers: each replicated workload's pods on as many nodes as it has pods, also for
+    the pods that replaced those the tests before deleted (the topology spread, a hard rule)."""
+    workers = kubectl("get", "nodes", "-l", "!node-role.kubernetes.io/control-plane", "-o", "name").split()
+    assert len(workers) == 3, workers
+    for app in (V2, "breaker-controller"):
+        placed = wait_for(f"{app}'s two pods scheduled", lambda app=app: (n := nodes_of(app)) and len(n) == 2 and all(n.values()) and n, 60)  # fmt: skip
+        figure(f"{app} pods on nodes: {placed}")
+        assert len(set(placed.values())) == len(placed), placed
+
+
+def test_a_worker_drained_keeps_v2_answering_and_a_leader(cluster: Cluster):
+    """v2 at three replicas, one on each worker. The leading controller's node is drained
+    (kubectl drain: every pod evicted through the PodDisruptionBudgets) under load: no page
+    fails, a controller on another node leads, and the evicted v2 replica comes back on another
+    node. If the leader shares its node with product-service (one replica, no budget: a drain
+    takes it for a moment), leadership is moved first by deleting the leader's pod, which gives
+    the Lease up."""
+    kubectl("scale", "deployment", V2, "--replicas=3")
+    drained = None
+    try:
+        wait_for("three v2 replicas ready", lambda: len(cluster.pods(V2, ready=True)) == 3, 120, every=1)
+        assert len(set(nodes_of(V2).values())) == 3, nodes_of(V2)
+        wait_for("two controllers ready", lambda: len(cluster.pods("breaker-controller", ready=True)) == 2, 120)
+        product_node = set(nodes_of("product-service").values())
+        leader = wait_for("a leader", lambda: lease_holder() or None, 30)
+        if nodes_of("breaker-controller")[leader.rpartition("_")[0]] in product_node:
+            kubectl("delete", "pod", leader.rpartition("_")[0], "--wait=false")
+            leader = wait_for("a leader off product-service's node", lambda: (h := lease_holder()) != leader and h or None, 30)  # fmt: skip
+        drained = nodes_of("breaker-controller")[leader.rpartition("_")[0]]
+        with Load(cluster.service(V2, 8090)) as load:
+            time.sleep(2)
+            started = time.monotonic()
+            kubectl("drain", drained, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=100s")
+            took = time.monotonic() - started
+            new_leader = wait_for("a leader on another node", lambda: (h := lease_holder()) != leader and h or None, 30)
+            wait_for("three v2 replicas ready again", lambda: len(cluster.pods(V2, ready=True)) == 3, 120, every=1)
+            time.sleep(2)
+        placed = nodes_of(V2)
+        figure(
+            f"drained {drained} (the leader's node) in {took:.1f} s under load: {load.summary()}; "
+            f"leader {leader} -> {new_leader}; v2 now on {placed}"
+        )
+        assert load.counts["failed"] == 0, load.summary()
+        assert drained not in placed.values(), placed
+        assert nodes_of("breaker-controller").get(new_leader.rpartition("_")[0]) not in (None, drained), new_leader
+    finally:
+        if drained:
+            kubectl("uncordon", drained, check=False)
+        kubectl("scale", "deployment", V2, "--replicas=2")
+        wait_for("two v2 replicas ready", lambda: len(cluster.pods(V2, ready=True)) == 2, 120, every=1)
 
 
 def test_recommendations_scaled_to_zero(cluster: Cluster):

@@ -129,12 +129,15 @@ spec:
         {{- toYaml . | nindent 8 }}
       {{- end }}
       {{- if gt (int .replicas) 1 }}
-      # Replicas on different nodes where there are nodes enough: one node lost or drained
-      # takes one replica, not all (ScheduleAnyway: a one-node cluster still runs them all).
+      # Replicas as even over the nodes as can be (maxSkew 1, a hard rule): one node lost or
+      # drained takes one replica, not all. Nodes that refuse the pod (tainted: the control
+      # plane, a cordoned node) do not count, so a one-node cluster still runs them all; a node
+      # short of room leaves a replica Pending rather than doubled up on another.
       topologySpreadConstraints:
         - maxSkew: 1
           topologyKey: kubernetes.io/hostname
-          whenUnsatisfiable: ScheduleAnyway
+          whenUnsatisfiable: DoNotSchedule
+          nodeTaintsPolicy: Honor
           labelSelector:
             matchLabels:
               {{- include "cbd.selectorLabels" . | nindent 14 }}
