@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints demo-overload build run test test-disk msrv test-setup test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward load-image loadtest-k8s loadtest-k8s-endpoints loadtest-k8s-overload measure-scale kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints demo-overload build run test test-disk msrv test-setup test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward load-image loadtest-k8s loadtest-k8s-endpoints loadtest-k8s-overload measure-scale measure-flood measure-soak kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -211,6 +211,13 @@ measure-scale: $(KIND) ## v2 at 20 replicas over 3 workers, recommendations flak
 	$(KIND) load docker-image circuit-breaker-demo/debian:bookworm --name $(CLUSTER)
 	KUBECTL=$(KUBECTL) python3 loadtest/scale.py
 
+# Ten minutes under load with recommendations flapping and rolled every 30 s (loadtest/soak.py):
+# v2's and the controller's RSS and /metrics series at minute 1 and at the end.
+measure-soak: $(KIND) ## Ten minutes of pages, recommendations flaky and restarted every 30 s: does v2's or the controller's memory or series count grow?
+	$(MAKE) --no-print-directory deploy HELM_ARGS="--set recommendations.replicas=3 --set recommendations.faultMode=flaky $(HELM_ARGS)"
+	$(KIND) load docker-image circuit-breaker-demo/debian:bookworm --name $(CLUSTER)
+	KUBECTL=$(KUBECTL) python3 loadtest/soak.py
+
 kind-down: $(KIND) ## Delete the kind cluster (and kind's network when no other cluster uses it), stop the dockerd that kind-up started
 	$(KIND) delete cluster --name $(CLUSTER)
 	docker network rm kind >/dev/null 2>&1 || true
@@ -237,6 +244,10 @@ fault-matrix: ## Rewrite docs/fault-matrix.md from what the gateways do under ev
 bench: build $(VENV)/.demo-installed ## v2 under 256 connections for 60 s with recommendations hanging, vs product direct and nginx
 	@scripts/require-tools.sh bench
 	cd loadtest && ../$(PY) bench.py
+
+measure-flood: build $(VENV)/.demo-installed ## v2's pages under wrk, alone and while 2,000 clients hold /circuit-status waits (FLOOD_WAITS)
+	@scripts/require-tools.sh bench
+	cd loadtest && ../$(PY) flood.py
 
 bench-breaker: ## Criterion benchmark of the breaker's closed-state call path
 	@scripts/require-tools.sh

@@ -34,6 +34,7 @@ pub struct Metrics {
     event_writes: Family<ReasonLabels, Counter>,
     transitions: Family<ReasonLabels, Counter>,
     status_writes: Counter,
+    replica_groups: Gauge,
     leading: Gauge,
 }
 
@@ -48,6 +49,7 @@ impl Metrics {
             event_writes: Family::default(),
             transitions: Family::default(),
             status_writes: Counter::default(),
+            replica_groups: Gauge::default(),
             leading: Gauge::default(),
         };
         registry.register(
@@ -69,6 +71,11 @@ impl Metrics {
             "controller_replica_status_writes",
             "Writes of BreakerPolicy status.replicas",
             metrics.status_writes.clone(),
+        );
+        registry.register(
+            "controller_replica_groups",
+            "Groups of v2 replicas (a namespace and the ConfigMap they watch) followed now, each with its status writer",
+            metrics.replica_groups.clone(),
         );
         registry.register(
             "controller_reconciles",
@@ -107,6 +114,11 @@ impl Metrics {
 
     pub fn status_written(&self) {
         self.status_writes.inc();
+    }
+
+    pub fn set_replica_groups(&self, groups: usize) {
+        self.replica_groups
+            .set(i64::try_from(groups).unwrap_or(i64::MAX));
     }
 
     /// One run: done, or failed with the error's label.

@@ -192,6 +192,36 @@ async fn each_replicas_live_breaker_reaches_the_policy_status_and_its_events() {
         (replica(&bp, "gw-b").is_none() && bp["status"]["applied"] == "1/1").then_some(())
     })
     .await;
+    let groups =
+        |m: &std::collections::HashMap<String, f64>| m.get("controller_replica_groups").copied();
+    assert_eq!(groups(&metrics(&c, &controller).await), Some(1.0));
+
+    // The last one gone, the group is too: its status written empty, its writer ended.
+    assert!(plane
+        .kubectl(
+            Who::Admin,
+            &["delete", "pod", "gw-a", "-n", NS, "--wait=false"],
+            None
+        )
+        .status
+        .success());
+    wait_for(Duration::from_secs(10), "no replica in the status", || {
+        let bp = get_json(&plane, &["bp", "gw"])?;
+        bp["status"]["replicas"]
+            .as_array()
+            .is_none_or(|r| r.is_empty())
+            .then_some(())
+    })
+    .await;
+    let mut left = None;
+    for _ in 0..50 {
+        left = groups(&metrics(&c, &controller).await);
+        if left == Some(0.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, Some(0.0), "the group outlived its replicas");
 }
 
 /// An EndpointSlice of `service` with these `(pod, ip, ready)` endpoints, as Kubernetes'

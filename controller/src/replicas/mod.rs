@@ -43,11 +43,14 @@ pub use writer::{REPLICAS_MANAGER, WRITE_EVERY};
 
 use crate::reconcile::Context;
 
-#[derive(Default)]
+/// A group with replicas to report, and its writer; gone (writer and all) once the group's
+/// last replica is gone and that was written, so label values that come and go (a renamed
+/// ConfigMap, a namespace deleted) leave nothing behind.
 struct GroupState {
     replicas: ReplicaSet,
     /// Wakes the group's writer.
     changed: Arc<tokio::sync::Notify>,
+    writer: JoinHandle<()>,
 }
 
 pub struct Replicas {
@@ -57,7 +60,7 @@ pub struct Replicas {
     groups: Mutex<HashMap<ReplicaGroup, GroupState>>,
     /// Polling tasks by pod.
     polls: Mutex<HashMap<PodKey, JoinHandle<()>>>,
-    /// The Event flusher and the groups' writers.
+    /// The Event flusher.
     tasks: Mutex<Vec<JoinHandle<()>>>,
     events: Mutex<EventThrottle>,
 }
@@ -74,6 +77,10 @@ impl Drop for StopTasks {
         for task in self.0.tasks.lock().drain(..) {
             task.abort();
         }
+        for (_, group) in self.0.groups.lock().drain() {
+            group.writer.abort();
+        }
+        self.0.ctx.metrics.set_replica_groups(0);
     }
 }
 
@@ -150,7 +157,6 @@ impl Replicas {
 
     /// Asks one replica again and again, each ask waiting for its next change.
     async fn follow(self: Rc<Self>, group: ReplicaGroup, pod: String, address: String) {
-        self.ensure_writer(&group);
         let mut revision: Option<u64> = None;
         loop {
             match self.asker.ask(&address, revision).await {
@@ -175,22 +181,29 @@ impl Replicas {
         }
     }
 
-    /// Changes a group's replicas, waking its writer if `change` says something changed.
+    /// Changes a group's replicas (a group seen for the first time, or again after it was
+    /// retired, gets its writer), waking its writer if `change` says something changed.
     fn update<T>(
-        &self,
+        self: &Rc<Self>,
         group: &ReplicaGroup,
         change: impl FnOnce(&mut ReplicaSet) -> (bool, T),
     ) -> T {
         let mut groups = self.groups.lock();
-        let state = groups.entry(group.clone()).or_default();
+        let groups_before = groups.len();
+        let state = groups
+            .entry(group.clone())
+            .or_insert_with(|| self.new_group(group));
         let (changed, out) = change(&mut state.replicas);
         if changed {
             state.changed.notify_one();
         }
+        if groups.len() != groups_before {
+            self.ctx.metrics.set_replica_groups(groups.len());
+        }
         out
     }
 
-    async fn reported(&self, group: &ReplicaGroup, pod: &str, report: &BreakerReport) {
+    async fn reported(self: &Rc<Self>, group: &ReplicaGroup, pod: &str, report: &BreakerReport) {
         let fresh = self.update(group, |replicas| replicas.reported(pod, report));
         for transition in &fresh {
             let event = TransitionEvent::new(group, pod, transition);
@@ -247,28 +260,54 @@ impl Replicas {
             .collect()
     }
 
-    /// One writer per group: a change is written at once, later ones at most every
-    /// [`WRITE_EVERY`].
-    fn ensure_writer(self: &Rc<Self>, group: &ReplicaGroup) {
-        let mut groups = self.groups.lock();
-        if groups.contains_key(group) {
-            return;
-        }
-        let changed = groups.entry(group.clone()).or_default().changed.clone();
-        let this = self.clone();
-        let group = group.clone();
+    /// A group's state and its one writer: a change is written at once, later ones at most
+    /// every [`WRITE_EVERY`]. Once a write leaves the group without replicas, the group is
+    /// removed and its writer ends (all under the groups' lock, so a replica reported meanwhile
+    /// finds either the group or none, and then makes a new one).
+    fn new_group(self: &Rc<Self>, group: &ReplicaGroup) -> GroupState {
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (this, group, wake) = (self.clone(), group.clone(), changed.clone());
         let writer = actix_web::rt::spawn(async move {
             let mut writer = StatusWriter::default();
             loop {
-                let _ = tokio::time::timeout(RECHECK, changed.notified()).await;
-                let replicas = this.groups.lock()[&group].replicas.statuses();
+                let _ = tokio::time::timeout(RECHECK, wake.notified()).await;
+                let Some(replicas) = this
+                    .groups
+                    .lock()
+                    .get(&group)
+                    .map(|g| g.replicas.statuses())
+                else {
+                    return;
+                };
                 let policies = this.policies_of(&group);
                 writer
                     .write(&this.ctx, &group.namespace, policies, &replicas)
                     .await;
+                if replicas.is_empty() && this.retire_if_empty(&group) {
+                    tracing::debug!(namespace = %group.namespace, config_map = %group.config_map, "no v2 replicas left in the group");
+                    return;
+                }
                 tokio::time::sleep(WRITE_EVERY).await;
             }
         });
-        self.tasks.lock().push(writer);
+        GroupState {
+            replicas: ReplicaSet::default(),
+            changed,
+            writer,
+        }
+    }
+
+    /// Removes the group if it still has no replicas: whether it did.
+    fn retire_if_empty(&self, group: &ReplicaGroup) -> bool {
+        let mut groups = self.groups.lock();
+        match groups.get(group) {
+            Some(state) if state.replicas.is_empty() => {
+                // Its writer is the caller, ending: dropping the handle leaves it to end.
+                groups.remove(group);
+                self.ctx.metrics.set_replica_groups(groups.len());
+                true
+            }
+            _ => false,
+        }
     }
 }

@@ -83,6 +83,10 @@ impl ReplicaSet {
         self.replicas.remove(pod).is_some()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_empty()
+    }
+
     pub fn statuses(&self) -> Vec<ReplicaStatus> {
         self.replicas.values().map(|k| k.status.clone()).collect()
     }

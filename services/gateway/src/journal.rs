@@ -1,7 +1,7 @@
 //! What v2's breaker has done: logs, state and transition metrics, and the recent transitions
 //! `/circuit-status` lists.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ pub struct Journal {
     state: Family<StateLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     endpoint_transitions: Family<EndpointTransitionLabels, Counter>,
+    /// The endpoints with `breaker_endpoint_transitions` series: a pod's series go with it, so
+    /// rollouts do not add series for ever.
+    endpoint_series: Mutex<HashSet<String>>,
 }
 
 impl Journal {
@@ -59,6 +62,7 @@ impl Journal {
             state: Family::default(),
             transitions: Family::default(),
             endpoint_transitions: Family::default(),
+            endpoint_series: Mutex::new(HashSet::new()),
         };
         registry.register(
             "breaker_state",
@@ -87,6 +91,22 @@ impl Journal {
 
     pub fn records(&self) -> Vec<TransitionRecord> {
         self.records.lock().iter().cloned().collect()
+    }
+
+    /// Drops the endpoint series of every endpoint not in `followed`.
+    pub fn keep_endpoint_series(&self, followed: &[&str]) {
+        self.endpoint_series.lock().retain(|endpoint| {
+            let keep = followed.contains(&endpoint.as_str());
+            if !keep {
+                for to in State::ALL {
+                    self.endpoint_transitions.remove(&EndpointTransitionLabels {
+                        endpoint: endpoint.clone(),
+                        to: to.as_str(),
+                    });
+                }
+            }
+            keep
+        });
     }
 
     fn show_state(&self, current: State) {
@@ -130,6 +150,7 @@ impl BreakerObserver for Journal {
 impl EndpointObserver for Journal {
     fn on_transition(&self, endpoint: &str, t: &Transition) {
         tracing::warn!(endpoint, from = t.from.as_str(), to = t.to.as_str(), reason = ?t.reason, "endpoint breaker transition");
+        self.endpoint_series.lock().insert(endpoint.to_string());
         self.endpoint_transitions
             .get_or_create(&EndpointTransitionLabels {
                 endpoint: endpoint.to_string(),
@@ -137,5 +158,46 @@ impl EndpointObserver for Journal {
             })
             .inc();
         self.revision.bump();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use breaker::{Mode, TransitionReason};
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    fn ejected(journal: &Journal, endpoint: &str) {
+        let t = Transition {
+            from: State::Closed,
+            to: State::Open,
+            reason: TransitionReason::ConsecutiveFailures,
+            mode: Mode::Auto,
+            at: Duration::ZERO,
+        };
+        EndpointObserver::on_transition(journal, endpoint, &t);
+    }
+
+    #[test]
+    fn an_endpoint_no_longer_followed_takes_its_series_with_it() {
+        let mut registry = Registry::default();
+        let journal = Journal::register(&mut registry, Duration::ZERO, Arc::default());
+        let series = |registry: &Registry, endpoint: &str| {
+            let mut text = String::new();
+            encode(&mut text, registry).unwrap();
+            text.lines()
+                .filter(|l| l.contains(&format!("endpoint=\"{endpoint}\"")))
+                .count()
+        };
+        ejected(&journal, "rec-old");
+        ejected(&journal, "rec-kept");
+        assert_eq!(series(&registry, "rec-old"), 1);
+        journal.keep_endpoint_series(&["rec-kept", "rec-new"]);
+        assert_eq!(series(&registry, "rec-old"), 0, "a gone pod's series stays");
+        assert_eq!(series(&registry, "rec-kept"), 1);
+        // back again, it counts afresh
+        ejected(&journal, "rec-old");
+        assert_eq!(series(&registry, "rec-old"), 1);
     }
 }
