@@ -179,14 +179,19 @@ async fn each_replicas_live_breaker_reaches_the_policy_status_and_its_events() {
     );
 
     // A replica that goes away leaves the status.
-    assert!(plane
-        .kubectl(
+    let delete_pod = |name: &str| {
+        let out = plane.kubectl(
             Who::Admin,
-            &["delete", "pod", "gw-b", "-n", NS, "--wait=false"],
-            None
-        )
-        .status
-        .success());
+            &["delete", "pod", name, "-n", NS, "--wait=false"],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    delete_pod("gw-b");
     wait_for(Duration::from_secs(10), "gw-b gone from the status", || {
         let bp = get_json(&plane, &["bp", "gw"])?;
         (replica(&bp, "gw-b").is_none() && bp["status"]["applied"] == "1/1").then_some(())
@@ -197,14 +202,7 @@ async fn each_replicas_live_breaker_reaches_the_policy_status_and_its_events() {
     assert_eq!(groups(&metrics(&c, &controller).await), Some(1.0));
 
     // The last one gone, the group is too: its status written empty, its writer ended.
-    assert!(plane
-        .kubectl(
-            Who::Admin,
-            &["delete", "pod", "gw-a", "-n", NS, "--wait=false"],
-            None
-        )
-        .status
-        .success());
+    delete_pod("gw-a");
     wait_for(Duration::from_secs(10), "no replica in the status", || {
         let bp = get_json(&plane, &["bp", "gw"])?;
         bp["status"]["replicas"]
