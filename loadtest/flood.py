@@ -14,6 +14,7 @@ FLOOD_CONNECTIONS (wrk's, 64), BIN (target/release).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import shutil
@@ -46,8 +47,11 @@ async def one_client(port: int, stop: asyncio.Event, counts: dict[str, int]) -> 
             length = next(
                 int(line.split(":", 1)[1]) for line in head.split("\r\n") if line.lower().startswith("content-length:")
             )
-            await reader.readexactly(length)
+            body = await reader.readexactly(length)
             counts["answers"] += 1
+            # Asked after the newest revision seen, so a transition does not turn every wait
+            # into an answer at once.
+            counts["revision"] = max(counts["revision"], json.loads(body).get("revision", 0))
             if "retry-after:" in head.lower():
                 counts["told_to_wait"] += 1
                 await asyncio.sleep(1)

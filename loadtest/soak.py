@@ -12,7 +12,7 @@ minute 1 to the last, which must stay under 10%.
 
 Standard library only; it changes the policy's scope for the run (and puts it back), and
 starts and deletes its load pods. Settings (environment): SOAK_MINUTES (10), SOAK_ROLL_EVERY
-(30 s), SOAK_LOAD_PODS (4), NAMESPACE, BREAKER_POLICY, KUBECTL.
+(30 s), SOAK_LOAD_PODS (6), NAMESPACE, BREAKER_POLICY, KUBECTL.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import scale
 
 MINUTES = int(os.environ.get("SOAK_MINUTES", "10"))
 ROLL_EVERY = float(os.environ.get("SOAK_ROLL_EVERY", "30"))
-LOAD_PODS = int(os.environ.get("SOAK_LOAD_PODS", "4"))
+LOAD_PODS = int(os.environ.get("SOAK_LOAD_PODS", "6"))
 # What may grow from minute 1 to the last.
 GROWTH = 0.10
 

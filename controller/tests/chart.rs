@@ -490,6 +490,10 @@ fn replicated_workloads_have_a_disruption_budget_and_spread_over_nodes() {
                 assert_eq!(spread[0]["topologyKey"], "kubernetes.io/hostname", "{name}");
                 assert_eq!(spread[0]["whenUnsatisfiable"], "DoNotSchedule", "{name}");
                 assert_eq!(spread[0]["nodeTaintsPolicy"], "Honor", "{name}");
+                assert_eq!(
+                    spread[0]["matchLabelKeys"][0], "pod-template-hash",
+                    "{name}"
+                );
                 assert_eq!(&spread[0]["labelSelector"]["matchLabels"], pods, "{name}");
             }
             None => {

@@ -441,7 +441,12 @@ def elsewhere_listener(name: str) -> dict:
                 "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}],
             },
             "containers": [
-                {**container, "name": f"on-{port}", "command": ["/usr/local/bin/product-service", "--port", str(port)]}
+                {
+                    **container,
+                    "name": f"on-{port}",
+                    "command": ["/usr/local/bin/product-service", "--port", str(port)],
+                    "readinessProbe": {"tcpSocket": {"port": port}, "periodSeconds": 1},
+                }
                 for port in (443, 6443)
             ],
         },
@@ -486,11 +491,11 @@ def test_network_policies_let_each_component_make_its_own_calls_and_no_other(clu
         # the chapters' load pods: the gateways, recommendations' admin endpoint, the policy
         "np-loadtest": {"v1", "v2", "recommendations", "api-server"},
     }
-    kubectl("create", "namespace", elsewhere)
-    kubectl("apply", "-n", elsewhere, "-f", "-", input=json.dumps(elsewhere_listener("listener")))
-    for name, labels in pods.items():
-        kubectl("apply", "-f", "-", input=json.dumps(probe_pod(name, labels)))
     try:
+        kubectl("apply", "-f", "-", input=kubectl("create", "namespace", elsewhere, "--dry-run=client", "-o", "yaml"))
+        kubectl("apply", "-n", elsewhere, "-f", "-", input=json.dumps(elsewhere_listener("listener")))
+        for name, labels in pods.items():
+            kubectl("apply", "-f", "-", input=json.dumps(probe_pod(name, labels)))
         kubectl("wait", "-n", elsewhere, "--for=condition=Ready", "pod/listener", "--timeout=60s")
         listener = kubectl("get", "-n", elsewhere, "pod/listener", "-o", "jsonpath={.status.podIP}").strip()
         targets |= {"elsewhere:443": (listener, 443), "elsewhere:6443": (listener, 6443)}

@@ -280,10 +280,12 @@ impl Replicas {
                     return;
                 };
                 let policies = this.policies_of(&group);
-                writer
+                let written = writer
                     .write(&this.ctx, &group.namespace, policies, &replicas)
                     .await;
-                if replicas.is_empty() && this.retire_if_empty(&group) {
+                // Retired only once the empty status is written: else gone pods would stay
+                // listed with no writer left to take them out.
+                if written && replicas.is_empty() && this.retire_if_empty(&group) {
                     tracing::debug!(namespace = %group.namespace, config_map = %group.config_map, "no v2 replicas left in the group");
                     return;
                 }

@@ -30,13 +30,16 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
+    /// Writes each policy's status where it changed: whether every one is written (a failed
+    /// write, or leadership lost, is tried again on the next round).
     pub async fn write(
         &mut self,
         ctx: &Context,
         namespace: &str,
         policies: Vec<Arc<BreakerPolicy>>,
         replicas: &[ReplicaStatus],
-    ) {
+    ) -> bool {
+        let mut all_written = true;
         for policy in policies {
             let current = policy
                 .status
@@ -53,7 +56,7 @@ impl StatusWriter {
             if ctx.ensure_leading().is_err() {
                 // Written by the next leader's writer; this one's memory is now stale.
                 self.written.clear();
-                return;
+                return false;
             }
             match api
                 .patch_status(&name, &params, &Patch::Apply(&patch))
@@ -64,9 +67,11 @@ impl StatusWriter {
                     self.written.insert(name, status);
                 }
                 Err(err) => {
+                    all_written = false;
                     tracing::warn!(policy = %name, error = %err, "cannot write the replicas' status")
                 }
             }
         }
+        all_written
     }
 }

@@ -138,6 +138,9 @@ spec:
           topologyKey: kubernetes.io/hostname
           whenUnsatisfiable: DoNotSchedule
           nodeTaintsPolicy: Honor
+          # Counted within one revision: in a rollout the new pods spread among themselves,
+          # not around the old ones that are about to go.
+          matchLabelKeys: [pod-template-hash]
           labelSelector:
             matchLabels:
               {{- include "cbd.selectorLabels" . | nindent 14 }}

@@ -177,8 +177,8 @@ impl Guard {
     pub fn set_endpoints(&self, endpoints: &[EndpointAddress]) {
         let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
         tracing::info!(endpoints = ?names, "recommendations endpoints");
-        self.journal.keep_endpoint_series(&names);
         self.endpoints.update(endpoints);
+        self.journal.keep_endpoint_series(&names);
         self.revision.bump();
     }
 

@@ -150,13 +150,17 @@ impl BreakerObserver for Journal {
 impl EndpointObserver for Journal {
     fn on_transition(&self, endpoint: &str, t: &Transition) {
         tracing::warn!(endpoint, from = t.from.as_str(), to = t.to.as_str(), reason = ?t.reason, "endpoint breaker transition");
-        self.endpoint_series.lock().insert(endpoint.to_string());
+        // Under the set's lock, so a concurrent keep_endpoint_series cannot drop the name
+        // between the two and leave a series it no longer knows of.
+        let mut series = self.endpoint_series.lock();
+        series.insert(endpoint.to_string());
         self.endpoint_transitions
             .get_or_create(&EndpointTransitionLabels {
                 endpoint: endpoint.to_string(),
                 to: t.to.as_str(),
             })
             .inc();
+        drop(series);
         self.revision.bump();
     }
 }
