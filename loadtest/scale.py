@@ -39,8 +39,10 @@ LOAD_IMAGE = os.environ.get("SCALE_LOAD_IMAGE", "circuit-breaker-demo/debian:boo
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def kubectl(*args: str, check: bool = True) -> str:
-    done = subprocess.run([KUBECTL, "-n", NAMESPACE, *args], capture_output=True, text=True, timeout=120, check=False)
+def kubectl(*args: str, check: bool = True, input_text: str | None = None) -> str:
+    done = subprocess.run(
+        [KUBECTL, "-n", NAMESPACE, *args], input=input_text, capture_output=True, text=True, timeout=120, check=False
+    )
     if check and done.returncode != 0:
         sys.exit(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout
@@ -69,19 +71,24 @@ def leading_controller_pod() -> str:
 
 
 def controller_pid(pod: str) -> int:
-    """The process of a breaker-controller pod, on this machine (kind's nodes are containers
-    here); LookupError when there is none."""
+    """The process of a breaker-controller pod; LookupError when there is none."""
+    return process_of("breaker-controller", pod)
+
+
+def process_of(comm: str, pod: str) -> int:
+    """The process named `comm` (as /proc/<pid>/comm has it, 15 characters) of pod `pod`, on
+    this machine (kind's nodes are containers here); LookupError when there is none."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if (proc / "comm").read_text().strip() != "breaker-control":
+            if (proc / "comm").read_text().strip() != comm[:15]:
                 continue
             if f"POD_NAME={pod}".encode() in (proc / "environ").read_bytes().split(b"\0"):
                 return int(proc.name)
         except OSError:
             continue
-    raise LookupError(f"no process of pod {pod} on this machine (is the cluster kind, on this machine?)")
+    raise LookupError(f"no {comm} process of pod {pod} on this machine (is the cluster kind, on this machine?)")
 
 
 def cpu_seconds(pid: int) -> float:

@@ -19,43 +19,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import scale
+from scale import kubectl, process_of
 
 MINUTES = int(os.environ.get("SOAK_MINUTES", "10"))
 ROLL_EVERY = float(os.environ.get("SOAK_ROLL_EVERY", "30"))
 LOAD_PODS = int(os.environ.get("SOAK_LOAD_PODS", "6"))
 # What may grow from minute 1 to the last.
 GROWTH = 0.10
-
-
-def kubectl(*args: str, input_text: str | None = None, check: bool = True) -> str:
-    done = subprocess.run(
-        [scale.KUBECTL, "-n", scale.NAMESPACE, *args],
-        input=input_text, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    if check and done.returncode != 0:
-        sys.exit(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-def process_of(comm: str, pod: str) -> int:
-    """The process named `comm` (as /proc/<pid>/comm has it, 15 characters) of pod `pod`."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if (proc / "comm").read_text().strip() == comm[:15] and f"POD_NAME={pod}".encode() in (
-                proc / "environ"
-            ).read_bytes().split(b"\0"):
-                return int(proc.name)
-        except OSError:
-            continue
-    raise LookupError(f"no {comm} process of pod {pod} on this machine (is the cluster kind, on this machine?)")
 
 
 def series(pod: str, port: int) -> int:
