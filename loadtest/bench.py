@@ -246,7 +246,7 @@ def main() -> int:
     config = StackConfig(
         bin_dir=Path(os.environ.get("BIN", ROOT / "target/release")),
         log_dir=workdir / "logs",
-        ports=Ports(0, 0, 0, 0),
+        ports=Ports(0, 0, 0, 0, 0),
         failure_hang="30s",
         # A relative path is the repository's (make runs this from loadtest/).
         breaker_config=ROOT / os.environ.get("BREAKER_CONFIG", "config/breaker.yaml"),

@@ -81,9 +81,11 @@ class Ports:
     product: int = 8081
     recommendations: int = 8082
     v2: int = 8090
+    # v2's status port: the whole /circuit-status and its waits (the other v2s get one the kernel picks).
+    v2_status: int = 8091
 
     def fixed(self) -> list[int]:
-        return [p for p in (self.v1, self.product, self.recommendations, self.v2) if p]
+        return [p for p in (self.v1, self.product, self.recommendations, self.v2, self.v2_status) if p]
 
 
 @dataclass
@@ -189,6 +191,7 @@ class StackConfig:
                 product=env_number(env, "PRODUCT_PORT", ports.product, low=0),
                 recommendations=env_number(env, "RECOMMENDATIONS_PORT", ports.recommendations, low=0),
                 v2=env_number(env, "V2_PORT", ports.v2, low=0),
+                v2_status=env_number(env, "V2_STATUS_PORT", ports.v2_status, low=0),
             ),
             failure_hang=env_duration(env, "FAILURE_HANG", defaults.failure_hang, low=0.001),
             v1_timeout=env_duration(env, "V1_UPSTREAM_TIMEOUT", defaults.v1_timeout, low=0.001),
@@ -259,6 +262,7 @@ class Service:
         }
         # Open for the process's whole life; closed in stop().
         self._log = open(self.log_path, "wb")  # noqa: SIM115
+        self.has_status_port = "STATUS_PORT" in env
         self.process = subprocess.Popen(
             [str(binary)],
             env=child_env,
@@ -268,13 +272,22 @@ class Service:
             start_new_session=True,
         )
         self.port = 0
+        self.status_port = 0
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
+    @property
+    def status_url(self) -> str:
+        """v2's status port: the whole /circuit-status and its waits."""
+        if not self.status_port:
+            raise StackError(f"{self.name} has no status port")
+        return f"http://{LOOPBACK}:{self.status_port}"
+
     def wait_ready(self, timeout: float) -> None:
-        """Learns the port from the service's "listening" log line, then waits for /readyz."""
+        """Learns the port (and v2's status port) from the service's log lines, then waits for
+        /readyz."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -283,8 +296,10 @@ class Service:
                     + self.log_tail()
                 )
             if not self.port:
-                self.port = self._listening_port()
-            if self.port:
+                self.port = self._listening_port("listening")
+            if self.has_status_port and not self.status_port:
+                self.status_port = self._listening_port("side listener listening")
+            if self.port and (self.status_port or not self.has_status_port):
                 try:
                     if http("GET", f"{self.url}/readyz", timeout=1)[0] == 200:
                         return
@@ -293,13 +308,13 @@ class Service:
             time.sleep(0.05)
         raise StackError(f"{self.name} did not become ready within {timeout:.0f} s; see {self.log_path}")
 
-    def _listening_port(self) -> int:
+    def _listening_port(self, message: str) -> int:
         for line in self.log_path.read_text(errors="replace").splitlines():
             try:
                 entry = json.loads(line)
             except ValueError:
                 continue
-            if entry.get("message") == "listening" and isinstance(entry.get("addr"), str):
+            if entry.get("message") == message and isinstance(entry.get("addr"), str):
                 return int(entry["addr"].rsplit(":", 1)[1])
         return 0
 
@@ -498,6 +513,9 @@ class Stack(Services):
         return path
 
     def _start(self, name: str, port: int, env: dict[str, str], binary: str | None = None) -> None:
+        if (binary or name) == "api-gateway-v2":
+            status_port = self.config.ports.v2_status if name == "api-gateway-v2" else 0
+            env = {"STATUS_PORT": str(status_port), **env}
         service = Service(name, self.config, port, env, binary)
         self.services[name] = service
         service.wait_ready(self.config.ready_timeout)
@@ -615,9 +633,14 @@ class ClusterStack(Services):
 
     def _set_fault_of(self, endpoint: dict, mode: str, **fields) -> None:
         """Sets the fault of the one pod `endpoint` names, through its own address (its Service
-        would pick any pod, a terminating one too)."""
+        would pick any pod, a terminating one too), which the API says: v2's public answer
+        names its endpoints without their addresses."""
+        ip = self.kubectl("get", "pod", endpoint["name"], "-o", "jsonpath={.status.podIP}").strip()
+        if not ip:
+            raise StackError(f"pod {endpoint['name']} has no address yet")
+        address = f"http://[{ip}]:8082" if ":" in ip else f"http://{ip}:8082"
         try:
-            pod = self.set_fault(mode, at=endpoint["address"], **fields).get("pod")
+            pod = self.set_fault(mode, at=address, **fields).get("pod")
         except StackError as err:
             raise StackError(
                 f"{err}: ADMIN_TOKEN must be the token in the chart's Secret recommendations-admin"
@@ -625,7 +648,7 @@ class ClusterStack(Services):
         if pod is None:
             raise StackError("recommendations does not say its pod (POD_NAME): deploy this version's chart")
         if pod != endpoint["name"]:
-            raise StackError(f"{endpoint['address']} answered as {pod}, not {endpoint['name']}")
+            raise StackError(f"{address} answered as {pod}, not {endpoint['name']}")
 
     def _one_v2_replica(self) -> None:
         """The second and third chapters read v2's breaker and counters from the one replica
@@ -765,6 +788,7 @@ def run_until_stopped(env: dict[str, str]) -> int:
             f"  v1 (no breaker):  time curl -s {stack.url('api-gateway-v1')}/product-details/1\n"
             f"  v2 (breaker):     curl -s {stack.url('api-gateway-v2')}/product-details/1\n"
             f"  breaker state:    curl -s {stack.url('api-gateway-v2')}/circuit-status\n"
+            f"  ... and whole:    curl -s {stack.services['api-gateway-v2'].status_url}/circuit-status\n"
             f"  products:         curl -s {stack.url('product-service')}/products\n"
             f"  heal:             curl -s -X PUT -H 'Authorization: Bearer {config.admin_token}' \\\n"
             f"                      -H 'Content-Type: application/json' -d '{{\"mode\":\"none\"}}' \\\n"

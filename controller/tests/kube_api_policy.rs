@@ -420,7 +420,7 @@ async fn observe_mode_lets_every_call_through_and_says_what_it_would_do() {
         s["mode"] == "Observe"
     })
     .await;
-    fake_v2_pod(&plane, "gw-a", stack.v2.port);
+    fake_v2_pod(&plane, "gw-a", &stack.v2);
     set_fault(&c, &stack, r#"{"mode":"hang","hang":"30s"}"#).await;
     let before = received(&c, &stack).await;
     for _ in 0..6 {

@@ -28,8 +28,8 @@ async fn each_replicas_live_breaker_reaches_the_policy_status_and_its_events() {
         "failureThreshold: 1\ncallTimeout: 200ms\nopenDuration: 1s",
     );
     assert!(kubectl_apply(&plane, &yaml).status.success());
-    fake_v2_pod(&plane, "gw-a", stack.v2.port);
-    fake_v2_pod(&plane, "gw-b", second.port);
+    fake_v2_pod(&plane, "gw-a", &stack.v2);
+    fake_v2_pod(&plane, "gw-b", &second);
     let bp = wait_for(Duration::from_secs(15), "both replicas applied", || {
         let bp = get_json(&plane, &["bp", "gw"])?;
         (bp["status"]["applied"] == "2/2" && bp["status"]["open"] == "0/2").then_some(bp)

@@ -36,6 +36,7 @@ def demo_env(results: Path, breaker_config: Path, **extra: str) -> dict[str, str
         "V1_UPSTREAM_TIMEOUT": "30s",
         "V1_PORT": "0",
         "V2_PORT": "0",
+        "V2_STATUS_PORT": "0",
         "PRODUCT_PORT": "0",
         "RECOMMENDATIONS_PORT": "0",
     }

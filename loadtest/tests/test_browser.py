@@ -77,7 +77,7 @@ def test_dashboard_draws_live_state(page, fast_breaker, tmp_path):
     config = StackConfig(
         bin_dir=BIN,
         log_dir=tmp_path / "logs",
-        ports=Ports(0, 0, 0, 0),
+        ports=Ports(0, 0, 0, 0, 0),
         failure_hang="1s",
         breaker_config=fast_breaker,
     )

@@ -456,7 +456,8 @@ def elsewhere_listener(name: str) -> dict:
 def test_network_policies_let_each_component_make_its_own_calls_and_no_other(cluster: Cluster):
     """A probe pod wearing each component's labels (and a stranger with none): who reaches what.
     Ingress: the backends answer the gateways only (and recommendations the load pods);
-    gateways and controller answer anyone on their port. Egress: the backends call nothing, the
+    gateways and controller answer anyone on their port, and v2's status port the controller
+    only. Egress: the backends call nothing, the
     gateways only the backends (and DNS, which every name below needs), the controller only v2
     and the API server, the load pods the gateways and recommendations and the API server. The
     API server is its own addresses, not anything on its ports: a listener of the test's own on
@@ -487,7 +488,7 @@ def test_network_policies_let_each_component_make_its_own_calls_and_no_other(clu
         "np-stranger": {"v1", "v2", "controller", "api-server", "elsewhere:443", "elsewhere:6443"},
         "np-gateway": {"product", "recommendations"},
         "np-backend": set(),
-        "np-controller": {"v2", "api-server"},
+        "np-controller": {"v2", "v2-status", "api-server"},
         # the chapters' load pods: the gateways, recommendations' admin endpoint, the policy
         "np-loadtest": {"v1", "v2", "recommendations", "api-server"},
     }
@@ -499,6 +500,9 @@ def test_network_policies_let_each_component_make_its_own_calls_and_no_other(clu
         kubectl("wait", "-n", elsewhere, "--for=condition=Ready", "pod/listener", "--timeout=60s")
         listener = kubectl("get", "-n", elsewhere, "pod/listener", "-o", "jsonpath={.status.podIP}").strip()
         targets |= {"elsewhere:443": (listener, 443), "elsewhere:6443": (listener, 6443)}
+        # No Service has the status port: the controller asks each pod.
+        v2_pod = kubectl("get", "pod", cluster.pods("api-gateway-v2")[0], "-o", "jsonpath={.status.podIP}").strip()
+        targets["v2-status"] = (v2_pod, 8091)
         for name in pods:
             kubectl("wait", "--for=condition=Ready", f"pod/{name}", "--timeout=60s")
         reached = {

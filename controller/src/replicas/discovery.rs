@@ -28,6 +28,10 @@ impl fmt::Display for PodKey {
     }
 }
 
+/// The container port a v2 replica is asked on: its status port, or, on a v2 from before there
+/// was one (chart 0.1.0, during an upgrade), its only port.
+const ASKED_PORTS: [&str; 2] = ["status", "http"];
+
 /// A labelled pod: who it is, its group, and `ip:port` once it runs with an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaPod {
@@ -37,18 +41,23 @@ pub struct ReplicaPod {
 }
 
 impl ReplicaPod {
-    /// `None` for a pod without the label, a namespace, or a port named `http`.
+    /// `None` for a pod without the label, a namespace, or a port named `status` or `http`.
     pub fn of(pod: &Pod) -> Option<Self> {
         let namespace = pod.namespace()?;
         let config_map = pod.labels().get(CONFIGMAP_LABEL)?.clone();
-        let port = pod
+        let ports: Vec<_> = pod
             .spec
             .as_ref()?
             .containers
             .iter()
             .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| p.name.as_deref() == Some("http"))
-            .map(|p| p.container_port)?;
+            .collect();
+        let port = ASKED_PORTS.iter().find_map(|name| {
+            ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| p.container_port)
+        })?;
         let address = pod
             .status
             .as_ref()
@@ -84,22 +93,32 @@ mod tests {
     use super::*;
 
     fn pod(label: Option<&str>, phase: &str, ip: &str) -> Pod {
+        with_ports(
+            label,
+            phase,
+            ip,
+            serde_json::json!([
+                {"name": "http", "containerPort": 8090},
+                {"name": "status", "containerPort": 8091},
+                {"name": "metrics", "containerPort": 9000}
+            ]),
+        )
+    }
+
+    fn with_ports(label: Option<&str>, phase: &str, ip: &str, ports: serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "v2-0", "namespace": "demo",
                 "labels": label.map(|cm| serde_json::json!({CONFIGMAP_LABEL: cm})),
             },
-            "spec": {"containers": [{"name": "gw", "ports": [
-                {"name": "metrics", "containerPort": 9000},
-                {"name": "http", "containerPort": 8090}
-            ]}]},
+            "spec": {"containers": [{"name": "gw", "ports": ports}]},
             "status": {"phase": phase, "podIP": ip}
         }))
         .unwrap()
     }
 
     #[test]
-    fn a_labelled_pod_is_a_replica_of_its_configmaps_group_asked_on_its_http_port() {
+    fn a_labelled_pod_is_a_replica_of_its_configmaps_group_asked_on_its_status_port() {
         let replica = ReplicaPod::of(&pod(Some("gw-breaker"), "Running", "10.0.0.7")).unwrap();
         assert_eq!(replica.key.to_string(), "demo/v2-0");
         assert_eq!(
@@ -109,9 +128,22 @@ mod tests {
                 config_map: "gw-breaker".into()
             }
         );
-        assert_eq!(replica.address.as_deref(), Some("10.0.0.7:8090"));
+        assert_eq!(replica.address.as_deref(), Some("10.0.0.7:8091"));
         let v6 = ReplicaPod::of(&pod(Some("gw-breaker"), "Running", "fd00::7")).unwrap();
-        assert_eq!(v6.address.as_deref(), Some("[fd00::7]:8090"));
+        assert_eq!(v6.address.as_deref(), Some("[fd00::7]:8091"));
+    }
+
+    #[test]
+    fn an_older_v2_without_a_status_port_is_asked_on_its_http_port_and_one_with_neither_is_no_replica(
+    ) {
+        let http_only = serde_json::json!([{"name": "http", "containerPort": 8090}]);
+        let older = ReplicaPod::of(&with_ports(Some("gw"), "Running", "10.0.0.7", http_only));
+        assert_eq!(older.unwrap().address.as_deref(), Some("10.0.0.7:8090"));
+        let unnamed = serde_json::json!([{"containerPort": 8090}]);
+        assert_eq!(
+            ReplicaPod::of(&with_ports(Some("gw"), "Running", "10.0.0.7", unnamed)),
+            None
+        );
     }
 
     #[test]

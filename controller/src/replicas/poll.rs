@@ -11,11 +11,12 @@ const LONG_POLL: &str = "30s";
 const ASK_TIMEOUT: Duration = Duration::from_secs(40);
 /// After a failed ask.
 pub const RETRY: Duration = Duration::from_secs(1);
-/// A replica's answer is read up to this size: what a pod says is bounded before it is parsed
-/// and checked after ([`checked`]) before any of it reaches the API.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// A replica's answer is read up to the largest a gateway writes (breaker-api's bounds): what a
+/// pod says is bounded before it is parsed, and checked after ([`checked`]) before any of it
+/// reaches the API.
+use breaker_api::circuit_status::MAX_ANSWER_BYTES;
 /// Transitions read from one answer, the newest last.
-const MAX_TRANSITIONS: usize = 64;
+const MAX_TRANSITIONS: usize = breaker_api::circuit_status::bounds::TRANSITIONS;
 
 pub struct Asker {
     http: awc::Client,

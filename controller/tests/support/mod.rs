@@ -203,9 +203,10 @@ pub fn ready_reason(plane: &ControlPlane, name: &str) -> Option<(String, String)
 
 /// A Pod object standing for a v2 process on 127.0.0.1:`port` (no kubelet here: the test
 /// writes the pod's status as one would).
-pub fn fake_v2_pod(plane: &ControlPlane, name: &str, port: u16) {
+pub fn fake_v2_pod(plane: &ControlPlane, name: &str, v2: &e2e::Proc) {
+    let (port, status_port) = (v2.port, v2.status_port.expect("a v2"));
     let pod = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    resilience.demo.dev/breaker-configmap: {TARGET}\nspec:\n  containers:\n    - name: api-gateway-v2\n      image: api-gateway-v2\n      ports:\n        - name: http\n          containerPort: {port}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  labels:\n    resilience.demo.dev/breaker-configmap: {TARGET}\nspec:\n  containers:\n    - name: api-gateway-v2\n      image: api-gateway-v2\n      ports:\n        - name: http\n          containerPort: {port}\n        - name: status\n          containerPort: {status_port}\n"
     );
     assert!(kubectl_apply(plane, &pod).status.success());
     let running =

@@ -166,12 +166,22 @@ spec:
               value: {{ $root.Values.logFormat | quote }}
             - name: SHUTDOWN_TIMEOUT
               value: "{{ $v.shutdownTimeoutSeconds }}s"
+            {{- with .statusPort }}
+            - name: STATUS_PORT
+              value: {{ . | quote }}
+            {{- end }}
             {{- with .env }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
           ports:
             - name: http
               containerPort: {{ .port }}
+            {{- with .statusPort }}
+            # The whole /circuit-status and its long polls, for the controller only
+            # (networkpolicy.yaml); no Service: the controller asks each pod.
+            - name: status
+              containerPort: {{ . }}
+            {{- end }}
           {{- with $root.Values.shutdownDelaySeconds }}
           lifecycle:
             preStop:

@@ -9,6 +9,50 @@ use serde::{Deserialize, Serialize};
 
 use crate::BreakerSettings;
 
+/// What one answer holds at most: the gateway cuts its lists and texts to these, so a reader
+/// can bound what it reads ([`MAX_ANSWER_BYTES`]) without cutting a true answer short.
+pub mod bounds {
+    /// Endpoints listed, those out of rotation first; `ejected` names as many at most.
+    pub const ENDPOINTS: usize = 128;
+    /// Transitions listed, the newest last.
+    pub const TRANSITIONS: usize = 50;
+    /// A free text (`config_source`, `config_error`, `config_watch_error`), in bytes.
+    pub const TEXT_BYTES: usize = 512;
+    /// A name (the replica's, an endpoint's, a resourceVersion): a DNS subdomain's bound.
+    pub const NAME_BYTES: usize = 253;
+    /// An endpoint's address (its base URL).
+    pub const ADDRESS_BYTES: usize = 256;
+}
+
+/// `text` cut to [`bounds::TEXT_BYTES`] on a character boundary, `…` marking a cut.
+pub fn bounded_text(mut text: String) -> String {
+    const MARK: &str = "…";
+    if text.len() > bounds::TEXT_BYTES {
+        let mut end = bounds::TEXT_BYTES - MARK.len();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(MARK);
+    }
+    text
+}
+
+/// The largest answer in bytes, from [`bounds`]: what a reader of `/circuit-status` needs to
+/// read at most. A free text may take six bytes per byte once JSON-escaped (`\u0001`).
+pub const MAX_ANSWER_BYTES: usize = {
+    use bounds::*;
+    // Keys, states, modes, reasons, times and numbers; settings, counts and load.
+    const FIXED: usize = 4096;
+    const TRANSITION: usize = 256;
+    const ENDPOINT: usize = NAME_BYTES + ADDRESS_BYTES + 512;
+    FIXED
+        + 2 * NAME_BYTES
+        + 3 * 6 * TEXT_BYTES
+        + (TRANSITIONS + 1) * TRANSITION
+        + ENDPOINTS * (ENDPOINT + NAME_BYTES + 3)
+};
+
 /// The whole answer: what the controller reads, and what people and the dashboard read too.
 #[derive(Debug, Clone, Serialize)]
 pub struct CircuitStatus {
@@ -85,8 +129,9 @@ pub struct TransitionRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EndpointStatus {
     pub name: String,
-    #[serde(default)]
-    pub address: String,
+    /// Where the gateway calls it: only in the status port's answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     pub state: State,
     #[serde(default)]
     pub in_flight: u32,
@@ -151,7 +196,7 @@ mod tests {
             ejected: vec!["rec-2".into()],
             endpoints: vec![EndpointStatus {
                 name: "rec-2".into(),
-                address: "127.0.0.1:9".into(),
+                address: Some("127.0.0.1:9".into()),
                 state: State::Open,
                 in_flight: 0,
                 transitions: 1,
@@ -185,6 +230,88 @@ mod tests {
         assert_eq!(
             serde_json::from_value::<BreakerReport>(json).unwrap(),
             report
+        );
+    }
+
+    /// Every list full, every name, address and text at its bound (the texts of characters
+    /// JSON escapes the longest), every number at its largest: within the bound, and near it.
+    #[test]
+    fn the_largest_answer_fits_the_bound_it_is_read_with() {
+        use bounds::*;
+        let name = |i: usize| format!("{i:0>width$}", width = NAME_BYTES);
+        let time = || "2026-11-28T14:00:00.000000000+00:00".to_string();
+        let text = || bounded_text("\u{1}".repeat(2 * TEXT_BYTES));
+        assert_eq!(text().len(), TEXT_BYTES - 3 + "…".len());
+        let transition = |seq| TransitionRecord {
+            seq,
+            from: State::HalfOpen,
+            to: State::HalfOpen,
+            reason: TransitionReason::OpenDurationElapsed,
+            mode: Mode::ForceClosed,
+            at: time(),
+        };
+        let endpoint = |i| EndpointStatus {
+            name: name(i),
+            address: Some(format!("{:x<width$}", "http://", width = ADDRESS_BYTES)),
+            state: State::HalfOpen,
+            in_flight: u32::MAX,
+            transitions: u64::MAX,
+            since: Some(time()),
+            reason: Some(TransitionReason::OpenDurationElapsed),
+            ejected_since: Some(time()),
+            ejected_reason: Some(TransitionReason::OpenDurationElapsed),
+        };
+        let largest = CircuitStatus {
+            replica: Some(name(0)),
+            report: BreakerReport {
+                revision: u64::MAX,
+                state: State::HalfOpen,
+                mode: Mode::ForceClosed,
+                config_version: name(0),
+                last_transition: Some(transition(u64::MAX)),
+                transitions: (0..TRANSITIONS as u64)
+                    .map(|s| transition(u64::MAX - s))
+                    .collect(),
+                ejected: (0..ENDPOINTS).map(name).collect(),
+                endpoints: (0..ENDPOINTS).map(endpoint).collect(),
+                load: LoadStatus {
+                    adaptive_limit: Some(u32::MAX),
+                    in_flight: u32::MAX,
+                    shed: u64::MAX,
+                    retries: u64::MAX,
+                    retries_refused: u64::MAX,
+                },
+            },
+            settings: BreakerSettings::default(),
+            config_source: text(),
+            config_error: Some(text()),
+            config_watch_error: Some(text()),
+            counts: Counts::default(),
+            scope: Scope::Endpoint,
+            opened_until: Some(time()),
+            failed_probes: u32::MAX,
+        };
+        let bytes = serde_json::to_vec(&largest).unwrap().len();
+        println!("figure: the largest /circuit-status answer: {bytes} bytes, read up to {MAX_ANSWER_BYTES}");
+        assert!(bytes <= MAX_ANSWER_BYTES, "{bytes} > {MAX_ANSWER_BYTES}");
+        assert!(
+            bytes > MAX_ANSWER_BYTES * 3 / 4,
+            "{bytes}: the bound is loose"
+        );
+    }
+
+    #[test]
+    fn a_long_text_is_cut_on_a_character_boundary_and_marked() {
+        assert_eq!(bounded_text("short".into()), "short");
+        let cut = bounded_text("é".repeat(bounds::TEXT_BYTES));
+        assert!(
+            cut.len() <= bounds::TEXT_BYTES && cut.ends_with('…'),
+            "{}",
+            cut.len()
+        );
+        assert_eq!(
+            bounded_text("x".repeat(bounds::TEXT_BYTES)).len(),
+            bounds::TEXT_BYTES
         );
     }
 

@@ -8,5 +8,7 @@ mod telemetry;
 
 pub use error::ApiError;
 pub use http_metrics::latency_buckets;
-pub use serve::{parse_duration, resource, ReadinessGate, ServeArgs, Service, MAX_JSON_BODY};
+pub use serve::{
+    parse_duration, resource, ReadinessGate, ServeArgs, Service, SideListener, MAX_JSON_BODY,
+};
 pub use telemetry::{init_logging, LogFormat};

@@ -69,7 +69,42 @@ pub struct Service {
     name: &'static str,
     registry: Registry,
     readiness: Readiness,
+    side: Option<SideListener>,
 }
+
+type Routes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// A listener beside the service's port for routes that must not share it: a port of its own
+/// (so a NetworkPolicy can admit fewer callers to it), one worker of its own (so what it holds
+/// cannot take the main port's workers), and a bound on its connections (past it, new ones wait
+/// in the kernel's backlog, costing the service nothing). No request metrics: its answers may
+/// be long polls, which would say nothing of the service's latency.
+pub struct SideListener {
+    pub name: &'static str,
+    pub port: u16,
+    pub max_connections: usize,
+    routes: Routes,
+}
+
+impl SideListener {
+    pub fn new(
+        name: &'static str,
+        port: u16,
+        max_connections: usize,
+        routes: impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name,
+            port,
+            max_connections,
+            routes: Arc::new(routes),
+        }
+    }
+}
+
+/// How long a side listener's requests (long polls) may run on after SIGTERM: they are not
+/// pages, and a client asks again elsewhere.
+const SIDE_SHUTDOWN_TIMEOUT: u64 = 1;
 
 impl Service {
     pub fn new(name: &'static str) -> Self {
@@ -77,7 +112,13 @@ impl Service {
             name,
             registry: Registry::default(),
             readiness: Readiness::default(),
+            side: None,
         }
+    }
+
+    /// Also serves `listener` (at most one), on the same address, from [`Service::run`].
+    pub fn serve_also(&mut self, listener: SideListener) {
+        self.side = Some(listener);
     }
 
     /// `/readyz` answers 503 until the returned gate, and every other one taken, is open.
@@ -133,9 +174,49 @@ impl Service {
         for addr in server.addrs() {
             tracing::info!(service = name, %addr, "listening");
         }
+        let side = match self.side {
+            Some(side) => Some(side.run(args, name)?),
+            None => None,
+        };
+        let side_handle = side.as_ref().map(|s| s.handle());
+        if let Some(side) = side {
+            actix_web::rt::spawn(side);
+        }
         let result = server.run().await;
+        // Signals stop both; this covers the main port stopping on its own.
+        if let Some(side) = side_handle {
+            side.stop(true).await;
+        }
         tracing::info!(service = name, "stopped");
         result
+    }
+}
+
+impl SideListener {
+    fn run(
+        self,
+        args: &ServeArgs,
+        service: &'static str,
+    ) -> std::io::Result<actix_web::dev::Server> {
+        let routes = self.routes;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(json_config())
+                .app_data(path_config())
+                .configure(|cfg| routes(cfg))
+                .default_service(web::to(not_found))
+        })
+        .workers(1)
+        .max_connections(self.max_connections)
+        .keep_alive(args.keep_alive)
+        .shutdown_timeout(SIDE_SHUTDOWN_TIMEOUT)
+        .bind((args.bind_addr, self.port))?;
+        for addr in server.addrs() {
+            // A message of its own: whoever learns the service's port from "listening" (the
+            // tests, the demo) is not misled.
+            tracing::info!(service, listener = self.name, %addr, "side listener listening");
+        }
+        Ok(server.run())
     }
 }
 

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use breaker::Settings;
+use breaker_api::circuit_status::bounds;
 use outlier::EndpointAddress;
 use service_runtime::{parse_duration, ServeArgs};
 
@@ -80,6 +81,10 @@ pub struct V2Args {
     /// their pods), instead of RECOMMENDATIONS_ENDPOINTS.
     #[arg(long, env = "RECOMMENDATIONS_ENDPOINTSLICES")]
     pub recommendations_endpointslices: Option<String>,
+    /// Port of the status listener: `/circuit-status` whole (endpoints' addresses, errors'
+    /// texts) and its long polls, for the controller (the chart opens it to nothing else).
+    #[arg(long, env = "STATUS_PORT", default_value_t = 8091)]
+    pub status_port: u16,
 }
 
 /// Who this v2 replica is, and what sets its breaker apart from the other replicas'.
@@ -105,6 +110,8 @@ pub enum ConfigError {
     BadEndpoints(String),
     #[error("RECOMMENDATIONS_ENDPOINTSLICES: {0:?} is not namespace/service")]
     BadService(String),
+    #[error("POD_NAME: {0:?} is not {NAME_FORM}")]
+    BadPodName(String),
 }
 
 impl CommonArgs {
@@ -140,12 +147,25 @@ impl CommonArgs {
     }
 }
 
+/// What a name in `/circuit-status` may be (the controller refuses an answer with any other).
+const NAME_FORM: &str = "1 to 253 lowercase letters, digits, '-' or '.'";
+
+fn is_name(name: &str) -> bool {
+    (1..=bounds::NAME_BYTES).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 fn base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     let bad = |reason: &str| ConfigError::BadUrl {
         var,
-        value: value.into(),
+        value: value.chars().take(80).collect(),
         reason: reason.into(),
     };
+    if value.len() > bounds::ADDRESS_BYTES {
+        return Err(bad("longer than 256 bytes"));
+    }
     let uri: actix_web::http::Uri = value
         .parse()
         .map_err(|e: actix_web::http::uri::InvalidUri| bad(&e.to_string()))?;
@@ -167,17 +187,21 @@ pub struct SettingsSource {
 }
 
 impl V2Args {
-    pub fn replica(&self) -> Replica {
+    pub fn replica(&self) -> Result<Replica, ConfigError> {
         use std::hash::{BuildHasher, Hasher};
-        Replica {
-            name: self.pod_name.clone().filter(|name| !name.is_empty()),
+        let name = self.pod_name.clone().filter(|name| !name.is_empty());
+        if let Some(bad) = name.as_deref().filter(|name| !is_name(name)) {
+            return Err(ConfigError::BadPodName(bad.chars().take(80).collect()));
+        }
+        Ok(Replica {
+            name,
             // std's hasher keys are random per process: a seed without a crate for it.
             jitter_seed: self.breaker_jitter_seed.unwrap_or_else(|| {
                 std::collections::hash_map::RandomState::new()
                     .build_hasher()
                     .finish()
             }),
-        }
+        })
     }
 
     /// The Service whose EndpointSlices give recommendations' endpoints, if one is named.
@@ -225,9 +249,14 @@ fn endpoint_list(list: &str) -> Result<Vec<EndpointAddress>, ConfigError> {
             )));
         };
         let name = name.trim();
-        if name.is_empty() || endpoints.iter().any(|e| e.name == name) {
+        if endpoints.iter().any(|e| e.name == name) {
             return Err(ConfigError::BadEndpoints(format!(
                 "{name:?}: each endpoint needs a name of its own"
+            )));
+        }
+        if !is_name(name) {
+            return Err(ConfigError::BadEndpoints(format!(
+                "{name:?}: a name is {NAME_FORM}, as a pod's"
             )));
         }
         let url = base_url("RECOMMENDATIONS_ENDPOINTS", url.trim())?;
@@ -309,9 +338,32 @@ mod tests {
             "a=x",
             "a=http://h:1,a=http://h:2",
             "=http://h:1",
+            // What the controller would refuse to read back (names as pods', bounded).
+            "Rec A=http://h:1",
+            &format!("{}=http://h:1", "a".repeat(254)),
+            &format!("a=http://{}:1", "h".repeat(256)),
         ] {
             assert!(endpoint_list(bad).is_err(), "{bad}");
         }
+        assert!(endpoint_list(&format!("{}=http://h:1", "a".repeat(253))).is_ok());
+    }
+
+    #[test]
+    fn a_pod_name_is_a_name_the_controller_reads_back() {
+        let args = |name: &str| {
+            <V2Args as clap::Parser>::try_parse_from(["api-gateway-v2", "--pod-name", name])
+                .unwrap()
+        };
+        assert_eq!(
+            args("v2-0").replica().unwrap().name.as_deref(),
+            Some("v2-0")
+        );
+        assert_eq!(args("").replica().unwrap().name, None);
+        let err = args("V2 zero").replica().unwrap_err().to_string();
+        assert!(
+            err.contains("POD_NAME") && err.contains("lowercase"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use crate::revision::Revision;
 
 /// Transitions kept for `/circuit-status`.
-const JOURNAL_LEN: usize = 50;
+const JOURNAL_LEN: usize = breaker_api::circuit_status::bounds::TRANSITIONS;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {

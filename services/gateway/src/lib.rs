@@ -55,12 +55,12 @@ pub fn run_v1() -> ExitCode {
 pub fn run_v2() -> ExitCode {
     let args = V2Args::parse();
     service_runtime::init_logging(args.common.serve.log_format);
-    let (upstreams, source, endpoints) = match args.common.upstreams().and_then(|u| {
+    let (upstreams, source, endpoints, replica) = match args.common.upstreams().and_then(|u| {
         let endpoints = Endpoints {
             at_start: args.common.recommendation_endpoints()?,
             slices: args.endpoint_slices()?,
         };
-        Ok((u, args.settings_source()?, endpoints))
+        Ok((u, args.settings_source()?, endpoints, args.replica()?))
     }) {
         Ok(all) => all,
         Err(err) => return fail("api-gateway-v2", &err),
@@ -73,8 +73,9 @@ pub fn run_v2() -> ExitCode {
         metrics,
         policy: Policy::Protected(Protection::new(
             source,
-            args.replica(),
+            replica,
             endpoints,
+            args.status_port,
             service.registry(),
         )),
     };
@@ -96,6 +97,9 @@ fn serve(
     let product_reachable = service.readiness_gate();
     let settings_loaded = service.readiness_gate();
     let gateway = Arc::new(gateway);
+    if let Some(listener) = gateway.policy.status_listener() {
+        service.serve_also(listener);
+    }
     let result = actix_web::rt::System::new().block_on(async move {
         gateway.policy.start(settings_loaded);
         let upstreams = gateway.clone();

@@ -8,7 +8,7 @@ use actix_web::web;
 use outlier::EndpointAddress;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
-use service_runtime::{resource, ReadinessGate};
+use service_runtime::{resource, ReadinessGate, SideListener};
 
 use crate::applier::{self, ConfigState};
 use crate::config::{NamespacedName, Replica, SettingsSource};
@@ -39,6 +39,7 @@ pub struct Protection {
     /// The Service whose EndpointSlices keep the endpoints up to date.
     slices: Option<NamespacedName>,
     waits: Arc<HeldWaits>,
+    status_port: u16,
 }
 
 /// recommendations' endpoints: those known at start, and where later ones come from in
@@ -53,6 +54,7 @@ impl Protection {
         source: SettingsSource,
         replica: Replica,
         endpoints: Endpoints,
+        status_port: u16,
         registry: &mut Registry,
     ) -> Self {
         let config = ConfigState::new(
@@ -72,6 +74,7 @@ impl Protection {
             replica: replica.name,
             slices: endpoints.slices,
             waits: Arc::new(HeldWaits::register(registry)),
+            status_port,
         }
     }
 }
@@ -152,14 +155,37 @@ impl Policy {
     /// The policy's own routes.
     pub fn routes(&self, cfg: &mut web::ServiceConfig) {
         if let Policy::Protected(v2) = self {
-            cfg.app_data(web::Data::new(StatusSources {
-                guard: v2.guard.clone(),
-                config: v2.config.clone(),
-                replica: v2.replica.clone(),
-                waits: v2.waits.clone(),
-            }))
-            .service(resource("/circuit-status").get(status::circuit_status))
-            .service(resource("/dashboard").get(dashboard::dashboard));
+            cfg.app_data(v2.status_sources())
+                .service(resource("/circuit-status").get(status::circuit_status))
+                .service(resource("/dashboard").get(dashboard::dashboard));
         }
+    }
+
+    /// v2's status port: the whole `/circuit-status` and its waits, for the controller.
+    pub fn status_listener(&self) -> Option<SideListener> {
+        let Policy::Protected(v2) = self else {
+            return None;
+        };
+        let sources = v2.status_sources();
+        Some(SideListener::new(
+            "status",
+            v2.status_port,
+            status::MAX_CONNECTIONS,
+            move |cfg| {
+                cfg.app_data(sources.clone())
+                    .service(resource("/circuit-status").get(status::detailed_circuit_status));
+            },
+        ))
+    }
+}
+
+impl Protection {
+    fn status_sources(&self) -> web::Data<StatusSources> {
+        web::Data::new(StatusSources {
+            guard: self.guard.clone(),
+            config: self.config.clone(),
+            replica: self.replica.clone(),
+            waits: self.waits.clone(),
+        })
     }
 }

@@ -1,18 +1,27 @@
 //! `GET /circuit-status`: the breaker's state, settings and counts, where the settings came
-//! from, and the recent transitions.
+//! from, and the recent transitions, in two answers:
 //!
-//! `?after=<revision>&wait=<duration>` holds the answer until the `revision` it gave has moved
-//! on (a transition, new settings), or `wait` (at most [`MAX_WAIT`]) has passed: a watcher (the
-//! controller) learns of a transition at once, without polling. Held answers are bounded
-//! ([`HeldWaits`]): past the bound a wait is answered at once, with `Retry-After: 1`, and
-//! counted, so a flood of waits costs a connection each, not a worker's memory for a minute.
+//! - on v2's port, to anyone: the seed's answer, without what only an operator needs
+//!   (endpoints' addresses, the text of a settings error or a watch error) and without waits;
+//! - on the status port (`STATUS_PORT`, which the chart's NetworkPolicy opens to the controller
+//!   only): the whole answer, and `?after=<revision>&wait=<duration>`, which holds the answer
+//!   until the `revision` it gave has moved on (a transition, new settings), or `wait` (at most
+//!   [`MAX_WAIT`]) has passed: a watcher (the controller) learns of a transition at once,
+//!   without polling.
+//!
+//! Held answers are bounded twice. At most [`HeldWaits::MAX`] are held; past that a wait is
+//! answered at once, with `Retry-After: 1`, and counted. And the status port takes at most
+//! [`MAX_CONNECTIONS`] connections, on a worker of its own: a flood of waits waits in the
+//! kernel's backlog, and costs the pages nothing.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use breaker_api::circuit_status::{BreakerReport, CircuitStatus, EndpointStatus};
+use breaker_api::circuit_status::{
+    bounded_text, bounds, BreakerReport, CircuitStatus, EndpointStatus,
+};
 use breaker_api::BreakerSettings;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -96,6 +105,25 @@ impl Drop for HeldWait<'_> {
 /// The longest a request may wait for a transition.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// Connections the status port serves at once: a held wait each, and as many again answered at
+/// once.
+pub const MAX_CONNECTIONS: usize = 2 * HeldWaits::MAX;
+
+/// What the answer on v2's own port says in place of an error's text.
+const SETTINGS_REFUSED: &str =
+    "the newest settings were refused; v2's log and its status port say why";
+const SOURCE_UNREADABLE: &str =
+    "the settings source cannot be read; v2's log and its status port say why";
+
+/// Who an answer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    /// Whoever reaches v2's port.
+    Anyone,
+    /// Whoever reaches the status port: the controller.
+    Operator,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
@@ -103,7 +131,21 @@ pub struct WaitQuery {
     wait: Option<String>,
 }
 
+/// On v2's port: the answer at once, for anyone.
 pub async fn circuit_status(
+    sources: web::Data<StatusSources>,
+    query: web::Query<WaitQuery>,
+) -> Result<HttpResponse, ApiError> {
+    if query.after.is_some() || query.wait.is_some() {
+        return Err(ApiError::bad_request(
+            "?after&wait are answered on the status port (STATUS_PORT) only",
+        ));
+    }
+    Ok(current(&sources, Audience::Anyone))
+}
+
+/// On the status port: the whole answer, at once or held.
+pub async fn detailed_circuit_status(
     sources: web::Data<StatusSources>,
     query: web::Query<WaitQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -119,7 +161,7 @@ pub async fn circuit_status(
                 )));
             }
             let Some(_held) = sources.waits.hold() else {
-                let mut answer = current(&sources);
+                let mut answer = current(&sources, Audience::Operator);
                 answer.headers_mut().insert(
                     actix_web::http::header::RETRY_AFTER,
                     actix_web::http::header::HeaderValue::from_static("1"),
@@ -135,10 +177,11 @@ pub async fn circuit_status(
             ))
         }
     }
-    Ok(current(&sources))
+    Ok(current(&sources, Audience::Operator))
 }
 
-fn current(sources: &StatusSources) -> HttpResponse {
+fn current(sources: &StatusSources, audience: Audience) -> HttpResponse {
+    let detailed = audience == Audience::Operator;
     let journal = sources.guard.journal();
     // Read first: an answer is never older than the revision it carries.
     let revision = sources.guard.revision().current();
@@ -146,6 +189,22 @@ fn current(sources: &StatusSources) -> HttpResponse {
     let config = sources.config.lock().status().clone();
     let transitions = journal.records();
     let endpoints = sources.guard.endpoints();
+    // Those out of rotation first, then cut to the bound (as the ejected names).
+    let mut listed = endpoints.endpoints();
+    listed.sort_by_key(|e| e.ejection().is_none());
+    listed.truncate(bounds::ENDPOINTS);
+    let mut ejected = endpoints.ejected();
+    ejected.truncate(bounds::ENDPOINTS);
+    let (config_error, config_watch_error) = match audience {
+        Audience::Operator => (
+            config.error.map(bounded_text),
+            config.watch_error.map(bounded_text),
+        ),
+        Audience::Anyone => (
+            config.error.map(|_| SETTINGS_REFUSED.to_string()),
+            config.watch_error.map(|_| SOURCE_UNREADABLE.to_string()),
+        ),
+    };
     HttpResponse::Ok().json(CircuitStatus {
         replica: sources.replica.clone(),
         report: BreakerReport {
@@ -155,16 +214,15 @@ fn current(sources: &StatusSources) -> HttpResponse {
             config_version: config.version,
             last_transition: transitions.last().cloned(),
             transitions,
-            ejected: endpoints.ejected(),
-            endpoints: endpoints
-                .endpoints()
+            ejected,
+            endpoints: listed
                 .iter()
                 .map(|e| {
                     let s = e.snapshot();
                     let ejection = e.ejection();
                     EndpointStatus {
                         name: e.name.clone(),
-                        address: e.address.to_string(),
+                        address: detailed.then(|| e.address.to_string()),
                         state: s.state,
                         in_flight: e.in_flight(),
                         transitions: s.counts.transitions,
@@ -178,9 +236,9 @@ fn current(sources: &StatusSources) -> HttpResponse {
             load: sources.guard.defences().status(),
         },
         settings: BreakerSettings::from(snapshot.settings.spec()),
-        config_source: config.source,
-        config_error: config.error,
-        config_watch_error: config.watch_error,
+        config_source: bounded_text(config.source),
+        config_error,
+        config_watch_error,
         counts: snapshot.counts,
         scope: snapshot.settings.scope,
         opened_until: snapshot.opened_until.map(|at| journal.wall(at)),

@@ -32,13 +32,15 @@ pub fn bin_path(name: &str) -> PathBuf {
 pub struct Proc {
     pub name: &'static str,
     pub port: u16,
+    /// v2's status port (STATUS_PORT): the whole `/circuit-status` and its waits.
+    pub status_port: Option<u16>,
     child: Child,
     log: PathBuf,
 }
 
 impl Proc {
-    /// Starts `name` on a port the kernel picks (PORT=0) and learns the port from the
-    /// service's own "listening" log line, so no two tests can race for a port.
+    /// Starts `name` on ports the kernel picks (PORT=0, and v2's STATUS_PORT=0) and learns them
+    /// from the service's own log lines, so no two tests can race for a port.
     pub fn start(name: &'static str, env: &[(&str, String)], dir: &Path) -> Proc {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -47,6 +49,7 @@ impl Proc {
         let child = Command::new(bin_path(name))
             .env_clear()
             .env("PORT", "0")
+            .env("STATUS_PORT", "0")
             .env("BIND_ADDR", "127.0.0.1")
             .env("RUST_LOG", "info")
             .env("LOG_FORMAT", "json")
@@ -60,15 +63,24 @@ impl Proc {
         let mut proc = Proc {
             name,
             port: 0,
+            status_port: None,
             child,
             log,
         };
-        proc.port = proc.wait_listening();
+        (proc.port, proc.status_port) = proc.wait_listening();
         proc
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// On v2's status port.
+    pub fn status_url(&self, path: &str) -> String {
+        let port = self
+            .status_port
+            .unwrap_or_else(|| panic!("{} has no status port", self.name));
+        format!("http://127.0.0.1:{port}{path}")
     }
 
     pub fn pid(&self) -> u32 {
@@ -80,16 +92,23 @@ impl Proc {
         self.child.try_wait().unwrap()
     }
 
-    fn wait_listening(&mut self) -> u16 {
+    /// The port, and v2's status port, once the log has said them.
+    fn wait_listening(&mut self) -> (u16, Option<u16>) {
         let deadline = Instant::now() + Duration::from_secs(15);
+        let has_status_port = self.name == "api-gateway-v2";
         while Instant::now() < deadline {
-            let port = self.log_text().lines().find_map(|line| {
-                let entry: Value = serde_json::from_str(line).ok()?;
-                (entry["message"] == "listening").then_some(())?;
-                entry["addr"].as_str()?.rsplit_once(':')?.1.parse().ok()
-            });
-            if let Some(port) = port {
-                return port;
+            let log = self.log_text();
+            let port_of = |message: &str| {
+                log.lines().find_map(|line| {
+                    let entry: Value = serde_json::from_str(line).ok()?;
+                    (entry["message"] == message).then_some(())?;
+                    entry["addr"].as_str()?.rsplit_once(':')?.1.parse().ok()
+                })
+            };
+            let port = port_of("listening");
+            let status_port = port_of("side listener listening");
+            if let Some(port) = port.filter(|_| status_port.is_some() || !has_status_port) {
+                return (port, status_port);
             }
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("{} exited with {status}:\n{}", self.name, self.log_text());
@@ -364,11 +383,14 @@ pub async fn received(client: &awc::Client, stack: &Stack) -> u64 {
     metrics(client, &stack.recommendations).await["recommendation_requests_received_total"] as u64
 }
 
+/// v2's whole `/circuit-status`, from its status port.
 pub async fn status(client: &awc::Client, stack: &Stack) -> Value {
-    get(client, &stack.v2.url("/circuit-status")).await.body
+    get(client, &stack.v2.status_url("/circuit-status"))
+        .await
+        .body
 }
 
-/// Polls v2's `/circuit-status` until `pred` holds, at most `within`.
+/// Polls v2's whole `/circuit-status` until `pred` holds, at most `within`.
 pub async fn wait_status(
     client: &awc::Client,
     stack: &Stack,
@@ -378,7 +400,8 @@ pub async fn wait_status(
     wait_status_of(client, &stack.v2, within, pred).await
 }
 
-/// Polls this v2's `/circuit-status` until `pred` holds, at most `within`.
+/// Polls this v2's whole `/circuit-status` (its status port) until `pred` holds, at most
+/// `within`.
 pub async fn wait_status_of(
     client: &awc::Client,
     v2: &Proc,
@@ -387,7 +410,7 @@ pub async fn wait_status_of(
 ) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let s = get(client, &v2.url("/circuit-status")).await.body;
+        let s = get(client, &v2.status_url("/circuit-status")).await.body;
         if pred(&s) {
             return s;
         }

@@ -236,7 +236,7 @@ async fn held_status_waits_are_bounded_and_the_refused_ones_answered_at_once() {
     let revision = status(&c, &stack).await["revision"].as_u64().unwrap();
     let waiting = stack
         .v2
-        .url(&format!("/circuit-status?after={revision}&wait=20s"));
+        .status_url(&format!("/circuit-status?after={revision}&wait=20s"));
     let held: Vec<_> = (0..64).map(|_| get(&c, &waiting)).collect();
     let held = futures_util::future::join_all(held);
     let check = async {
@@ -294,7 +294,7 @@ async fn circuit_status_can_wait_for_the_next_change() {
         &c,
         &stack
             .v2
-            .url(&format!("/circuit-status?after={revision}&wait=300ms")),
+            .status_url(&format!("/circuit-status?after={revision}&wait=300ms")),
     )
     .await;
     assert_eq!(a.status, 200, "{}", a.raw);
@@ -304,7 +304,7 @@ async fn circuit_status_can_wait_for_the_next_change() {
     // A transition answers a waiting request at once.
     let waiting = stack
         .v2
-        .url(&format!("/circuit-status?after={revision}&wait=20s"));
+        .status_url(&format!("/circuit-status?after={revision}&wait=20s"));
     let trip = async {
         for _ in 0..3 {
             get(&c, &stack.v2.url("/product-details/1")).await;
@@ -323,10 +323,70 @@ async fn circuit_status_can_wait_for_the_next_change() {
         ("after=1&wait=2m", "at most 1m"),
         ("after=1&wait=soon", "wait:"),
     ] {
-        let a = get(&c, &stack.v2.url(&format!("/circuit-status?{query}"))).await;
+        let a = get(
+            &c,
+            &stack.v2.status_url(&format!("/circuit-status?{query}")),
+        )
+        .await;
         assert_eq!(a.status, 400, "{query}: {}", a.raw);
         assert!(a.raw.contains(why), "{query}: {}", a.raw);
     }
+}
+
+/// v2's own port answers anyone with the seed's `/circuit-status`: no endpoints' addresses,
+/// no errors' texts, no waits. Its status port (the controller's) answers with all three.
+#[actix_web::test]
+#[ignore = "process tier: starts the built binaries; run by `make test` (cargo test -- --include-ignored)"]
+async fn the_public_circuit_status_leaves_addresses_error_texts_and_waits_to_the_status_port() {
+    let stack = Stack::start(StackConfig {
+        breaker_yaml: "scope: Endpoint\n".into(),
+        ..Default::default()
+    });
+    let address = stack.recommendations.url("");
+    let v2 = stack.start_v2_replica(&[("RECOMMENDATIONS_ENDPOINTS", format!("rec-a={address}"))]);
+    let c = client();
+    std::fs::write(
+        stack.breaker_config_path(),
+        "scope: Endpoint\nfailureTreshold: 4\n",
+    )
+    .unwrap();
+    let detailed = wait_status_of(&c, &v2, Duration::from_secs(5), |s| {
+        s["config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("failureTreshold"))
+    })
+    .await;
+    assert_eq!(detailed["endpoints"][0]["address"], address, "{detailed}");
+
+    let public = get(&c, &v2.url("/circuit-status")).await;
+    assert_eq!(public.status, 200, "{}", public.raw);
+    let p = &public.body;
+    assert_eq!(p["endpoints"][0]["name"], "rec-a", "{p}");
+    assert!(p["endpoints"][0].get("address").is_none(), "{p}");
+    assert!(!public.raw.contains(&address), "{}", public.raw);
+    let error = p["config_error"].as_str().unwrap_or_default();
+    assert!(error.contains("were refused"), "{p}");
+    assert!(!public.raw.contains("failureTreshold"), "{}", public.raw);
+    // The rest is the same answer.
+    for key in [
+        "state",
+        "settings",
+        "config_version",
+        "config_source",
+        "scope",
+        "ejected",
+    ] {
+        assert_eq!(p[key], detailed[key], "{key}");
+    }
+
+    let revision = p["revision"].as_u64().unwrap();
+    let wait = get(
+        &c,
+        &v2.url(&format!("/circuit-status?after={revision}&wait=1s")),
+    )
+    .await;
+    assert_eq!(wait.status, 400, "{}", wait.raw);
+    assert!(wait.raw.contains("status port"), "{}", wait.raw);
 }
 
 #[actix_web::test]

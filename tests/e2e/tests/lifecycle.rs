@@ -222,7 +222,7 @@ async fn v2_reading_a_configmap_is_not_ready_until_the_api_has_answered() {
     // product-service is reachable, but the settings are not known: not ready, and it says why
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let status = loop {
-        let s = get(&c, &v2.url("/circuit-status")).await;
+        let s = get(&c, &v2.status_url("/circuit-status")).await;
         if s.body["config_watch_error"].is_string() {
             break s;
         }
