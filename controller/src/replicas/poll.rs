@@ -88,8 +88,8 @@ const TIME: Form = Form {
 /// A pod's name (DNS subdomain) or a resourceVersion.
 const NAME: Form = Form {
     what: "a name",
-    max: 253,
-    allowed: |b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.',
+    max: breaker_api::circuit_status::bounds::NAME_BYTES,
+    allowed: breaker_api::circuit_status::is_name_byte,
 };
 
 /// The report, if every text field that reaches the status or an Event has the form the

@@ -24,6 +24,17 @@ pub mod bounds {
     pub const ADDRESS_BYTES: usize = 256;
 }
 
+/// A byte a name in the answer may hold: a DNS subdomain's (the controller refuses an answer
+/// with any other).
+pub fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+}
+
+/// A name the controller reads back: 1 to [`bounds::NAME_BYTES`] bytes, each [`is_name_byte`].
+pub fn is_name(name: &str) -> bool {
+    (1..=bounds::NAME_BYTES).contains(&name.len()) && name.bytes().all(is_name_byte)
+}
+
 /// `text` cut to [`bounds::TEXT_BYTES`] on a character boundary, `…` marking a cut.
 pub fn bounded_text(mut text: String) -> String {
     const MARK: &str = "…";

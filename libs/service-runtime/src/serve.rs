@@ -80,9 +80,9 @@ type Routes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 /// in the kernel's backlog, costing the service nothing). No request metrics: its answers may
 /// be long polls, which would say nothing of the service's latency.
 pub struct SideListener {
-    pub name: &'static str,
-    pub port: u16,
-    pub max_connections: usize,
+    name: &'static str,
+    port: u16,
+    max_connections: usize,
     routes: Routes,
 }
 

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use breaker::Settings;
-use breaker_api::circuit_status::bounds;
+use breaker_api::circuit_status::{bounds, is_name};
 use outlier::EndpointAddress;
 use service_runtime::{parse_duration, ServeArgs};
 
@@ -150,13 +150,6 @@ impl CommonArgs {
 /// What a name in `/circuit-status` may be (the controller refuses an answer with any other).
 const NAME_FORM: &str = "1 to 253 lowercase letters, digits, '-' or '.'";
 
-fn is_name(name: &str) -> bool {
-    (1..=bounds::NAME_BYTES).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-}
-
 fn base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     let bad = |reason: &str| ConfigError::BadUrl {
         var,
@@ -164,7 +157,7 @@ fn base_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
         reason: reason.into(),
     };
     if value.len() > bounds::ADDRESS_BYTES {
-        return Err(bad("longer than 256 bytes"));
+        return Err(bad(&format!("longer than {} bytes", bounds::ADDRESS_BYTES)));
     }
     let uri: actix_web::http::Uri = value
         .parse()
