@@ -44,6 +44,7 @@ test: test-disk ## Run every test tier: unit, property, processes, API server, c
 # The one minimum Rust: the workspace's rust-version, which the Dockerfile's builder pins too.
 RUST_VERSION := $(shell sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml)
 msrv: ## Check the workspace with exactly its rust-version (rustup installs it), as the Dockerfile's builder compiles it
+	@scripts/require-tools.sh rustup
 	@grep -qx 'ARG RUST_VERSION=$(RUST_VERSION)' Dockerfile || { echo "Dockerfile: ARG RUST_VERSION is not $(RUST_VERSION), the workspace's rust-version" >&2; exit 1; }
 	rustup toolchain install $(RUST_VERSION) --profile minimal --no-self-update
 	$(CARGO) +$(RUST_VERSION) check --locked --workspace --bins
@@ -83,8 +84,10 @@ KUBE_LDFLAGS := -s -w $(foreach pkg,k8s.io/component-base/version k8s.io/client-
   -X $(pkg).gitVersion=$(KUBE_VERSION) -X $(pkg).gitMajor=1 \
   -X $(pkg).gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION))) -X $(pkg).gitTreeState=clean)
 COREDNS_VERSION := v1.12.1
-# The kubectl for the Makefile's own commands: the one on PATH, else the one built here.
+# The kubectl for the Makefile's own commands: the one on PATH, else the one built here
+# (alone, a few minutes, when the other Kubernetes binaries are not built either).
 KUBECTL ?= $(or $(shell command -v kubectl),$(CURDIR)/$(KUBE_BIN)/kubectl)
+KUBECTL_BUILT := $(if $(filter $(CURDIR)/$(KUBE_BIN)/kubectl,$(KUBECTL)),$(KUBE_BIN)/kubectl)
 
 control-plane-bins: $(KUBE_BIN)/.kubernetes-$(KUBE_VERSION) $(KUBE_BIN)/etcd ## Build etcd and the Kubernetes binaries from their Go modules (once, ~15 min)
 
@@ -92,6 +95,10 @@ $(KUBE_BIN)/.kubernetes-$(KUBE_VERSION): tools/control-plane/kube/go.mod tools/c
 	@scripts/require-tools.sh go
 	cd tools/control-plane/kube && CGO_ENABLED=0 go build -ldflags '$(KUBE_LDFLAGS)' -o $(CURDIR)/$(KUBE_BIN)/ $(addprefix k8s.io/kubernetes/cmd/,$(KUBE_CMDS))
 	@touch $@
+
+$(KUBE_BIN)/kubectl: tools/control-plane/kube/go.mod tools/control-plane/kube/go.sum
+	@scripts/require-tools.sh go
+	cd tools/control-plane/kube && CGO_ENABLED=0 go build -ldflags '$(KUBE_LDFLAGS)' -o $(CURDIR)/$(KUBE_BIN)/ k8s.io/kubernetes/cmd/kubectl
 
 $(KUBE_BIN)/etcd: tools/control-plane/etcd/go.mod tools/control-plane/etcd/go.sum
 	@scripts/require-tools.sh go
@@ -143,7 +150,7 @@ manifests: tools ## Regenerate k8s/ and the chart's CRD from the chart and the R
 	scripts/render-manifests.sh
 	cp k8s/crd.yaml helm/circuit-breaker-demo/crds/breakerpolicies.yaml
 
-lint-dockerfile: $(VENV)/.test-installed ## hadolint the Dockerfiles
+lint-dockerfile: $(VENV)/.lint-installed ## hadolint the Dockerfiles
 	$(VENV)/bin/hadolint Dockerfile tools/kind/*.Dockerfile tools/stand-ins/*.Dockerfile tools/loadtest/*.Dockerfile
 
 # ---- Kubernetes in kind. Docker is started (and installed, as root) when missing; with no
@@ -151,10 +158,9 @@ lint-dockerfile: $(VENV)/.test-installed ## hadolint the Dockerfiles
 KIND_NODE_IMAGE ?= kindest/node:v1.34.0
 # One worker by default (this machine's size); kind-config-3-workers.yaml spreads pods over three.
 KIND_CONFIG ?= kind-config.yaml
+# The namespace and the Helm release that make deploy installs and every target after it
+# (port-forward, loadtest-k8s*, measure-*) drives.
 NAMESPACE ?= demo
-# The recommendations admin token in the cluster, for the heal in make loadtest-k8s: the one the
-# chart generated and keeps in its Secret, unless given.
-# The Helm release make deploy installs and the cluster runs drive.
 RELEASE ?= circuit-breaker-demo
 # The image of the chapters' load runs from inside the cluster (Locust, the locustfiles, kubectl).
 LOAD_IMAGE := circuit-breaker-demo/locust:$(APP_VERSION)
@@ -167,22 +173,24 @@ images: ## Build the image with all five binaries from the Dockerfile (locally w
 	@scripts/require-tools.sh
 	scripts/app-image.sh $(IMAGE) $(APP_VERSION)
 
-kind-up: $(KIND) ## Create the kind cluster (Docker and node image made here when needed), load the image
+kind-up: $(KIND) $(KUBECTL_BUILT) ## Create the kind cluster (Docker and node image made here when needed), load the image
 	scripts/kind-up.sh
 
 # The chart make deploy installs (make deploy-previous points it at chart 0.1.0's, which has no
 # loadtest value).
 CHART ?= helm/circuit-breaker-demo
 DEPLOY_VALUES := $(if $(filter helm/circuit-breaker-demo,$(CHART)),--set loadtest.enabled=true)
-deploy: tools ## Install the chart into namespace demo (restricted Pod Security, the load runs' parts on) and wait for every pod
+# --reset-values: the chart's defaults plus HELM_ARGS, never what an earlier make deploy set
+# (Helm 3 reuses the last release's values when an upgrade gives none).
+deploy: tools $(KUBECTL_BUILT) ## Install the chart as RELEASE into NAMESPACE (demo; restricted Pod Security, the load runs' parts on): the chart's defaults plus HELM_ARGS; wait for every pod
 	$(KUBECTL) create namespace $(NAMESPACE) --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) label --overwrite namespace $(NAMESPACE) pod-security.kubernetes.io/enforce=restricted pod-security.kubernetes.io/warn=restricted
 	@# Helm installs crds/ once and never upgrades it: apply the CRD first, so an upgrade brings it too.
 	$(KUBECTL) apply --server-side --force-conflicts -f $(CHART)/crds/
-	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --wait --timeout 5m \
+	$(HELM) upgrade --install $(RELEASE) $(CHART) --namespace $(NAMESPACE) --reset-values --wait --timeout 5m \
 	  $(DEPLOY_VALUES) $(HELM_ARGS)
 
-port-forward: ## Forward v1 to 127.0.0.1:8080, v2 to :8090, recommendations to :8082, restarting when a pod goes (Ctrl-C stops)
+port-forward: $(KUBECTL_BUILT) ## Forward RELEASE's v1 to 127.0.0.1:8080, v2 to :8090, recommendations to :8082, restarting when a pod goes (Ctrl-C stops)
 	scripts/port-forward.sh api-gateway-v1:8080 api-gateway-v2:8090 recommendations-service:8082
 
 # The chapters in the cluster, driven from inside it (loadtest/incluster.py): the demo and
@@ -231,11 +239,16 @@ $(VENV)/.demo-installed: loadtest/requirements.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r loadtest/requirements.txt
 	touch $@
 
-$(VENV)/.test-installed: loadtest/requirements.txt loadtest/requirements-test.txt
-	@scripts/require-tools.sh python chromium
+# The lints need the test requirements (ruff, hadolint) but not the browser.
+$(VENV)/.lint-installed: loadtest/requirements.txt loadtest/requirements-test.txt
+	@scripts/require-tools.sh python
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r loadtest/requirements-test.txt
 	touch $@ $(VENV)/.demo-installed
+
+$(VENV)/.test-installed: $(VENV)/.lint-installed
+	@scripts/require-tools.sh chromium
+	touch $@
 
 fault-matrix: ## Rewrite docs/fault-matrix.md from what the gateways do under every fault
 	$(CARGO) build --workspace --bins
@@ -253,11 +266,11 @@ bench-breaker: ## Criterion benchmark of the breaker's closed-state call path
 	@scripts/require-tools.sh
 	$(CARGO) bench -p breaker --bench closed_path
 
-fmt: $(VENV)/.test-installed ## Format the code
+fmt: $(VENV)/.lint-installed ## Format the code
 	$(CARGO) fmt --all
 	$(VENV)/bin/ruff format loadtest tests/cluster
 
-lint: $(VENV)/.test-installed ## Formatting and lint checks: Rust (rustfmt, clippy) and Python (ruff)
+lint: $(VENV)/.lint-installed ## Formatting and lint checks: Rust (rustfmt, clippy) and Python (ruff)
 	@# rustfmt and clippy come with rustup's default profile; a minimal toolchain lacks them.
 	@if command -v rustup >/dev/null 2>&1; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
 	$(CARGO) fmt --all -- --check

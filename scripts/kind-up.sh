@@ -21,7 +21,10 @@ fi
 if [ "${KIND_RECREATE:-0}" = 1 ] && "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
   "$KIND" delete cluster --name "$CLUSTER"
 fi
-if ! "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+if "$KIND" get clusters 2>/dev/null | grep -qx "$CLUSTER"; then
+  echo "kind cluster $CLUSTER exists: kept as it is (its nodes are not made again from" \
+    "${KIND_CONFIG:-kind-config.yaml}; KIND_RECREATE=1 deletes and makes it anew)" >&2
+else
   "$KIND" create cluster --name "$CLUSTER" --config "${KIND_CONFIG:-kind-config.yaml}" --image "$node_image"
 fi
 KIND="$KIND" scripts/kind-cni.sh "$CLUSTER"

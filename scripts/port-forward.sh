@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# make port-forward: kubectl port-forward for each SERVICE:PORT[:LOCAL_PORT] given, on 127.0.0.1, in
-# namespace $NAMESPACE (default demo). A forward is bound to one pod and ends when that pod goes
+# make port-forward: kubectl port-forward for each SERVICE:PORT[:LOCAL_PORT] given, on 127.0.0.1, to
+# release $RELEASE (default circuit-breaker-demo) in namespace $NAMESPACE (default demo). A forward is bound to one pod and ends when that pod goes
 # (a rollout, a deleted pod); each one here starts again within a second. Ctrl-C stops them all.
 #   scripts/port-forward.sh api-gateway-v1:8080 api-gateway-v2:8090
 set -uo pipefail
 namespace=${NAMESPACE:-demo}
+release=${RELEASE:-circuit-breaker-demo}
+# The chart's rule (cbd.objectName): a release named like the chart keeps the component names,
+# any other prefixes them with its own.
+prefix=
+[ "$release" = circuit-breaker-demo ] || prefix="$release-"
 kubectl=${KUBECTL:-kubectl}
 
 forward() { # service port local-port
@@ -19,6 +24,6 @@ forward() { # service port local-port
 trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT
 for target in "$@"; do
   IFS=: read -r service port local <<<"$target"
-  forward "$service" "$port" "${local:-$port}" &
+  forward "$prefix$service" "$port" "${local:-$port}" &
 done
 wait

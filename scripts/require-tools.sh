@@ -2,7 +2,9 @@
 # Makes sure the tools are there; installs what a fresh machine lacks (as root, with apt).
 #   scripts/require-tools.sh            Rust (the workspace's rust-version or newer) and curl
 #   scripts/require-tools.sh python     Python 3.10+ with venv (for Locust)
+#   scripts/require-tools.sh rustup     rustup (make msrv installs the workspace's exact rust-version)
 #   scripts/require-tools.sh chromium   Debian's Chromium (for the browser tests)
+#   scripts/require-tools.sh graphviz   Graphviz's dot (make pictures)
 #   scripts/require-tools.sh go         Go 1.24+ (builds etcd and kube-apiserver for the tests)
 #   scripts/require-tools.sh bench      wrk and nginx (make bench)
 #   scripts/require-tools.sh disk GB    GB gigabytes free beside the project (builds, images, kind)
@@ -70,6 +72,23 @@ python() {
   fi
 }
 
+rustup_() {
+  if ! command -v rustup >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  fi
+  command -v rustup >/dev/null 2>&1 && return
+  echo "rustup not found: make msrv (a step of make test) installs the workspace's exact" \
+    "rust-version with it; install it from https://rustup.rs, then retry." >&2
+  exit 1
+}
+
+graphviz() {
+  command -v dot >/dev/null 2>&1 && return
+  echo "dot (Graphviz) not found." >&2
+  apt_install graphviz
+}
+
 chromium() {
   [ -x /usr/bin/chromium ] && return
   echo "chromium not found." >&2
@@ -98,7 +117,8 @@ if [ $# -eq 0 ]; then set -- rust; fi
 while [ $# -gt 0 ]; do
   tool=$1; shift
   case $tool in
-    rust | python | chromium | bench) "$tool" ;;
+    rust | python | chromium | graphviz | bench) "$tool" ;;
+    rustup) rustup_ ;;
     disk) disk "${1:?disk needs a size in GB}"; shift ;;
     go) golang ;;
     *) echo "require-tools: unknown tool $tool" >&2; exit 2 ;;

@@ -23,6 +23,7 @@ pub const READY: &str = "Ready";
     group = "resilience.demo.dev",
     version = "v1alpha1",
     kind = "BreakerPolicy",
+    doc = "A BreakerPolicy sets the circuit breaker of the v2 gateway's calls to recommendations: breaker-controller writes `spec` into the gateway's ConfigMap (`spec.target`), every v2 replica applies it within a second, and `status` shows each replica's live breaker. `kubectl explain breakerpolicy.spec.settings` lists the settings.",
     plural = "breakerpolicies",
     shortname = "bp",
     namespaced,
@@ -91,6 +92,9 @@ pub const MAX_EJECTED: usize = 32;
 /// Endpoints named in `status.ejected`; more are counted after them.
 pub const MAX_EJECTED_NAMED: usize = 8;
 
+/// What breaker-controller last wrote and what the v2 replicas run: the `Ready` condition, the
+/// ConfigMap version, and each replica's live breaker (state, reason, ejected endpoints).
+/// Written by the controller only.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BreakerPolicyStatus {
@@ -139,6 +143,7 @@ pub struct BreakerPolicyStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaStatus {
+    /// The v2 replica: its pod's name (the list's key).
     #[schemars(length(max = 253))]
     pub pod: String,
     /// closed, open, half_open; `unreachable` when the last ask failed.
@@ -150,7 +155,9 @@ pub struct ReplicaStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 40))]
     pub since: Option<String>,
-    /// Why, as the breaker says it (consecutive_failures, probe_failed …).
+    /// Why it entered this state: consecutive_failures, failure_rate or slow_call_rate
+    /// (opened); open_duration_elapsed (half-open); probe_failed (opened again);
+    /// probes_succeeded (closed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<TransitionReason>,
     /// The ConfigMap resourceVersion it runs.
@@ -182,7 +189,9 @@ pub struct EjectedEndpoint {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 40))]
     pub since: Option<String>,
-    /// Why its breaker opened: consecutive_failures, failure_rate or slow_call_rate.
+    /// Why its breaker is in this state: consecutive_failures, failure_rate or slow_call_rate
+    /// (opened); open_duration_elapsed (half-open, a probe running); probe_failed (opened
+    /// again); probes_succeeded does not occur here (a closed endpoint is back in rotation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<TransitionReason>,
 }
@@ -249,14 +258,21 @@ fn conditions_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "x-kubernetes-list-map-keys": ["type"],
         "items": {
             "type": "object",
+            "description": "One condition of the policy, as metav1.Condition.",
             "required": ["type", "status", "lastTransitionTime", "reason", "message"],
             "properties": {
-                "type": {"type": "string", "maxLength": 316},
-                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0},
-                "lastTransitionTime": {"type": "string", "format": "date-time"},
-                "reason": {"type": "string", "maxLength": 1024, "minLength": 1},
-                "message": {"type": "string", "maxLength": 32768}
+                "type": {"type": "string", "maxLength": 316,
+                    "description": "The condition: Ready, the only one a BreakerPolicy carries."},
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"],
+                    "description": "True once the target ConfigMap holds this spec; False with the reason."},
+                "observedGeneration": {"type": "integer", "format": "int64", "minimum": 0,
+                    "description": "The metadata.generation this condition was set for."},
+                "lastTransitionTime": {"type": "string", "format": "date-time",
+                    "description": "When the status last changed (RFC 3339)."},
+                "reason": {"type": "string", "maxLength": 1024, "minLength": 1,
+                    "description": "Applied, InvalidSettings (a rule the schema cannot check), TargetMissing (no such ConfigMap), Conflict (something else manages it) or Forbidden (the controller may not write it)."},
+                "message": {"type": "string", "maxLength": 32768,
+                    "description": "The reason in words, naming the setting or the object at fault."}
             }
         }
     })

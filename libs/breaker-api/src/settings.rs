@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// Turn them into the engine's [`Settings`] with [`BreakerSettings::validate`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[schemars(transform = name_duration_grammar)]
 pub struct BreakerSettings {
     /// Consecutive failures that open the circuit.
     #[schemars(range(min = *limits::FAILURE_THRESHOLD.start(), max = *limits::FAILURE_THRESHOLD.end()))]
@@ -78,10 +79,12 @@ pub struct BreakerSettings {
     /// the retry budget; 0: none.
     #[schemars(range(min = *limits::MAX_RETRIES.start(), max = *limits::MAX_RETRIES.end()))]
     pub max_retries: u32,
-    /// The retry budget: retries at most this percentage of the requests of the last 10 s…
+    /// The retry budget's share: retries may add at most this percentage of the requests of
+    /// the last 10 s (plus `minRetriesPerSecond`); a retry past the budget is not made.
     #[schemars(range(min = *limits::PERCENT.start(), max = *limits::PERCENT.end()))]
     pub retry_budget_percent: f64,
-    /// …plus this many a second.
+    /// The retry budget's floor: retries allowed each second on top of `retryBudgetPercent`,
+    /// so a quiet service can still retry.
     #[schemars(range(min = *limits::MIN_RETRIES_PER_SECOND.start(), max = *limits::MIN_RETRIES_PER_SECOND.end()))]
     pub min_retries_per_second: u32,
     /// Backoff before a retry: a random share of this, doubled each retry ("full jitter").
@@ -93,7 +96,8 @@ pub struct BreakerSettings {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = *limits::MAX_CONCURRENT_CALLS.start(), max = *limits::MAX_CONCURRENT_CALLS.end()))]
     pub adaptive_limit_max: Option<u32>,
-    /// Its smallest value (capped at the largest).
+    /// The adaptive concurrency limit's smallest value, however slow calls get (capped at
+    /// `adaptiveLimitMax`; unused without it).
     #[schemars(range(min = *limits::MAX_CONCURRENT_CALLS.start(), max = *limits::MAX_CONCURRENT_CALLS.end()))]
     pub adaptive_limit_min: u32,
     /// A call slower than this tells the limit the dependency is queueing: it shrinks by a
@@ -201,6 +205,32 @@ fn unknown_field_name(message: &str) -> String {
 /// CEL `duration()`) reads as we do.
 pub const DURATION_PATTERN: &str = duration_text::PATTERN;
 
+/// How durations are written, said in every duration field's description (a field's own
+/// doc replaces its type's).
+const DURATION_GRAMMAR: &str =
+    "A duration: whole numbers with units ns, us, ms, s, m, h, such as `250ms`, `2s`, `1m30s`";
+
+fn name_duration_grammar(schema: &mut schemars::Schema) {
+    let range = limits::duration_range_text();
+    let Some(properties) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for property in properties.values_mut() {
+        let Some(property) = property.as_object_mut() else {
+            continue;
+        };
+        if property.get("pattern").and_then(|p| p.as_str()) != Some(DURATION_PATTERN) {
+            continue;
+        }
+        let own = property
+            .get("description")
+            .and_then(|d| d.as_str())
+            .unwrap_or_default();
+        let described = format!("{own}\n{DURATION_GRAMMAR}; between {range}.");
+        property.insert("description".into(), described.trim_start().into());
+    }
+}
+
 /// How durations look in the schema.
 struct DurationText;
 
@@ -221,7 +251,7 @@ impl JsonSchema for DurationText {
             "type": "string",
             "pattern": DURATION_PATTERN,
             "maxLength": 32,
-            "description": "A duration such as 250ms, 2s, 1m30s",
+            "description": DURATION_GRAMMAR,
             "x-kubernetes-validations": [{
                 "rule": format!(
                     "!self.matches('{DURATION_PATTERN}') || (duration(self) >= duration('{}') && duration(self) <= duration('{}'))",
