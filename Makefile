@@ -145,10 +145,11 @@ $(KIND):
 	@scripts/require-tools.sh go
 	GOBIN=$(CURDIR)/$(TOOLS) go install sigs.k8s.io/kind@$(KIND_VERSION)
 
-manifests: tools ## Regenerate k8s/ and the chart's CRD from the chart and the Rust types (a test checks drift)
+manifests: tools $(VENV)/.lint-installed ## Regenerate k8s/, the chart's CRD, its README's values table and values.schema.json from the chart and the Rust types (a test and make lint check drift)
 	$(CARGO) build -q -p controller --bin breaker-controller
 	scripts/render-manifests.sh
 	cp k8s/crd.yaml helm/circuit-breaker-demo/crds/breakerpolicies.yaml
+	$(PY) scripts/chart-docs.py
 
 lint-dockerfile: $(VENV)/.lint-installed ## hadolint the Dockerfiles
 	$(VENV)/bin/hadolint Dockerfile tools/kind/*.Dockerfile tools/stand-ins/*.Dockerfile tools/loadtest/*.Dockerfile
@@ -268,12 +269,13 @@ bench-breaker: ## Criterion benchmark of the breaker's closed-state call path
 
 fmt: $(VENV)/.lint-installed ## Format the code
 	$(CARGO) fmt --all
-	$(VENV)/bin/ruff format loadtest tests/cluster
+	$(VENV)/bin/ruff format loadtest tests/cluster scripts
 
 lint: $(VENV)/.lint-installed ## Formatting and lint checks: Rust (rustfmt, clippy) and Python (ruff)
 	@# rustfmt and clippy come with rustup's default profile; a minimal toolchain lacks them.
 	@if command -v rustup >/dev/null 2>&1; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(VENV)/bin/ruff format --check loadtest tests/cluster
-	$(VENV)/bin/ruff check loadtest tests/cluster
+	$(VENV)/bin/ruff format --check loadtest tests/cluster scripts
+	$(VENV)/bin/ruff check loadtest tests/cluster scripts
+	$(PY) scripts/chart-docs.py --check

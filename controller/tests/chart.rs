@@ -98,17 +98,22 @@ fn chart_lints_clean_with_defaults_and_every_value() {
             "{said}"
         );
     }
-    let out = helm(&[
-        "template",
-        "x",
-        &chart,
-        "--set",
-        "recommendations.faultMode=sometimes",
-    ]);
-    assert!(
-        !out.status.success() && text(&out).contains("faultMode"),
-        "values.schema.json let a bad value through"
-    );
+    // A bad value, and a misspelt setting (the settings are closed to the CRD's keys), each
+    // refused by name.
+    for (set, named) in [
+        ("recommendations.faultMode=sometimes", "faultMode"),
+        (
+            "breakerPolicy.settings.failureTreshold=3",
+            "'failureTreshold' not allowed",
+        ),
+    ] {
+        let out = helm(&["template", "x", &chart, "--set", set]);
+        assert!(
+            !out.status.success() && text(&out).contains(named),
+            "values.schema.json let {set} through: {}",
+            text(&out)
+        );
+    }
     for (what, yaml) in renderings() {
         let kinds: Vec<String> = documents(&yaml)
             .iter()
