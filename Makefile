@@ -4,7 +4,7 @@ CARGO ?= cargo
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help demo demo-endpoints demo-overload build run test test-disk msrv test-setup test-tiers test-demo test-cluster fault-matrix bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward load-image loadtest-k8s loadtest-k8s-endpoints loadtest-k8s-overload measure-scale measure-flood measure-soak kind-down bench-breaker fmt lint
+.PHONY: help demo demo-endpoints demo-overload build run test test-disk msrv test-setup test-tiers test-demo test-cluster fault-matrix pictures bench control-plane control-plane-bins kind-node-bins tools manifests lint-dockerfile stand-ins images kind-up deploy deploy-previous port-forward load-image loadtest-k8s loadtest-k8s-endpoints loadtest-k8s-overload measure-scale measure-flood measure-soak kind-down bench-breaker fmt lint
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
@@ -202,13 +202,13 @@ load-image: $(KIND) ## Build the load image of the cluster runs (Locust, the loc
 loadtest-k8s: $(VENV)/.demo-installed load-image ## The demo's three phases from inside the cluster (after make deploy), results/ as make demo
 	$(PY) loadtest/incluster.py
 
-loadtest-k8s-endpoints: $(VENV)/.demo-installed load-image ## The second chapter from inside the cluster (recommendations at 3 replicas, see the README): v1, v2 scope Service, v2 scope Endpoint
+loadtest-k8s-endpoints: $(VENV)/.demo-installed load-image ## The second chapter from inside the cluster (recommendations at 3 replicas, see docs/chapter-2-one-bad-pod.md): v1, v2 scope Service, v2 scope Endpoint
 	DEMO_CHAPTER=endpoints $(PY) loadtest/incluster.py
 
-loadtest-k8s-overload: $(VENV)/.demo-installed load-image ## The third chapter from inside the cluster (v1 with 3 retries and a 1 s timeout, see the README): v1, v2 and each defence off in turn
+loadtest-k8s-overload: $(VENV)/.demo-installed load-image ## The third chapter from inside the cluster (v1 with 3 retries and a 1 s timeout, see docs/chapter-3-overload.md): v1, v2 and each defence off in turn
 	DEMO_CHAPTER=overload V1_UPSTREAM_TIMEOUT=$${V1_UPSTREAM_TIMEOUT:-1s} $(PY) loadtest/incluster.py
 
-# The controller at scale (README, "At scale"): after make kind-up KIND_CONFIG=kind-config-3-workers.yaml.
+# The controller at scale (docs/breakerpolicy.md, "At scale"): after make kind-up KIND_CONFIG=kind-config-3-workers.yaml.
 SCALE_REPLICAS ?= 20
 deploy-previous: $(KIND) ## Install chart 0.1.0 with its own image (built once from its commit) instead: the release an upgrade starts from
 	scripts/deploy-previous.sh $(HELM_ARGS)
@@ -217,6 +217,7 @@ deploy-previous: $(KIND) ## Install chart 0.1.0 with its own image (built once f
 SCALE_DEPLOY := $(if $(filter 1,$(PREVIOUS)),deploy-previous,deploy)
 measure-scale: $(KIND) ## v2 at 20 replicas over 3 workers, recommendations flaky, 2 minutes of load: the controller's API traffic, CPU, memory, latency (PREVIOUS=1: chart 0.1.0's)
 	$(MAKE) --no-print-directory $(SCALE_DEPLOY) HELM_ARGS="--set gatewayV2.replicas=$(SCALE_REPLICAS) --set recommendations.faultMode=flaky $(HELM_ARGS)"
+	scripts/base-image.sh circuit-breaker-demo/debian:bookworm
 	$(KIND) load docker-image circuit-breaker-demo/debian:bookworm --name $(CLUSTER)
 	KUBECTL=$(KUBECTL) python3 loadtest/scale.py
 
@@ -224,6 +225,7 @@ measure-scale: $(KIND) ## v2 at 20 replicas over 3 workers, recommendations flak
 # v2's and the controller's RSS and /metrics series at minute 1 and at the end.
 measure-soak: $(KIND) ## Ten minutes of pages, recommendations flaky and restarted every 30 s: does v2's or the controller's memory or series count grow?
 	$(MAKE) --no-print-directory deploy HELM_ARGS="--set recommendations.replicas=3 --set recommendations.faultMode=flaky $(HELM_ARGS)"
+	scripts/base-image.sh circuit-breaker-demo/debian:bookworm
 	$(KIND) load docker-image circuit-breaker-demo/debian:bookworm --name $(CLUSTER)
 	KUBECTL=$(KUBECTL) python3 loadtest/soak.py
 
@@ -255,6 +257,13 @@ fault-matrix: ## Rewrite docs/fault-matrix.md from what the gateways do under ev
 	$(CARGO) build --workspace --bins
 	UPDATE_FAULT_MATRIX=1 $(CARGO) test -p e2e --test fault_matrix
 
+# The docs' pictures from their sources: Graphviz for the diagrams; the response-time chart
+# from a make demo's report when REPORT names one (it is a real run's, so not redrawn unasked).
+pictures: ## Draw docs/pictures/*.svg from their .dot sources (Graphviz); REPORT=results/report.html also redraws docs/images/response-time.png from a make demo's report
+	@scripts/require-tools.sh graphviz
+	for source in docs/pictures/*.dot; do dot -Tsvg "$$source" -o "$${source%.dot}.svg"; done
+	$(if $(REPORT),$(PY) loadtest/chart_png.py $(REPORT) docs/images/response-time.png)
+
 bench: build $(VENV)/.demo-installed ## v2 under 256 connections for 60 s with recommendations hanging, vs product direct and nginx
 	@scripts/require-tools.sh bench
 	cd loadtest && ../$(PY) bench.py
@@ -271,7 +280,7 @@ fmt: $(VENV)/.lint-installed ## Format the code
 	$(CARGO) fmt --all
 	$(VENV)/bin/ruff format loadtest tests/cluster scripts
 
-lint: $(VENV)/.lint-installed ## Formatting and lint checks: Rust (rustfmt, clippy) and Python (ruff)
+lint: $(VENV)/.lint-installed ## Formatting and lint checks: Rust (rustfmt, clippy), Python (ruff), the chart's generated docs, and every name the docs use
 	@# rustfmt and clippy come with rustup's default profile; a minimal toolchain lacks them.
 	@if command -v rustup >/dev/null 2>&1; then rustup component add rustfmt clippy >/dev/null 2>&1 || true; fi
 	$(CARGO) fmt --all -- --check
@@ -279,3 +288,4 @@ lint: $(VENV)/.lint-installed ## Formatting and lint checks: Rust (rustfmt, clip
 	$(VENV)/bin/ruff format --check loadtest tests/cluster scripts
 	$(VENV)/bin/ruff check loadtest tests/cluster scripts
 	$(PY) scripts/chart-docs.py --check
+	$(PY) scripts/check-docs.py

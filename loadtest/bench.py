@@ -3,7 +3,7 @@ service called directly and nginx reverse-proxying it, all driven the same way b
 
 Prints throughput, p50/p99, the ratios v2/direct and v2/nginx, v2's RSS and open file
 descriptors before, during and after the load, the CPU time the hypervisor stole during each
-run, whether the README's claims held, and the criterion breaker benchmarks; writes
+run, whether the claims of docs/testing.md held, and the criterion breaker benchmarks; writes
 results/bench.json. Standard library only; everything listens on 127.0.0.1.
 
 Settings (environment): BENCH_DURATION (default 60s), BENCH_CONNECTIONS (256),
@@ -212,7 +212,7 @@ def measure(config: StackConfig, workdir: Path, duration: str, connections: int,
     return report
 
 
-# What the README claims for v2 under this load.
+# What docs/testing.md claims for v2 under this load.
 P99_GOAL_MS = 20.0
 # The allocator keeps a little of what the load used; a leak would grow past this.
 RSS_SLACK = 0.15
@@ -283,7 +283,10 @@ def main() -> int:
     print(f"\n{results / 'bench.json'}")
     missed = [claim for claim, held in report["checks"].items() if not held]
     if missed:
-        print(f"bench: {len(missed)} claim(s) MISSED; the README's figures do not hold on this run", file=sys.stderr)
+        print(
+            f"bench: {len(missed)} claim(s) MISSED; the figures of docs/testing.md do not hold on this run",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

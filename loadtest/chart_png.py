@@ -1,4 +1,4 @@
-"""Saves the response-time chart of a report as a PNG (the README's picture).
+"""Saves the response-time chart of a report as a PNG (the picture of the README and chapter 1).
 
     .venv/bin/python loadtest/chart_png.py results/report.html docs/images/response-time.png
 

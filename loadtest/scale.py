@@ -1,4 +1,4 @@
-"""The controller at scale, measured: `make measure-scale` (see the README, "At scale").
+"""The controller at scale, measured: `make measure-scale` (see docs/breakerpolicy.md, "At scale").
 
 In a cluster made with `make kind-up KIND_CONFIG=kind-config-3-workers.yaml` and the chart
 deployed with v2 at many replicas and recommendations `flaky` (half its answers fail, so every

@@ -659,7 +659,7 @@ class ClusterStack(Services):
             if time.monotonic() > deadline:
                 raise StackError(
                     f"v2 has {len(replicas)} replicas; this chapter reads one replica's breaker "
-                    "(make deploy HELM_ARGS='--set gatewayV2.replicas=1 ...', as the README's chapter says)"
+                    "(make deploy HELM_ARGS='--set gatewayV2.replicas=1 ...', as docs/chapter-2-one-bad-pod.md says)"
                 )
             time.sleep(1)
 

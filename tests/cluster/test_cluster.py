@@ -21,6 +21,7 @@ from typing import Self
 import report
 import scale
 from conftest import (
+    CLUSTER,
     ENV,
     HANG,
     HELM_ARGS,
@@ -736,7 +737,7 @@ def test_loadtest_k8s_endpoints_tells_the_second_chapter_and_the_policy_names_th
         assert bad in cluster.pods("recommendations-service"), (bad, endpoint["endpoints"])
         # Once it is out, only a probe's user gets the fallback (within 100 ms), one a
         # half-open spell: in a 15 s phase that is a share of a few percent, in 2 minutes
-        # under 1% (the README's figures).
+        # under 1% (the figures of docs/chapter-2-one-bad-pod.md).
         after, spells = endpoint["after_ejection"], next(e for e in endpoint["endpoints"] if e["name"] == bad)
         not_full = after["answers"] - round(after["answers"] * after["full_pct"] / 100)
         assert not_full <= spells["transitions"] // 2 and after["max_ms"] < 1000, (after, spells)
@@ -853,7 +854,7 @@ def crd_schema(file: str | None = None) -> dict:
 def test_an_upgrade_from_the_previous_chart_keeps_the_policy_and_brings_the_crd(cluster: Cluster):
     """Last of all, on the namespace the uninstall left empty: chart 0.1.0 with the image built
     from the same commit, as its users have it, its policy forcing v2's breaker open; then this
-    chart over it, as the README says to upgrade (make deploy: the CRD applied, then helm
+    chart over it, as docs/kubernetes.md says to upgrade (make deploy: the CRD applied, then helm
     upgrade). The policy carries through the rollout (every v2 answer during it is a fallback,
     none a full page), the CRD is this one, the new controllers take the policy over (the old
     one's finalizer removed) and the upgraded release uninstalls cleanly."""
@@ -912,4 +913,46 @@ def test_an_upgrade_from_the_previous_chart_keeps_the_policy_and_brings_the_crd(
         f"upgrade from chart 0.1.0 ({image}): installed in {installed:.0f} s, make deploy to "
         f"{APP_VERSION} in {upgraded:.0f} s under load ({load.summary()}); "
         f"then helm uninstall --wait in {time.monotonic() - started:.1f} s"
+    )
+
+
+QUICK_START = "<!-- quick-start: tests/cluster reads and runs the next block as written -->"
+
+
+def readme_blocks_after(marker: str) -> list[str]:
+    """The fenced blocks of README.md after the marker line, in order."""
+    text = (ROOT / "README.md").read_text().split(marker, 1)[1]
+    return re.findall(r"^```[a-z]*\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+
+
+def test_the_readme_quick_start_runs_as_written(cluster: Cluster, tmp_path):
+    """Last of all, as it ends with make kind-down: the README's Kubernetes quick start, read
+    from the README and run by bash as written (job control on, as in a terminal, so `kill %1`
+    stops the port-forwards), on the namespace the upgrade left empty and the cluster the
+    session's make kind-up made. What it prints is checked against what the README says to
+    expect: the policy's columns, three slow pages and a fast one, the circuit open, and after
+    the heal a full page."""
+    script, expected_bp, expected_pages = readme_blocks_after(QUICK_START)[:3]
+    (tmp_path / "quick-start.sh").write_text(script)
+    env = {**ENV, "CLUSTER": CLUSTER, "PATH": f"{os.path.dirname(KUBECTL)}:{ENV['PATH']}"}
+    started = time.monotonic()
+    done = subprocess.run(
+        ["bash", "-em", str(tmp_path / "quick-start.sh")], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=900, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said
+    header = expected_bp.splitlines()[0].split()
+    assert any(line.split() == header for line in done.stdout.splitlines()), (header, said)
+    pages = re.findall(r"^(\d{3}) ([\d.]+)s$", done.stdout, re.MULTILINE)
+    assert len(pages) == len(re.findall(r"^\d{3} ", expected_pages, re.MULTILINE)) == 4, said
+    assert all(code == "200" for code, _ in pages), pages
+    assert float(pages[0][1]) >= 1.5 and float(pages[-1][1]) < 0.5, pages
+    assert '"state":"open"' in done.stdout and '"state":"open"' in expected_pages, said
+    degraded = re.findall(r'"degraded_mode":(true|false)', done.stdout)
+    assert degraded and degraded[0] == "true" and degraded[-1] == "false", degraded
+    figure(
+        f"the README's quick start as written: {took:.0f} s, pages {[float(t) for _, t in pages]} s, "
+        f"after the heal {degraded.count('true')} degraded then full"
     )
