@@ -259,7 +259,7 @@ fault-matrix: ## Rewrite docs/fault-matrix.md from what the gateways do under ev
 
 # The docs' pictures from their sources: Graphviz for the diagrams; the response-time chart
 # from a make demo's report when REPORT names one (it is a real run's, so not redrawn unasked).
-pictures: ## Draw docs/pictures/*.svg from their .dot sources (Graphviz); REPORT=results/report.html also redraws docs/images/response-time.png from a make demo's report
+pictures: $(if $(REPORT),$(VENV)/.test-installed) ## Draw docs/pictures/*.svg from their .dot sources (Graphviz); REPORT=results/report.html also redraws docs/images/response-time.png from a make demo's report
 	@scripts/require-tools.sh graphviz
 	for source in docs/pictures/*.dot; do dot -Tsvg "$$source" -o "$${source%.dot}.svg"; done
 	$(if $(REPORT),$(PY) loadtest/chart_png.py $(REPORT) docs/images/response-time.png)

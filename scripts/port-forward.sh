@@ -21,7 +21,16 @@ forward() { # service port local-port
   done
 }
 
-trap 'trap - INT TERM EXIT; kill 0' INT TERM EXIT
+# Stops its own processes only (the forwards' loops, kubectl, sed): `kill 0` would also stop
+# a script that started this in the background in its own process group.
+descendants() { # pid: its children's descendants, then its children
+  local child
+  for child in $(pgrep -P "$1"); do
+    descendants "$child"
+    echo "$child"
+  done
+}
+trap 'trap - INT TERM EXIT; kill $(descendants $$) 2>/dev/null' INT TERM EXIT
 for target in "$@"; do
   IFS=: read -r service port local <<<"$target"
   forward "$prefix$service" "$port" "${local:-$port}" &
