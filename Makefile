@@ -84,6 +84,8 @@ KUBE_LDFLAGS := -s -w $(foreach pkg,k8s.io/component-base/version k8s.io/client-
   -X $(pkg).gitVersion=$(KUBE_VERSION) -X $(pkg).gitMajor=1 \
   -X $(pkg).gitMinor=$(word 2,$(subst ., ,$(KUBE_VERSION))) -X $(pkg).gitTreeState=clean)
 COREDNS_VERSION := v1.12.1
+# Builds the k8s.io/kubernetes commands given into KUBE_BIN, the version stamped in.
+KUBE_GO_BUILD = cd tools/control-plane/kube && CGO_ENABLED=0 go build -ldflags '$(KUBE_LDFLAGS)' -o $(CURDIR)/$(KUBE_BIN)/ $(addprefix k8s.io/kubernetes/cmd/,$(1))
 # The kubectl for the Makefile's own commands: the one on PATH, else the one built here
 # (alone, a few minutes, when the other Kubernetes binaries are not built either).
 KUBECTL ?= $(or $(shell command -v kubectl),$(CURDIR)/$(KUBE_BIN)/kubectl)
@@ -93,12 +95,12 @@ control-plane-bins: $(KUBE_BIN)/.kubernetes-$(KUBE_VERSION) $(KUBE_BIN)/etcd ## 
 
 $(KUBE_BIN)/.kubernetes-$(KUBE_VERSION): tools/control-plane/kube/go.mod tools/control-plane/kube/go.sum
 	@scripts/require-tools.sh go
-	cd tools/control-plane/kube && CGO_ENABLED=0 go build -ldflags '$(KUBE_LDFLAGS)' -o $(CURDIR)/$(KUBE_BIN)/ $(addprefix k8s.io/kubernetes/cmd/,$(KUBE_CMDS))
+	$(call KUBE_GO_BUILD,$(KUBE_CMDS))
 	@touch $@
 
 $(KUBE_BIN)/kubectl: tools/control-plane/kube/go.mod tools/control-plane/kube/go.sum
 	@scripts/require-tools.sh go
-	cd tools/control-plane/kube && CGO_ENABLED=0 go build -ldflags '$(KUBE_LDFLAGS)' -o $(CURDIR)/$(KUBE_BIN)/ k8s.io/kubernetes/cmd/kubectl
+	$(call KUBE_GO_BUILD,kubectl)
 
 $(KUBE_BIN)/etcd: tools/control-plane/etcd/go.mod tools/control-plane/etcd/go.sum
 	@scripts/require-tools.sh go
@@ -159,8 +161,8 @@ lint-dockerfile: $(VENV)/.lint-installed ## hadolint the Dockerfiles
 KIND_NODE_IMAGE ?= kindest/node:v1.34.0
 # One worker by default (this machine's size); kind-config-3-workers.yaml spreads pods over three.
 KIND_CONFIG ?= kind-config.yaml
-# The namespace and the Helm release that make deploy installs and every target after it
-# (port-forward, loadtest-k8s*, measure-*) drives.
+# The namespace and the Helm release make deploy installs; port-forward and loadtest-k8s* drive
+# both, measure-* the namespace only (they expect the default release name).
 NAMESPACE ?= demo
 RELEASE ?= circuit-breaker-demo
 # The image of the chapters' load runs from inside the cluster (Locust, the locustfiles, kubectl).

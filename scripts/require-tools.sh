@@ -20,11 +20,16 @@ apt_install() { # package..., after a message saying what is missing
   fi
 }
 
-rust() {
-  if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+# rustup's environment, when a non-login shell lacks it on its PATH.
+cargo_env() {
+  if ! command -v "$1" >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
     # shellcheck disable=SC1091
     . "$HOME/.cargo/env"
   fi
+}
+
+rust() {
+  cargo_env cargo
   local need have
   need=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
   if ! command -v cargo >/dev/null 2>&1; then
@@ -73,10 +78,7 @@ python() {
 }
 
 rustup_() {
-  if ! command -v rustup >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
-    # shellcheck disable=SC1091
-    . "$HOME/.cargo/env"
-  fi
+  cargo_env rustup
   command -v rustup >/dev/null 2>&1 && return
   echo "rustup not found: make msrv (a step of make test) installs the workspace's exact" \
     "rust-version with it; install it from https://rustup.rs, then retry." >&2

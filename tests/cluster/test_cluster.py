@@ -952,15 +952,14 @@ def test_the_readme_quick_start_runs_as_written(cluster: Cluster, tmp_path):
         out.seek(0)
         stdout = out.read()
     took = time.monotonic() - started
-    said = stdout
-    assert returncode == 0, said
+    assert returncode == 0, stdout
     header = expected_bp.splitlines()[0].split()
-    assert any(line.split() == header for line in stdout.splitlines()), (header, said)
+    assert any(line.split() == header for line in stdout.splitlines()), (header, stdout)
     pages = re.findall(r"^(\d{3}) ([\d.]+)s$", stdout, re.MULTILINE)
-    assert len(pages) == len(re.findall(r"^\d{3} ", expected_pages, re.MULTILINE)) == 4, said
+    assert len(pages) == len(re.findall(r"^\d{3} ", expected_pages, re.MULTILINE)) == 4, stdout
     assert all(code == "200" for code, _ in pages), pages
     assert float(pages[0][1]) >= 1.5 and float(pages[-1][1]) < 0.5, pages
-    assert '"state":"open"' in stdout and '"state":"open"' in expected_pages, said
+    assert '"state":"open"' in stdout and '"state":"open"' in expected_pages, stdout
     degraded = re.findall(r'"degraded_mode":(true|false)', stdout)
     assert degraded and degraded[0] == "true" and degraded[-1] == "false", degraded
     figure(
