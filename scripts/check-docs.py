@@ -2,7 +2,7 @@
 
 - every `make TARGET` in code is a target of the Makefile;
 - every path in code under the repository's own folders exists (a glob must match);
-- every `--set KEY=` names a key of the chart's values.yaml (settings: the CRD's keys);
+- every `--set KEY=` names a key of the chart's values.yaml (settings: values.schema.json's);
 - every environment variable in code (`NAME`, `NAME=value`) is read somewhere in the sources;
 - every relative link and image resolves, anchors included (GitHub's heading slugs).
 
@@ -10,6 +10,7 @@ Reads README.md, docs/*.md, the chart's README.md and NOTES.txt. Prints each mis
 file:line and exits 1 when there is one.
 """
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -67,10 +68,10 @@ def values_keys() -> set[str]:
         return keys
 
     keys = walk(yaml.safe_load((CHART / "values.yaml").read_text()), "")
-    crd = yaml.safe_load((CHART / "crds" / "breakerpolicies.yaml").read_text())
-    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    keys |= {f"breakerPolicy.settings.{k}" for k in spec["properties"]["settings"]["properties"]}
-    return keys
+    # The settings' keys as values.schema.json closes them (scripts/chart-docs.py, from the CRD).
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    settings = schema["properties"]["breakerPolicy"]["properties"]["settings"]["properties"]
+    return keys | {f"breakerPolicy.settings.{key}" for key in settings}
 
 
 def source_text() -> str:
