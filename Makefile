@@ -232,8 +232,11 @@ measure-soak: $(KIND) ## Ten minutes of pages, recommendations flaky and restart
 	KUBECTL=$(KUBECTL) python3 loadtest/soak.py
 
 kind-down: $(KIND) ## Delete the kind cluster (and kind's network when no other cluster uses it), stop the dockerd that kind-up started
-	$(KIND) delete cluster --name $(CLUSTER)
-	docker network rm kind >/dev/null 2>&1 || true
+	@# No Docker daemon answering means no kind cluster runs: nothing to delete, and a second
+	@# kind-down (after the one that stopped dockerd) says so instead of failing.
+	if docker info >/dev/null 2>&1; then \
+	  $(KIND) delete cluster --name $(CLUSTER) && { docker network rm kind >/dev/null 2>&1 || true; }; \
+	else echo "kind-down: no Docker daemon answers, so no kind cluster is running"; fi
 	scripts/docker-down.sh
 
 # Locust (and, for the tests, pytest and Playwright) in a local virtualenv, reinstalled when a
