@@ -161,8 +161,8 @@ lint-dockerfile: $(VENV)/.lint-installed ## hadolint the Dockerfiles
 KIND_NODE_IMAGE ?= kindest/node:v1.34.0
 # One worker by default (this machine's size); kind-config-3-workers.yaml spreads pods over three.
 KIND_CONFIG ?= kind-config.yaml
-# The namespace and the Helm release make deploy installs; port-forward and loadtest-k8s* drive
-# both, measure-* the namespace only (they expect the default release name).
+# The namespace and the Helm release make deploy installs, and port-forward, loadtest-k8s* and
+# measure-* drive.
 NAMESPACE ?= demo
 RELEASE ?= circuit-breaker-demo
 # The image of the chapters' load runs from inside the cluster (Locust, the locustfiles, kubectl).

@@ -29,10 +29,9 @@ import time
 from pathlib import Path
 
 from demo import MASTER_PORT, publish
-from stack import StackError, kubectl
+from stack import CHART_NAME, StackError, kubectl, object_name
 
 ROOT = Path(__file__).resolve().parent.parent
-CHART_NAME = "circuit-breaker-demo"
 # The demo's settings a run takes from this environment into its pod.
 PASSED_ON = (
     "DEMO_CHAPTER", "DEMO_DURATION", "DEMO_USERS", "DEMO_SPAWN_RATE", "FAILURE_HANG", "V1_UPSTREAM_TIMEOUT",
@@ -75,11 +74,6 @@ class RunError(Exception):
 
 class Interrupted(Exception):
     pass
-
-
-def object_name(release: str, name: str) -> str:
-    """The chart's names: plain for the release named like the chart, else prefixed."""
-    return name if release == CHART_NAME else f"{release}-{name}"[:63].rstrip("-")
 
 
 class Run:

@@ -30,13 +30,21 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from stack import CHART_NAME, object_name
+
 KUBECTL = os.environ.get("KUBECTL", "kubectl")
 NAMESPACE = os.environ.get("NAMESPACE", "demo")
-POLICY = os.environ.get("BREAKER_POLICY", "api-gateway-v2")
+RELEASE = os.environ.get("RELEASE") or CHART_NAME
+POLICY = os.environ.get("BREAKER_POLICY") or object_name(RELEASE, "api-gateway-v2")
 SECONDS = float(os.environ.get("SCALE_SECONDS", "120"))
 LOAD_PODS = int(os.environ.get("SCALE_LOAD_PODS", "4"))
 LOAD_IMAGE = os.environ.get("SCALE_LOAD_IMAGE", "circuit-breaker-demo/debian:bookworm")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pods_of(component: str) -> str:
+    """The label selector of one component's pods in RELEASE (the chart's cbd.selectorLabels)."""
+    return f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name={component}"
 
 
 def kubectl(*args: str, check: bool = True, input_text: str | None = None) -> str:
@@ -61,10 +69,13 @@ def counters(text: str, name: str) -> dict[str, float]:
 def leading_controller_pod() -> str:
     """The pod of the leading controller: the Lease's holder is `<pod>_<start>`. Chart 0.1.0
     (PREVIOUS=1) had no Lease and one controller: that one."""
-    lease = json.loads(kubectl("get", "lease", "breaker-controller", "-o", "json", "--ignore-not-found") or "null")
+    lease = json.loads(
+        kubectl("get", "lease", object_name(RELEASE, "breaker-controller"), "-o", "json", "--ignore-not-found")
+        or "null"
+    )
     if lease:
         return lease["spec"].get("holderIdentity", "").rpartition("_")[0]
-    pods = kubectl("get", "pods", "-l", "app.kubernetes.io/name=breaker-controller", "-o", "name").split()
+    pods = kubectl("get", "pods", "-l", pods_of("breaker-controller"), "-o", "name").split()
     if len(pods) != 1:
         sys.exit(f"no Lease names the leading controller, and there are {len(pods)} controller pods")
     return pods[0].removeprefix("pod/")
@@ -143,7 +154,7 @@ def load_pod(name: str) -> dict:
     """A pod that asks v2 for pages as fast as one connection at a time allows (bash's
     /dev/tcp; the Service spreads the connections over the replicas)."""
     loop = (
-        "while true; do exec 3<>/dev/tcp/api-gateway-v2/8090 || { sleep 0.1; continue; }; "
+        f"while true; do exec 3<>/dev/tcp/{object_name(RELEASE, 'api-gateway-v2')}/8090 || {{ sleep 0.1; continue; }}; "
         "printf 'GET /product-details/1 HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3 >/dev/null; exec 3<&-; done"
     )
     return {
@@ -167,7 +178,7 @@ def load_pod(name: str) -> dict:
 
 
 def main() -> None:
-    pods = json.loads(kubectl("get", "pods", "-l", "app.kubernetes.io/name=api-gateway-v2", "-o", "json"))["items"]
+    pods = json.loads(kubectl("get", "pods", "-l", pods_of("api-gateway-v2"), "-o", "json"))["items"]
     nodes = sorted({p["spec"].get("nodeName", "?") for p in pods})
     leader = leading_controller_pod()
     try:

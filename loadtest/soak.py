@@ -12,7 +12,7 @@ minute 1 to the last, which must stay under 10%.
 
 Standard library only; it changes the policy's scope for the run (and puts it back), and
 starts and deletes its load pods. Settings (environment): SOAK_MINUTES (10), SOAK_ROLL_EVERY
-(30 s), SOAK_LOAD_PODS (6), NAMESPACE, BREAKER_POLICY, KUBECTL.
+(30 s), SOAK_LOAD_PODS (6), NAMESPACE, RELEASE, BREAKER_POLICY, KUBECTL.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 
 import scale
 from scale import kubectl, process_of
+from stack import object_name
 
 MINUTES = int(os.environ.get("SOAK_MINUTES", "10"))
 ROLL_EVERY = float(os.environ.get("SOAK_ROLL_EVERY", "30"))
@@ -43,7 +44,7 @@ def set_scope(scope: str | None) -> None:
 
 
 def main() -> int:
-    v2_pods = sorted(kubectl("get", "pods", "-l", "app.kubernetes.io/name=api-gateway-v2", "-o", "name").split())
+    v2_pods = sorted(kubectl("get", "pods", "-l", scale.pods_of("api-gateway-v2"), "-o", "name").split())
     v2_pods = [p.removeprefix("pod/") for p in v2_pods]
     leader = scale.leading_controller_pod()
     watched = {f"v2 {p}": (p, "api-gateway-v2", 8090) for p in v2_pods}
@@ -75,7 +76,7 @@ def main() -> int:
         while minute < MINUTES:
             now = time.monotonic()
             if now >= next_roll:
-                kubectl("rollout", "restart", "deployment/recommendations-service")
+                kubectl("rollout", "restart", f"deployment/{object_name(scale.RELEASE, 'recommendations-service')}")
                 rolls += 1
                 next_roll += ROLL_EVERY
             if now >= next_sample:

@@ -201,6 +201,15 @@ class StackConfig:
         )
 
 
+# The chart's name, and its rule for object names (cbd.objectName in templates/_helpers.tpl).
+CHART_NAME = "circuit-breaker-demo"
+
+
+def object_name(release: str, name: str) -> str:
+    """The chart's names: plain for the release named like the chart, else prefixed."""
+    return name if release == CHART_NAME else f"{release}-{name}"[:63].rstrip("-")
+
+
 def kubectl(
     binary: str, namespace: str, *args: str, input: str | None = None, timeout: float = 30, check: bool = True
 ) -> str:
