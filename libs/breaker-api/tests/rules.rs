@@ -4,8 +4,7 @@
 //! has (a new key without a rule fails too).
 
 use breaker_api::policy::ORDER_RULES;
-use breaker_api::{BreakerPolicy, BreakerSettings};
-use kube::CustomResourceExt;
+use breaker_api::BreakerSettings;
 use serde_json::Value;
 
 fn properties() -> serde_json::Map<String, Value> {
@@ -124,7 +123,7 @@ fn order_rules_in_cel_are_the_engines() {
             "{short} = {long}"
         );
     }
-    let crd = serde_json::to_value(BreakerPolicy::crd()).unwrap();
+    let crd = serde_json::to_value(breaker_api::policy::crd()).unwrap();
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
     let rules = spec["x-kubernetes-validations"].as_array().unwrap();
     assert_eq!(rules.len(), ORDER_RULES.len());
