@@ -31,6 +31,10 @@ impl State {
     }
 }
 
+/// The share by which the gateways lengthen each open duration at most ([`CircuitBreaker::set_open_jitter`]),
+/// drawn per breaker, so that replicas or endpoints which opened together probe apart.
+pub const OPEN_JITTER: f64 = 0.1;
+
 /// An operator's override of the state machine (a BreakerPolicy's `spec.mode`).
 // Spelled on the wire (the ConfigMap's `mode` key, `/circuit-status`) as named here.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -636,14 +640,14 @@ impl<B: Borrow<CircuitBreaker>> Permit<B> {
         self.admission.call_timeout
     }
 
-    /// How long its user waits for this call (`fallbackAfter`), when that is shorter than the
-    /// call timeout.
     /// The scope in force when it was admitted: with `Endpoint`, an endpoint's breaker is
     /// asked too.
     pub fn scope(&self) -> Scope {
         self.admission.scope
     }
 
+    /// How long its user waits for this call (`fallbackAfter`), when that is shorter than the
+    /// call timeout.
     pub fn fallback_after(&self) -> Option<Duration> {
         self.admission.fallback_after
     }

@@ -18,7 +18,7 @@ pub use retry::{jittered_backoff, RetryBudget, RetryBudgetSettings, RetryVerdict
 
 pub use circuit::{
     BreakerObserver, CircuitBreaker, Counts, Mode, OpenGate, Outcome, Permit, Rejection, Snapshot,
-    State, Transition, TransitionReason,
+    State, Transition, TransitionReason, OPEN_JITTER,
 };
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use settings::{limits, OrderRule, Scope, Settings, SettingsError, SettingsSpec, ORDER_RULES};

@@ -102,7 +102,8 @@ impl RetryBudget {
     }
 
     /// Requests and retries in the window now.
-    pub fn window(&self) -> (u64, u64) {
+    #[cfg(test)]
+    fn window(&self) -> (u64, u64) {
         self.with_current(|buckets| {
             buckets
                 .iter()

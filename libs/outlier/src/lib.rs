@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use breaker::{
     BreakerObserver, CircuitBreaker, Clock, Mode, OpenGate, Outcome, Permit, Settings, Snapshot,
-    State, Transition, TransitionReason,
+    State, Transition, TransitionReason, OPEN_JITTER,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -28,7 +28,6 @@ pub trait EndpointObserver: Send + Sync {
     fn on_transition(&self, endpoint: &str, transition: &Transition);
 }
 
-/// One endpoint: where to call it, and its breaker.
 /// An endpoint to call, as configuration or discovery gives it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EndpointAddress {
@@ -47,6 +46,7 @@ impl EndpointAddress {
     }
 }
 
+/// One endpoint: where to call it, and its breaker.
 pub struct Endpoint {
     /// What people know it by: the pod's name in Kubernetes.
     pub name: String,
@@ -246,9 +246,6 @@ pub struct EndpointSet {
     /// Seeds each new endpoint's open-duration jitter, and draws the pairs.
     rng: Mutex<fastrand::Rng>,
 }
-
-/// Each open duration is up to this share longer, per endpoint.
-const OPEN_JITTER: f64 = 0.1;
 
 impl EndpointSet {
     pub fn new(

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use breaker::{
     BreakerObserver, CircuitBreaker, Clock, LimitPermit, Mode, MonotonicClock, Outcome, Permit,
-    Scope, Settings, Snapshot,
+    Scope, Settings, Snapshot, OPEN_JITTER,
 };
 use catalog::Product;
 use outlier::{EndpointAddress, EndpointObserver, EndpointPermit, EndpointSet};
@@ -39,9 +39,6 @@ pub const PROBE_WAIT: Duration = Duration::from_millis(100);
 /// the call timeout, so this is far above what a healthy replica runs (its request rate times
 /// its call timeout) and bounds what a hanging dependency can pile up.
 pub const MAX_DETACHED: usize = 2048;
-/// Each open duration is up to this share longer, drawn per replica, so that replicas which
-/// opened together probe apart.
-const OPEN_JITTER: f64 = 0.1;
 /// The outcome and fallback cause of a call the adaptive limit shed.
 const LIMIT_SHED: &str = "rejected_limit";
 
