@@ -236,7 +236,7 @@ kind-down: $(KIND) ## Delete the kind cluster (and kind's network when no other 
 	@# kind-down (after the one that stopped dockerd) says so instead of failing.
 	if docker info >/dev/null 2>&1; then \
 	  $(KIND) delete cluster --name $(CLUSTER) && { docker network rm kind >/dev/null 2>&1 || true; }; \
-	else echo "kind-down: no Docker daemon answers, so no kind cluster is running"; fi
+	else echo "kind-down: no Docker daemon answers here (none running, or its socket is not yours): nothing for kind to delete"; fi
 	scripts/docker-down.sh
 
 # Locust (and, for the tests, pytest and Playwright) in a local virtualenv, reinstalled when a
