@@ -42,6 +42,11 @@ LOAD_IMAGE = os.environ.get("SCALE_LOAD_IMAGE", "circuit-breaker-demo/debian:boo
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def named(component: str) -> str:
+    """The name of one component's objects in RELEASE (the chart's cbd.objectName)."""
+    return object_name(RELEASE, component)
+
+
 def pods_of(component: str) -> str:
     """The label selector of one component's pods in RELEASE (the chart's cbd.selectorLabels)."""
     return f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/name={component}"
@@ -70,8 +75,7 @@ def leading_controller_pod() -> str:
     """The pod of the leading controller: the Lease's holder is `<pod>_<start>`. Chart 0.1.0
     (PREVIOUS=1) had no Lease and one controller: that one."""
     lease = json.loads(
-        kubectl("get", "lease", object_name(RELEASE, "breaker-controller"), "-o", "json", "--ignore-not-found")
-        or "null"
+        kubectl("get", "lease", named("breaker-controller"), "-o", "json", "--ignore-not-found") or "null"
     )
     if lease:
         return lease["spec"].get("holderIdentity", "").rpartition("_")[0]
@@ -154,7 +158,7 @@ def load_pod(name: str) -> dict:
     """A pod that asks v2 for pages as fast as one connection at a time allows (bash's
     /dev/tcp; the Service spreads the connections over the replicas)."""
     loop = (
-        f"while true; do exec 3<>/dev/tcp/{object_name(RELEASE, 'api-gateway-v2')}/8090 || {{ sleep 0.1; continue; }}; "
+        f"while true; do exec 3<>/dev/tcp/{named('api-gateway-v2')}/8090 || {{ sleep 0.1; continue; }}; "
         "printf 'GET /product-details/1 HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3 >/dev/null; exec 3<&-; done"
     )
     return {

@@ -24,7 +24,6 @@ import time
 
 import scale
 from scale import kubectl, process_of
-from stack import object_name
 
 MINUTES = int(os.environ.get("SOAK_MINUTES", "10"))
 ROLL_EVERY = float(os.environ.get("SOAK_ROLL_EVERY", "30"))
@@ -76,7 +75,7 @@ def main() -> int:
         while minute < MINUTES:
             now = time.monotonic()
             if now >= next_roll:
-                kubectl("rollout", "restart", f"deployment/{object_name(scale.RELEASE, 'recommendations-service')}")
+                kubectl("rollout", "restart", f"deployment/{scale.named('recommendations-service')}")
                 rolls += 1
                 next_roll += ROLL_EVERY
             if now >= next_sample:
